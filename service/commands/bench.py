@@ -1,13 +1,24 @@
-"""Not implemented yet."""
+"""Benchmarks: ``shuffleguard bench shuffle`` and ``shuffleguard bench serve``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "shuffle": ("service.bench.shuffle", "vectorized shuffle vs per-frame loop vs bare copy"),
+    "serve": ("service.bench.serve", "defended request latency vs direct TorchServe call"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for name, (module_name, help_text) in BENCHES.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_bench=module)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("shuffleguard: this command is not implemented yet")
+    return int(args._bench.run(args) or 0)
