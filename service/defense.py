@@ -15,6 +15,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -156,24 +157,55 @@ def shuffle_indices(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     out_device = torch.device(device) if device is not None else gen_device
 
-    starts = torch.arange(0, T, h2, dtype=torch.int64, device=gen_device)  # [G]
-    lo = (starts - h1).clamp_min(0)
-    hi = torch.minimum(starts + h1, torch.full_like(starts, T - h2))
-    width = (hi - lo + 1).clamp_min(0)
-    t_inside = (starts >= lo) & (starts <= hi)
-    count = width - t_inside.to(torch.int64)  # candidates other than t
-    # One uniform draw per (shuffle, group); float64 keeps floor(u * count) unbiased
-    # for any window a clip can have.
-    u = torch.rand((n, starts.numel()), generator=generator, dtype=torch.float64, device=gen_device)
-    pick = torch.floor(u * count.clamp_min(1).to(torch.float64)).to(torch.int64)
-    pick = torch.minimum(pick, (count - 1).clamp_min(0))
-    src = lo + pick
-    src = src + ((src >= starts) & t_inside).to(torch.int64)  # skip t itself
-    src = torch.where(count > 0, src, starts)  # empty window -> identity
+    plan = _shuffle_plan(T, h1, h2, str(gen_device))
+    # One uniform draw per (shuffle, group). float64 keeps floor(u * count)
+    # unbiased for any window a clip can have; the clamp guards u*count rounding
+    # up to count.
+    u = torch.rand(
+        (n, plan.count.numel()), generator=generator, dtype=torch.float64, device=gen_device
+    )
+    pick = torch.minimum((u * plan.count).long(), plan.last)
+    src = plan.table[plan.group_ids, pick]  # [n, G] source starts
+    idx = src[:, plan.group_of_pos] + plan.offset_in_group
+    return idx if out_device == gen_device else idx.to(out_device)
 
-    pos = torch.arange(T, dtype=torch.int64, device=gen_device)
-    idx = src[:, pos // h2] + (pos % h2)
-    return idx.to(out_device)
+
+@dataclass(frozen=True)
+class _ShufflePlan:
+    """Everything about Algorithm 1 that depends only on ``(T, h1, h2)``.
+
+    ``table[g, :count[g]]`` lists group ``g``'s candidate source starts (its
+    window minus ``t``); a group with an empty window has the single candidate
+    ``t`` (identity) and ``count = 1``.
+    """
+
+    table: torch.Tensor  # [G, W] int64
+    count: torch.Tensor  # [G] float64, >= 1
+    last: torch.Tensor  # [G] int64, count - 1
+    group_ids: torch.Tensor  # [1, G] int64
+    group_of_pos: torch.Tensor  # [T] int64
+    offset_in_group: torch.Tensor  # [T] int64
+
+
+@functools.lru_cache(maxsize=512)
+def _shuffle_plan(T: int, h1: int, h2: int, device: str) -> _ShufflePlan:
+    rows: list[list[int]] = []
+    for t in range(0, T, h2):
+        lo, hi = source_window(t, T, h1, h2)
+        rows.append([c for c in range(lo, hi + 1) if c != t] or [t])
+    width = max(len(r) for r in rows)
+    table = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.int64)
+    count = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    pos = torch.arange(T, dtype=torch.int64)
+    dev = torch.device(device)
+    return _ShufflePlan(
+        table=table.to(dev),
+        count=count.to(dev, torch.float64),
+        last=(count - 1).to(dev),
+        group_ids=torch.arange(len(rows), dtype=torch.int64).unsqueeze(0).to(dev),
+        group_of_pos=(pos // h2).to(dev),
+        offset_in_group=(pos % h2).to(dev),
+    )
 
 
 def apply_shuffles(clip: torch.Tensor, indices: torch.Tensor, temporal_dim: int) -> torch.Tensor:
@@ -199,11 +231,13 @@ def apply_shuffles(clip: torch.Tensor, indices: torch.Tensor, temporal_dim: int)
     if indices.shape[1] != T:
         raise ValueError(f"indices are for T={indices.shape[1]} frames, clip has {T} on dim {dim}")
     n = indices.shape[0]
-    flat = indices.reshape(-1).to(device=clip.device, dtype=torch.int64)
+    flat = indices.reshape(-1)
+    if flat.device != clip.device or flat.dtype != torch.int64:
+        flat = flat.to(device=clip.device, dtype=torch.int64)
     gathered = clip.index_select(dim, flat)  # time axis now n*T
-    shape = list(clip.shape)
+    shape = clip.shape
     gathered = gathered.view(*shape[:dim], n, T, *shape[dim + 1 :])
-    return gathered.movedim(dim, 0)
+    return gathered if dim == 0 else gathered.movedim(dim, 0)
 
 
 # --------------------------------------------------------------------------- #

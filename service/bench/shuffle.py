@@ -1,13 +1,172 @@
-"""Placeholder."""
+"""Benchmark the shuffle: one gather vs a per-frame Python loop vs a bare copy.
+
+For each frame size, one uint8 ``[T, H, W, 3]`` clip is turned into ``N``
+shuffled copies three ways, on the same device, interleaved round by round in
+one process so that drift (turbo, other load) hits all three alike:
+
+* ``vectorized`` -- :func:`service.defense.shuffle_indices` +
+  :func:`service.defense.apply_shuffles` (index maths + one ``index_select``);
+* ``per_frame`` -- a plain Python implementation of Algorithm 1
+  (:func:`shuffle_per_frame`): ``random`` draws and one frame copy at a time;
+* ``bare_copy`` -- the same ``N * T`` frames copied with no shuffling at all
+  (the memory-bandwidth floor).
+
+Each number is the median of ``--repeats`` rounds after ``--warmup`` rounds.
+Printed ratios: vectorized / bare copy (target <= 1.5 at 224x224) and
+per-frame / vectorized (target >= 20 at the small size, and on a GPU at 224).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.defense import apply_shuffles, make_generator, shuffle_indices
+
+
+def shuffle_per_frame(
+    clip: torch.Tensor, h1: int, h2: int, n: int, rng: random.Random
+) -> torch.Tensor:
+    """Algorithm 1 written the slow way: Python draws, one frame copied at a time.
+
+    ``clip`` is ``[T, ...]``; returns ``[n, T, ...]``. Same semantics and edge
+    cases as :func:`service.defense.shuffle_indices` (an empty window keeps the
+    group's own frames); used as the benchmark's baseline and a test oracle.
+    """
+    T = clip.shape[0]
+    out = torch.empty((n, *clip.shape), dtype=clip.dtype, device=clip.device)
+    for k in range(n):
+        for t in range(0, T, h2):
+            lo, hi = max(t - h1, 0), min(t + h1, T - h2)
+            candidates = [c for c in range(lo, hi + 1) if c != t]
+            src = rng.choice(candidates) if candidates else t
+            for j in range(min(h2, T - t)):
+                out[k, t + j] = clip[src + j]
+    return out
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    def run(fn: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def bench_size(
+    *,
+    T: int,
+    size: int,
+    n: int,
+    h1: int,
+    h2: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, Any]:
+    gen_cpu = torch.Generator().manual_seed(seed)
+    clip = torch.randint(0, 256, (T, size, size, 3), dtype=torch.uint8, generator=gen_cpu)
+    clip = clip.to(device)
+    gen = make_generator(seed, device)
+    rng = random.Random(seed)
+
+    def vectorized() -> torch.Tensor:
+        idx = shuffle_indices(T, h1, h2, n, generator=gen)
+        return apply_shuffles(clip, idx, temporal_dim=0)
+
+    def per_frame() -> torch.Tensor:
+        return shuffle_per_frame(clip, h1, h2, n, rng)
+
+    def bare_copy() -> torch.Tensor:
+        return clip.unsqueeze(0).expand(n, *clip.shape).contiguous()
+
+    fns = {"vectorized": vectorized, "per_frame": per_frame, "bare_copy": bare_copy}
+    timer = _timer(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            dt = timer(fn)
+            if r >= warmup:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "T": T,
+        "size": size,
+        "n": n,
+        "h1": h1,
+        "h2": h2,
+        "device": str(device),
+        "bytes_out": n * clip.numel(),
+        "median_s": med,
+        "vectorized_over_bare_copy": med["vectorized"] / med["bare_copy"],
+        "per_frame_over_vectorized": med["per_frame"] / med["vectorized"],
+        "vectorized_GBps": n * clip.numel() / med["vectorized"] / 1e9,
+        "repeats": repeats,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--frames", type=int, default=32, help="T (default 32)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[224, 16], help="frame sizes (default 224 16)"
+    )
+    parser.add_argument("--n", type=int, default=10, help="shuffled copies (default 10)")
+    parser.add_argument("--h1", type=int, default=3, help="default: I3D preset 3")
+    parser.add_argument("--h2", type=int, default=4, help="default: I3D preset 4")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("shuffleguard: this benchmark is not implemented yet")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    results = []
+    print(
+        f"shuffle bench: T={args.frames} N={args.n} h1={args.h1} h2={args.h2} "
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"median of {args.repeats}"
+    )
+    header = (
+        f"{'size':>5} {'vectorized ms':>14} {'per-frame ms':>13} {'bare copy ms':>13} "
+        f"{'vec/copy':>9} {'loop/vec':>9} {'GB/s':>7}"
+    )
+    print(header)
+    for size in args.sizes:
+        res = bench_size(
+            T=args.frames,
+            size=size,
+            n=args.n,
+            h1=args.h1,
+            h2=args.h2,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=device,
+            seed=args.seed,
+        )
+        m = res["median_s"]
+        print(
+            f"{size:>5} {m['vectorized'] * 1e3:>14.3f} {m['per_frame'] * 1e3:>13.3f} "
+            f"{m['bare_copy'] * 1e3:>13.3f} {res['vectorized_over_bare_copy']:>9.2f} "
+            f"{res['per_frame_over_vectorized']:>9.1f} {res['vectorized_GBps']:>7.2f}"
+        )
+        results.append(res)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
