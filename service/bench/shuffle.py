@@ -101,9 +101,12 @@ def bench_size(
     fns = {"vectorized": vectorized, "per_frame": per_frame, "bare_copy": bare_copy}
     timer = _timer(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    order_rng = random.Random(seed + 1)
     for r in range(warmup + repeats):
-        for name, fn in fns.items():
-            dt = timer(fn)
+        order_rng.shuffle(order)  # no method always runs right after another
+        for name in order:
+            dt = timer(fns[name])
             if r >= warmup:
                 times[name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
