@@ -2,7 +2,9 @@
 
 An archive holds:
 
-* ``model.pt`` -- a TorchScript trace (loads without the project's model code);
+* ``model.pt`` -- a TorchScript trace (``format="torchscript"``, the default), or
+  ``model.pt2`` -- a ``torch.export`` program with a dynamic batch dimension
+  (``format="export"``); either loads without the project's model code;
 * ``meta.json`` -- ``name``, ``arch``, ``clip_len``, ``frame_interval``,
   ``crop_size``, ``labels``, ``preset`` {``h1``, ``h2``, ``ensemble``}, ``format``,
   ``sha256`` of the weights file, plus provenance fields;
@@ -77,6 +79,23 @@ def export_torchscript(
     traced.save(str(path))
 
 
+def export_program(
+    model: torch.nn.Module, clip_len: int, crop_size: int, path: Path, *, atol: float = 1e-4
+) -> None:
+    """``torch.export`` ``model`` with a dynamic batch dimension and save it as ``.pt2``."""
+    model = model.eval().cpu()
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(2, 3, clip_len, crop_size, crop_size, generator=gen)
+    probe = torch.rand(3, 3, clip_len, crop_size, crop_size, generator=gen)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    with torch.no_grad():
+        err = (torch.export.load(str(path)).module()(probe) - model(probe)).abs().max().item()
+    if err > atol:
+        raise RuntimeError(f"exported program differs from eager by {err:.2e} > {atol}")
+
+
 def model_config_yaml(
     *, batch_size: int, max_batch_delay_ms: int, workers: int, response_timeout_s: int
 ) -> str:
@@ -99,6 +118,7 @@ def build_mar(
     workers: int = 1,
     response_timeout_s: int = 60,
     version: str = "1.0",
+    fmt: str = "torchscript",
 ) -> Path:
     """Export ``model`` and write ``{out_dir}/{meta['name']}.mar``; returns its path.
 
@@ -114,9 +134,16 @@ def build_mar(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sg-archive-") as tmp_str:
         tmp = Path(tmp_str)
-        weights = tmp / "model.pt"
-        export_torchscript(model, int(meta["clip_len"]), int(meta["crop_size"]), weights)
-        meta["format"] = "torchscript"
+        clip_len, crop_size = int(meta["clip_len"]), int(meta["crop_size"])
+        if fmt == "torchscript":
+            weights = tmp / "model.pt"
+            export_torchscript(model, clip_len, crop_size, weights)
+        elif fmt == "export":
+            weights = tmp / "model.pt2"
+            export_program(model, clip_len, crop_size, weights)
+        else:
+            raise ValueError(f"fmt must be 'torchscript' or 'export', got {fmt!r}")
+        meta["format"] = fmt
         meta["sha256"] = sha256_file(weights)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "model-config.yaml").write_text(

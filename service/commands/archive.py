@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-delay-ms", type=int, default=5, help="TorchServe maxBatchDelay"
     )
     parser.add_argument("--workers", type=int, default=1, help="TorchServe workers")
+    parser.add_argument(
+        "--format",
+        choices=["torchscript", "export"],
+        default="torchscript",
+        help="weights format: TorchScript trace (model.pt) or torch.export (model.pt2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         workers=args.workers,
+        fmt=args.format,
     )
     written = json.loads((args.out / f"{args.name}.meta.json").read_text())
     print(f"wrote {mar} ({mar.stat().st_size / 1e6:.2f} MB)")

@@ -134,6 +134,24 @@ def test_handler_refuses_tampered_weights(unpacked: Path, tmp_path: Path) -> Non
         handler_mod.ShuffleGuardHandler().initialize(make_context(bad, [{}]))
 
 
+def test_export_format_round_trips_through_handler(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    mar = build_mar(tiny_model, META | {"name": "tiny_export"}, tmp_path, fmt="export")
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(mar) as zf:
+        zf.extractall(unpacked)
+    meta = json.loads((unpacked / "meta.json").read_text())
+    assert meta["format"] == "export" and (unpacked / "model.pt2").exists()
+    assert meta["sha256"] == sha256_file(unpacked / "model.pt2")
+    h = handler_mod.ShuffleGuardHandler()
+    h.initialize(make_context(unpacked, [{}]))
+    clips = np.random.default_rng(1).integers(0, 256, (5, 8, 16, 16, 3), dtype=np.uint8)
+    out = h.handle([{"body": encode_clips(clips)}], make_context(unpacked, [{}]))
+    ref = tiny_model(torch.from_numpy(clips).permute(0, 4, 1, 2, 3) / 255.0)
+    assert np.allclose(decode_logits(out[0]), ref.detach().numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "change",
     [dict(labels=[]), dict(preset=dict(h1=1, h2=9, ensemble=2)), dict(preset=dict(h1=1))],
