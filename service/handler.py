@@ -58,12 +58,12 @@ def load_weights(path: str, fmt: str, device: torch.device) -> torch.nn.Module:
     """Load a TorchScript ``model.pt`` or a ``torch.export`` ``model.pt2`` onto ``device``."""
     if fmt == "torchscript":
         model = torch.jit.load(path, map_location=device)
-    elif fmt == "export":
-        model = torch.export.load(path).module().to(device)
-    else:
-        raise ValueError(f"unknown weights format {fmt!r} (torchscript or export)")
-    model.eval()
-    return model
+        model.eval()
+        return model
+    if fmt == "export":
+        # an exported program is already in inference form (eval() is unsupported on it)
+        return torch.export.load(path).module().to(device)
+    raise ValueError(f"unknown weights format {fmt!r} (torchscript or export)")
 
 
 class ShuffleGuardHandler:
