@@ -1,0 +1,737 @@
+"""Video decoding for the gateway: upload bytes in, one model-ready clip out.
+
+:func:`decode_clip` turns an uploaded file (any video PyAV decodes, or an
+``.npy`` clip) into uint8 ``[clip_len, crop_size, crop_size, 3]`` RGB 0..255, the
+way MMAction2's test pipeline does: ``SampleFrames`` (test mode, one clip), then
+resize the short side to ``crop_size``, then centre-crop. This module imports
+numpy, av and torch only (no web framework), so the gateway, the CLI and
+notebooks share it; the gateway maps :class:`VideoError` to HTTP in one place
+through its ``status_code`` and ``code`` attributes.
+
+What is accepted, and which error a rejected upload gets
+--------------------------------------------------------
+* **Videos**: any container and codec PyAV (FFmpeg) decodes whose first video
+  stream yields at least 2 frames: mp4/H.264, webm/VP8/VP9, mkv, avi/MJPEG, mov,
+  animated GIF, ... Display rotation metadata (phone videos) is applied, so
+  portrait clips come out upright.
+* **npy**: recognised by its magic bytes ``\\x93NUMPY`` (whatever the
+  Content-Type says); it must hold uint8 ``[T, H, W, 3]`` RGB. An array that is
+  already ``[clip_len, crop_size, crop_size, 3]`` is used as is, bit-exact (no
+  sampling, no resize), so crafted adversarial clips reach the model unchanged.
+  Any other shape is sampled, resized and cropped like a video.
+* 415 :class:`NotAVideoError` (``not_a_video``) -- the upload is media we can
+  identify but it has no motion: a still image (PNG, JPEG, BMP, WebP, a 1-frame
+  GIF or any other single-frame file; an image FFmpeg cannot open is still
+  recognised by its magic bytes), a file with audio or subtitles but no video
+  stream, an ``.npy`` with a single frame.
+* 400 :class:`BadVideoError` (``bad_video``) -- anything else that does not
+  decode: an empty body, random bytes, text (always 400, whatever it contains,
+  so text never reaches FFmpeg's subtitle/playlist parsers), a truncated or
+  corrupt file (unreadable container, an incomplete packet or a decoder error
+  before the last frame needed), an ``.npy``
+  with the wrong dtype/rank/channels or a header that does not match its
+  payload, a body declared ``application/x-npy`` that is not an ``.npy``.
+* 413 :class:`LimitExceededError` -- over one of :class:`DecodeLimits`; each is
+  checked *before* its memory or time is spent (see the class).
+
+Frame count and memory
+----------------------
+Sampling needs the total frame count ``N`` before choosing frames, and frames
+are decoded in order. Memory stays at what the decoder holds (its reference
+frames, one per thread with frame threading) plus one full-resolution RGB frame
+at a time plus ``clip_len`` small output frames -- never the whole video:
+
+1. ``N`` comes from the container when it records it (mp4/mov sample tables, avi
+   headers); otherwise (mkv/webm, gif, ...) from a demux-only pass that counts
+   the stream's packets -- no decoding, so it costs a fraction of one decode.
+   Encoders used in practice emit one packet per shown frame (VP8/VP9
+   alt-ref frames are packed into superframes), so this count is exact for them.
+2. One decoding pass then converts only the sampled frames to RGB
+   (``to_ndarray`` is the expensive step; every other frame is decoded, since
+   inter-coded frames depend on each other, but never converted), resizes and
+   crops each one immediately, and stops at the last frame it needs.
+3. If the stream ends cleanly before that frame (the recorded or packet count
+   was too high, e.g. a lying header), the pass has just counted the frames
+   exactly, and a second pass samples with the true count. (A file cut short
+   mid-packet is rejected instead: the demuxer flags the incomplete packet.)
+
+A one-pass reservoir was rejected: with ``N`` unknown until the end, any frame
+from the middle onwards may still be needed, so it would hold about half the
+video. If a count is too *low*, the clip is sampled as if the video ended
+there (slightly off-centre); no container in the tests does that.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "NPY_CONTENT_TYPE",
+    "NPY_MAGIC",
+    "BadVideoError",
+    "DecodeLimits",
+    "DecodedClip",
+    "LIMIT_CODES",
+    "LimitExceededError",
+    "NotAVideoError",
+    "VideoError",
+    "decode_clip",
+    "sample_frame_indices",
+]
+
+logger = logging.getLogger(__name__)
+
+NPY_MAGIC = b"\x93NUMPY"
+NPY_CONTENT_TYPE = "application/x-npy"
+_ACCEPTED = (
+    "send a video (mp4, webm, mkv, avi, mov, animated GIF) or an .npy uint8 [T, H, W, 3] clip"
+)
+
+
+# --------------------------------------------------------------------------- #
+# Errors
+# --------------------------------------------------------------------------- #
+class VideoError(Exception):
+    """An upload that cannot become a clip. ``status_code`` is the HTTP status the
+    gateway answers with, ``code`` the snake_case error code of the JSON body,
+    ``message`` says what was wrong and what to do."""
+
+    status_code: int = 400
+    code: str = "bad_video"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadVideoError(VideoError):
+    """400 ``bad_video``: empty, undecodable, corrupt or malformed upload."""
+
+    status_code = 400
+    code = "bad_video"
+
+
+class NotAVideoError(VideoError):
+    """415 ``not_a_video``: a still image, audio-only or other non-video media."""
+
+    status_code = 415
+    code = "not_a_video"
+
+
+#: Error code per limit (all 413).
+LIMIT_CODES: dict[str, str] = {
+    "max_bytes": "video_too_large",
+    "max_pixels": "frame_too_large",
+    "max_frames": "too_many_frames",
+    "max_decode_seconds": "decode_timeout",
+}
+
+
+class LimitExceededError(VideoError):
+    """413: over one of :class:`DecodeLimits`.
+
+    ``limit`` is the field name (``max_bytes``, ``max_pixels``, ``max_frames``,
+    ``max_decode_seconds``), ``value`` what the upload reached, ``maximum`` the
+    limit; ``code`` is ``video_too_large``, ``frame_too_large``,
+    ``too_many_frames`` or ``decode_timeout`` respectively.
+    """
+
+    status_code = 413
+
+    def __init__(self, limit: str, value: float, maximum: float, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+        self.code = LIMIT_CODES[limit]
+
+
+# --------------------------------------------------------------------------- #
+# Limits and result
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Resource limits for one upload (defaults: SPEC "Errors and limits").
+
+    * ``max_bytes``: upload size, checked before anything is parsed.
+    * ``max_pixels``: width x height of a frame, checked from the stream header
+      before any frame is decoded, handed to the decoder itself (FFmpeg's
+      ``max_pixels``, so it refuses to allocate a bigger frame), and checked again
+      on every decoded frame; for ``.npy``, from the header before the data is read.
+    * ``max_frames``: frames decoded by this request (all passes together),
+      counted as they come out of the decoder; checked up front when the
+      container's frame count already shows the sampled frames lie beyond it.
+      For ``.npy``, ``T`` from the header.
+    * ``max_decode_seconds``: wall time (monotonic clock) spent decoding,
+      checked after every packet and frame; one frame's decode is not interrupted.
+    """
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 3840 * 2160
+    max_frames: int = 3000
+    max_decode_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "max_frames", "max_decode_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedClip:
+    """One model-ready clip and where it came from.
+
+    Attributes:
+        frames: uint8 ``[clip_len, crop_size, crop_size, 3]`` RGB 0..255, C-contiguous.
+        frame_indices: int64 ``[clip_len]``, the 0-based source frame of each output frame.
+        source_format: ``"npy"`` or FFmpeg's demuxer name (e.g. ``"matroska,webm"``).
+        source_codec: FFmpeg's decoder name (``"h264"``, ``"vp9"``, ...); None for npy.
+        source_frames: the frame count the sampling used (npy: ``T``; video: exact when
+            the stream was decoded to its end, else the container's or packet count).
+        source_width: displayed width of a source frame (after rotation).
+        source_height: displayed height of a source frame (after rotation).
+        passthrough: True when an ``.npy`` was already the clip and is returned as is.
+        frames_decoded: frames the video decoder produced, all passes (0 for npy).
+        rotation: display rotation applied, degrees counter-clockwise (0, 90, 180, 270).
+    """
+
+    frames: np.ndarray
+    frame_indices: np.ndarray
+    source_format: str
+    source_codec: str | None
+    source_frames: int
+    source_width: int
+    source_height: int
+    passthrough: bool = False
+    frames_decoded: int = 0
+    rotation: int = 0
+
+
+# --------------------------------------------------------------------------- #
+# Sampling (MMAction2 SampleFrames, test mode)
+# --------------------------------------------------------------------------- #
+def sample_frame_indices(total_frames: int, clip_len: int, frame_interval: int) -> np.ndarray:
+    """Source frames of the one test-mode clip of MMAction2 ``SampleFrames``.
+
+    ``clip_len`` frames, ``frame_interval`` apart, centred: with the clip spanning
+    ``span = clip_len * frame_interval`` frames, the first index is
+    ``(total_frames - span + 1) // 2`` when ``total_frames >= span`` and 0
+    otherwise; indices past the end wrap around (``index % total_frames``, the
+    ``out_of_bound_opt="loop"`` default), so a short video loops.
+
+    Args:
+        total_frames: frames in the video (>= 1; a single frame gives all zeros).
+        clip_len: frames in the clip (>= 1).
+        frame_interval: stride between sampled frames (>= 1).
+
+    Returns:
+        int64 ``[clip_len]``, every value in ``[0, total_frames)``.
+    """
+    if total_frames < 1:
+        raise ValueError(f"total_frames must be >= 1, got {total_frames}")
+    if clip_len < 1:
+        raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+    if frame_interval < 1:
+        raise ValueError(f"frame_interval must be >= 1, got {frame_interval}")
+    span = clip_len * frame_interval
+    offset = (total_frames - span + 1) // 2 if total_frames > span - 1 else 0
+    indices = offset + np.arange(clip_len, dtype=np.int64) * frame_interval
+    return np.mod(indices, total_frames)
+
+
+# --------------------------------------------------------------------------- #
+# Resize + crop
+# --------------------------------------------------------------------------- #
+def _resize_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[crop_size, crop_size, 3]``.
+
+    Resize so the short side is ``crop_size`` (long side ``int(long * s + 0.5)``,
+    as mmcv rescales), bilinear with antialiasing (torch's uint8 kernel), then
+    take the centre ``crop_size`` square (offset ``(size - crop) // 2``, as
+    MMAction2 ``CenterCrop``). A frame whose short side is already ``crop_size``
+    is only cropped, so its pixels are kept exactly.
+    """
+    h, w = image.shape[:2]
+    short = min(h, w)
+    if short != crop_size:
+        scale = crop_size / short
+        new_h = max(crop_size, int(h * scale + 0.5))
+        new_w = max(crop_size, int(w * scale + 0.5))
+        image = np.require(image, np.uint8, ("C_CONTIGUOUS", "WRITEABLE"))  # torch needs both
+        tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+        tensor = F.interpolate(
+            tensor, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
+        image = tensor[0].permute(1, 2, 0).numpy()
+        h, w = new_h, new_w
+    top, left = (h - crop_size) // 2, (w - crop_size) // 2
+    return np.ascontiguousarray(image[top : top + crop_size, left : left + crop_size])
+
+
+# --------------------------------------------------------------------------- #
+# Budget: the limits that grow while decoding
+# --------------------------------------------------------------------------- #
+class _Budget:
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits = limits
+        self.start = time.monotonic()
+        self.frames = 0
+
+    def check_time(self) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed > self.limits.max_decode_seconds:
+            raise LimitExceededError(
+                "max_decode_seconds",
+                elapsed,
+                self.limits.max_decode_seconds,
+                f"decoding took longer than max_decode_seconds={self.limits.max_decode_seconds:g}"
+                f" s (stopped after {elapsed:.2f} s and {self.frames} frames); send a shorter"
+                " or lower-resolution clip",
+            )
+
+    def count_frame(self) -> None:
+        self.frames += 1
+        if self.frames > self.limits.max_frames:
+            raise LimitExceededError(
+                "max_frames",
+                self.frames,
+                self.limits.max_frames,
+                f"decoding needs more than max_frames={self.limits.max_frames} frames; send a"
+                f" clip of at most {self.limits.max_frames} frames",
+            )
+        self.check_time()
+
+    def check_pixels(self, width: int, height: int, where: str) -> None:
+        if width * height > self.limits.max_pixels:
+            raise LimitExceededError(
+                "max_pixels",
+                width * height,
+                self.limits.max_pixels,
+                f"{where} is {width}x{height} = {width * height} pixels, over max_pixels="
+                f"{self.limits.max_pixels}; downscale the clip (the model sees it at a few"
+                " hundred pixels anyway)",
+            )
+
+
+# --------------------------------------------------------------------------- #
+# Sniffing
+# --------------------------------------------------------------------------- #
+def _still_image_kind(data: bytes) -> str | None:
+    """The still-image format ``data`` starts with, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"BM") and len(data) >= 14:
+        return "BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """True when the first 4 KiB are printable UTF-8 (no video container starts so)."""
+    head = data[:4096]
+    if b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":  # a multi-byte char cut at 4 KiB is fine
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\t\n\r\f\v\ufeff" for c in text)
+
+
+def _is_npy_content_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == NPY_CONTENT_TYPE
+
+
+# --------------------------------------------------------------------------- #
+# Entry point
+# --------------------------------------------------------------------------- #
+def decode_clip(
+    data: bytes,
+    *,
+    clip_len: int,
+    frame_interval: int,
+    crop_size: int,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    content_type: str | None = None,
+) -> DecodedClip:
+    """Decode an uploaded video or ``.npy`` clip into one model-ready clip.
+
+    Args:
+        data: the upload, in memory (never written to disk).
+        clip_len: frames in the clip (the model's ``clip_len``, >= 1).
+        frame_interval: stride of the sampled frames (>= 1).
+        crop_size: side of the square output frames (>= 1).
+        limits: resource limits, each checked before its cost is paid.
+        content_type: the request's Content-Type, if any. Only used to report an
+            ``application/x-npy`` body that is not an ``.npy``; formats are
+            detected from the bytes, never trusted from this header.
+
+    Returns:
+        A :class:`DecodedClip` whose ``frames`` are uint8
+        ``[clip_len, crop_size, crop_size, 3]`` RGB 0..255.
+
+    Raises:
+        BadVideoError: 400, undecodable/empty/corrupt upload.
+        NotAVideoError: 415, a still image or a file without a video stream.
+        LimitExceededError: 413, over a limit of ``limits``.
+        ValueError: ``clip_len``, ``frame_interval`` or ``crop_size`` < 1 (a caller bug).
+    """
+    for name, value in (
+        ("clip_len", clip_len),
+        ("frame_interval", frame_interval),
+        ("crop_size", crop_size),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if len(data) > limits.max_bytes:
+        raise LimitExceededError(
+            "max_bytes",
+            len(data),
+            limits.max_bytes,
+            f"the upload is {len(data)} bytes, over max_bytes={limits.max_bytes}; send a"
+            " shorter or more compressed clip",
+        )
+    if not data:
+        raise BadVideoError(
+            "the upload is empty; send the video as the multipart field 'file' or as the raw"
+            " request body"
+        )
+    budget = _Budget(limits)
+    if data.startswith(NPY_MAGIC):
+        return _decode_npy(data, clip_len, frame_interval, crop_size, budget)
+    if _is_npy_content_type(content_type):
+        raise BadVideoError(
+            f"the Content-Type is {NPY_CONTENT_TYPE} but the body is not an .npy file (it does"
+            " not start with the npy magic \\x93NUMPY); write it with numpy.save"
+        )
+    if _looks_like_text(data):
+        raise BadVideoError(f"the upload is text, not an encoded video; {_ACCEPTED}")
+    return _VideoDecoder(data, clip_len, frame_interval, crop_size, budget).decode()
+
+
+# --------------------------------------------------------------------------- #
+# npy
+# --------------------------------------------------------------------------- #
+def _decode_npy(
+    data: bytes, clip_len: int, frame_interval: int, crop_size: int, budget: _Budget
+) -> DecodedClip:
+    """An ``.npy`` upload: header checked before any data is touched, then either
+    passed through bit-exact or sampled/resized/cropped like a video."""
+    limits = budget.limits
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise BadVideoError(f"unsupported .npy format version {version}; use numpy.save")
+    except VideoError:
+        raise
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise BadVideoError(f"malformed .npy header: {exc}") from exc
+    expected = f"an .npy clip must be uint8 [T, H, W, 3] RGB 0..255, got {dtype} {shape}"
+    if dtype != np.dtype(np.uint8):
+        raise BadVideoError(f"{expected}: wrong dtype (convert with array.astype(np.uint8))")
+    if len(shape) != 4:
+        raise BadVideoError(f"{expected}: wrong number of dimensions")
+    if shape[-1] != 3:
+        raise BadVideoError(f"{expected}: the last axis must hold the 3 RGB channels")
+    t, h, w = (int(v) for v in shape[:3])
+    if t == 0 or h == 0 or w == 0:
+        raise BadVideoError(f"{expected}: the clip is empty")
+    budget.check_pixels(w, h, "an .npy frame")
+    if t > limits.max_frames:
+        raise LimitExceededError(
+            "max_frames",
+            t,
+            limits.max_frames,
+            f"the .npy holds {t} frames, over max_frames={limits.max_frames}; send at most"
+            f" {limits.max_frames} frames",
+        )
+    offset = stream.tell()
+    declared = math.prod((t, h, w, 3))
+    if declared != len(data) - offset:
+        raise BadVideoError(
+            f"the .npy header declares {declared} bytes of uint8 data but the body holds"
+            f" {len(data) - offset} (truncated or padded file)"
+        )
+    flat = np.frombuffer(data, dtype=np.uint8, count=declared, offset=offset)  # a view
+    array = flat.reshape(shape[::-1]).transpose() if fortran_order else flat.reshape(shape)
+    if array.shape == (clip_len, crop_size, crop_size, 3):
+        return DecodedClip(
+            frames=np.array(array, order="C", copy=True),  # bit-exact, writable
+            frame_indices=np.arange(clip_len, dtype=np.int64),
+            source_format="npy",
+            source_codec=None,
+            source_frames=t,
+            source_width=w,
+            source_height=h,
+            passthrough=True,
+        )
+    if t < 2:
+        raise NotAVideoError(
+            f"the .npy holds a single frame {shape}, a still image, not a video; {_ACCEPTED}"
+        )
+    indices = sample_frame_indices(t, clip_len, frame_interval)
+    resized: dict[int, np.ndarray] = {}
+    for index in np.unique(indices).tolist():
+        budget.check_time()
+        resized[index] = _resize_crop(array[index], crop_size)
+    return DecodedClip(
+        frames=np.stack([resized[i] for i in indices.tolist()]),
+        frame_indices=indices,
+        source_format="npy",
+        source_codec=None,
+        source_frames=t,
+        source_width=w,
+        source_height=h,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Videos (PyAV)
+# --------------------------------------------------------------------------- #
+#: What PyAV raises on hostile input: FFmpegError subclasses (also OSError/ValueError
+#: subclasses), plus decoding of metadata and odd container states.
+_AV_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError, EOFError)
+
+
+def _rotation_of(frame: av.VideoFrame) -> int:
+    """Display rotation of ``frame`` in degrees counter-clockwise, as 0/90/180/270."""
+    try:
+        degrees = float(frame.rotation)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    if not math.isfinite(degrees):
+        return 0
+    return (round(degrees / 90) * 90) % 360
+
+
+class _VideoDecoder:
+    """Decoding passes over one upload (see the module docstring, "Frame count and memory")."""
+
+    def __init__(
+        self, data: bytes, clip_len: int, frame_interval: int, crop_size: int, budget: _Budget
+    ) -> None:
+        self.data = data
+        self.clip_len = clip_len
+        self.frame_interval = frame_interval
+        self.crop_size = crop_size
+        self.budget = budget
+        self.format_name = ""
+        self.codec_name: str | None = None
+        self.width = 0
+        self.height = 0
+        self.rotation = 0
+
+    # -- container ------------------------------------------------------- #
+    def _open(self) -> av.container.InputContainer:
+        try:
+            return av.open(io.BytesIO(self.data), mode="r", metadata_errors="replace")
+        except _AV_ERRORS as exc:
+            raise self._unreadable(
+                "could not read the upload as a video: it is not a video file, or it is"
+                " truncated or corrupt",
+                exc,
+            ) from exc
+
+    def _unreadable(self, what: str, exc: BaseException | None = None) -> VideoError:
+        """The error for an upload FFmpeg cannot read: 415 when its magic bytes say it
+        is a still image (one FFmpeg cannot open is still not a video), else 400."""
+        kind = _still_image_kind(self.data)
+        if kind is not None:
+            return NotAVideoError(f"the upload is a {kind} still image, not a video; {_ACCEPTED}")
+        detail = f" ({_describe(exc)})" if exc is not None else ""
+        return BadVideoError(f"{what}{detail}; {_ACCEPTED}")
+
+    def _video_stream(self, container: av.container.InputContainer) -> av.VideoStream:
+        attached = av.stream.Disposition.attached_pic
+        videos = [s for s in container.streams.video if not (s.disposition & attached)]
+        if not videos:
+            kinds = sorted({s.type for s in container.streams})
+            if kinds:
+                raise NotAVideoError(
+                    f"the upload has no video stream (it holds {' and '.join(kinds)} only);"
+                    f" {_ACCEPTED}"
+                )
+            raise BadVideoError(f"the container holds no streams; {_ACCEPTED}")
+        stream = videos[0]
+        ctx = stream.codec_context
+        self.format_name = container.format.name
+        self.codec_name = ctx.name
+        if ctx.width and ctx.height:
+            self.budget.check_pixels(ctx.width, ctx.height, "a frame of the video stream")
+        # Backstop: the decoder itself refuses to allocate a far bigger frame (a size
+        # change in mid-stream, a header without dimensions). FFmpeg counts padded
+        # sizes (up to 1.2x for tiny frames), hence the slack; the exact limit is
+        # checked on every decoded frame.
+        cap = 2 * self.budget.limits.max_pixels
+        ctx.options = {**ctx.options, "max_pixels": str(cap)}
+        stream.thread_type = "AUTO"
+        return stream
+
+    # -- passes ---------------------------------------------------------- #
+    def _frame_count_hint(self) -> int:
+        """Frames in the stream, from the container or by counting packets (no decoding)."""
+        with self._open() as container:
+            stream = self._video_stream(container)
+            if stream.frames > 0:
+                return int(stream.frames)
+            packets = 0
+            try:
+                for packet in container.demux(stream):
+                    self.budget.check_time()
+                    if packet.size:
+                        self._check_packet(packet, packets)
+                        packets += 1
+            except _AV_ERRORS as exc:
+                raise BadVideoError(
+                    f"the video is corrupt or truncated: reading its packets failed after"
+                    f" {packets} ({_describe(exc)}); re-encode or re-upload the file"
+                ) from exc
+            return packets
+
+    @staticmethod
+    def _check_packet(packet: av.Packet, position: int) -> None:
+        # The demuxer flags a packet cut short by the end of the data (a truncated upload).
+        if packet.is_corrupt:
+            raise BadVideoError(
+                f"the video is corrupt or truncated: packet {position} of the video stream is"
+                " incomplete; re-encode or re-upload the file"
+            )
+
+    def _decode_pass(self, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+        """Decode in order, keeping the resized crops of the ``wanted`` frames; stop
+        after the last one (or decode to the end when ``wanted`` is empty).
+
+        Returns the kept crops by index and the number of frames decoded in this
+        pass (the exact frame count when the stream ended before the last wanted).
+        """
+        last = max(wanted) if wanted else None
+        kept: dict[int, np.ndarray] = {}
+        count = 0
+        packets = 0
+        with self._open() as container:
+            stream = self._video_stream(container)
+            try:
+                for packet in container.demux(stream):
+                    self.budget.check_time()
+                    if packet.size:
+                        self._check_packet(packet, packets)
+                        packets += 1
+                    # A size-0 packet flushes the decoder at the end of the stream.
+                    for frame in stream.decode(packet):
+                        self.budget.count_frame()
+                        self.budget.check_pixels(frame.width, frame.height, "a decoded frame")
+                        index = count
+                        count += 1
+                        if index in wanted:
+                            kept[index] = self._convert(frame)
+                        if last is not None and index >= last:
+                            return kept, count
+            except _AV_ERRORS as exc:
+                if count == 0:
+                    raise self._unreadable("the video stream could not be decoded", exc) from exc
+                raise BadVideoError(
+                    f"the video is corrupt or truncated: decoding failed after {count} frames"
+                    f" ({_describe(exc)}); re-encode or re-upload the file"
+                ) from exc
+        return kept, count
+
+    def _convert(self, frame: av.VideoFrame) -> np.ndarray:
+        """One decoded frame -> uint8 ``[crop, crop, 3]`` RGB, upright."""
+        image = frame.to_ndarray(format="rgb24", src_color_range=frame.color_range)
+        self.rotation = _rotation_of(frame)
+        if self.rotation:
+            image = np.rot90(image, k=self.rotation // 90)
+        self.height, self.width = image.shape[:2]
+        return _resize_crop(image, self.crop_size)
+
+    def _check_reachable(self, total: int, indices: np.ndarray) -> None:
+        needed = int(indices.max()) + 1
+        if needed > self.budget.limits.max_frames:
+            raise LimitExceededError(
+                "max_frames",
+                needed,
+                self.budget.limits.max_frames,
+                f"the video has {total} frames; its centre clip ends at frame {needed}, so"
+                f" decoding it would exceed max_frames={self.budget.limits.max_frames}; trim"
+                " the video to its interesting part",
+            )
+
+    def decode(self) -> DecodedClip:
+        total = self._frame_count_hint()
+        exact = False
+        if total < 2:
+            # Too few frames to be a video on paper: decode to the end to know for sure.
+            _, total = self._decode_pass(set())
+            exact = True
+        for _ in range(2):
+            if total < 2:
+                break
+            indices = sample_frame_indices(total, self.clip_len, self.frame_interval)
+            self._check_reachable(total, indices)
+            kept, count = self._decode_pass(set(indices.tolist()))
+            if len(kept) == len(set(indices.tolist())):
+                frames = np.stack([kept[i] for i in indices.tolist()])
+                logger.debug(
+                    "decoded %s/%s: %d of %d frames sampled, %d decoded",
+                    self.format_name,
+                    self.codec_name,
+                    self.clip_len,
+                    total,
+                    self.budget.frames,
+                )
+                return DecodedClip(
+                    frames=frames,
+                    frame_indices=indices,
+                    source_format=self.format_name,
+                    source_codec=self.codec_name,
+                    source_frames=total,
+                    source_width=self.width,
+                    source_height=self.height,
+                    frames_decoded=self.budget.frames,
+                    rotation=self.rotation,
+                )
+            if exact:  # cannot happen with a deterministic decoder; do not loop on it
+                break
+            total, exact = count, True  # the stream ended early: now the count is exact
+        if total == 0:
+            raise self._unreadable("the video stream holds no decodable frame")
+        if total == 1:
+            kind = _still_image_kind(self.data)
+            what = f"a {kind} still image" if kind else "a single frame (a still image)"
+            raise NotAVideoError(f"the upload holds {what}, not a video; {_ACCEPTED}")
+        raise BadVideoError(
+            "the video's frames changed between decoding passes; re-encode the file"
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, client-safe description of a PyAV/FFmpeg error."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).strip()
