@@ -1,0 +1,179 @@
+"""The one way in for configuration: :class:`Settings` (pydantic-settings).
+
+Every field reads the environment variable ``SHUFFLEGUARD_<FIELD>`` (upper case),
+e.g. ``SHUFFLEGUARD_BACKEND_URL``, ``SHUFFLEGUARD_RESEARCH_MODE=1``,
+``SHUFFLEGUARD_MAX_INFLIGHT=8``. Command-line options of ``shuffleguard serve``
+are applied on top as keyword overrides (``Settings(**overrides)``), so the
+gateway, the TorchServe supervisor and the tests all read one typed object.
+
+Validators fail fast at start-up on values that could only fail later, on the
+request path: a backend URL that does not parse, an ensemble below 1, a
+threshold outside [0, 1], a limit of zero.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["MODEL_NAME_PATTERN", "MAX_ENSEMBLE", "Settings", "normalize_url"]
+
+#: Model names the gateway accepts (they become part of a backend URL path).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+#: The largest ensemble a request may ask for (SPEC §4).
+MAX_ENSEMBLE = 64
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def normalize_url(value: str, *, name: str) -> str:
+    """``value`` as an absolute http(s) URL without a trailing slash, or ValueError."""
+    text = str(value).strip()
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: {text!r} is not a URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{name}: {text!r} must be an absolute http:// or https:// URL")
+    if url.query or url.fragment:
+        raise ValueError(f"{name}: {text!r} must not have a query or fragment")
+    return text.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Gateway and serving settings (env prefix ``SHUFFLEGUARD_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHUFFLEGUARD_",
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # ---------------------------------------------------------------- backend
+    backend_url: str = Field(
+        default="http://127.0.0.1:8080", description="TorchServe inference API base URL"
+    )
+    backend_management_url: str = Field(
+        default="http://127.0.0.1:8081", description="TorchServe management API base URL"
+    )
+    backend_timeout_s: PositiveFloat = Field(
+        default=30.0, description="no answer from the backend within this -> 504"
+    )
+    backend_connect_timeout_s: PositiveFloat = Field(
+        default=2.0, description="TCP connect timeout to the backend"
+    )
+    backend_connect_retries: int = Field(
+        default=2, ge=0, le=10, description="retries of connections that could not be opened"
+    )
+    backend_max_connections: PositiveInt = Field(
+        default=64, description="pooled connections to the backend"
+    )
+
+    # ---------------------------------------------------------------- models
+    default_model: str = Field(
+        default="toy_r3d18",
+        pattern=MODEL_NAME_PATTERN,
+        description="model used when a request names none (falls back to the first listed)",
+    )
+    metadata_ttl_s: PositiveFloat = Field(
+        default=30.0, description="how long model metadata and the model list are cached"
+    )
+    readiness_ttl_s: float = Field(
+        default=1.0, ge=0, description="how long a /readyz answer is reused"
+    )
+
+    # ---------------------------------------------------------------- defense
+    research_mode: bool = Field(
+        default=False,
+        description="open every request parameter and response field (oracle for attackers!)",
+    )
+    ensemble: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ENSEMBLE,
+        description="server-wide ensemble size; default: each model's preset",
+    )
+    suspicion_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="vote share under this: suspected_adversarial"
+    )
+    device: str = Field(
+        default="auto", description="where shuffles are gathered: auto (GPU if any), cpu, cuda[:N]"
+    )
+
+    # ---------------------------------------------------------------- limits
+    max_inflight: PositiveInt = Field(default=4, description="classify requests running at once")
+    max_queue: int = Field(default=16, ge=0, description="classify requests waiting for a slot")
+    queue_timeout_s: PositiveFloat = Field(
+        default=10.0, description="longest wait for a slot before 429"
+    )
+    retry_after_s: PositiveInt = Field(default=1, description="Retry-After on 429 and 503")
+    max_upload_bytes: PositiveInt = Field(
+        default=50 * 1024 * 1024, description="upload size limit (bytes)"
+    )
+    upload_timeout_s: PositiveFloat = Field(
+        default=30.0, description="time to receive the whole upload before 408"
+    )
+    max_pixels: PositiveInt = Field(default=3840 * 2160, description="pixels per decoded frame")
+    max_frames: PositiveInt = Field(default=3000, description="frames decoded per upload")
+    max_decode_seconds: PositiveFloat = Field(default=30.0, description="decode time per upload")
+    decode_threads: PositiveInt = Field(
+        default=2, description="threads for blocking work (decode, shuffle, encode)"
+    )
+
+    # ---------------------------------------------------------------- serve
+    host: str = Field(default="127.0.0.1", description="gateway bind address")
+    port: Port = Field(default=8000, description="gateway port")
+    model_store: Path = Field(default=Path("model_store"), description="TorchServe model store")
+    torchserve_host: str = Field(default="127.0.0.1", description="TorchServe bind address")
+    torchserve_inference_port: Port = 8080
+    torchserve_management_port: Port = 8081
+    torchserve_metrics_port: Port = 8082
+    torchserve_start_timeout_s: PositiveFloat = Field(
+        default=180.0, description="longest wait for TorchServe's models to be ready"
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    # ------------------------------------------------------------ validators
+    @field_validator("backend_url", "backend_management_url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        return normalize_url(value, name=info.field_name or "url")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        ports = (
+            self.torchserve_inference_port,
+            self.torchserve_management_port,
+            self.torchserve_metrics_port,
+        )
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"TorchServe inference/management/metrics ports must differ: {ports}")
+        return self
+
+    @property
+    def max_admitted(self) -> int:
+        """Classify requests held at once (running + waiting): bounds upload memory."""
+        return self.max_inflight + self.max_queue
