@@ -1,0 +1,110 @@
+"""The app factory: ``create_app(settings)``.
+
+Each app owns its settings, backend client, caches, admission gates and a
+private metrics registry, so several apps (a production and a research
+gateway, say) can live in one process. The backend client is opened in the
+app's lifespan and closed with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import service
+from service.config import Settings
+from service.gateway.admission import Admission
+from service.gateway.backend import Backend, TorchServeBackend
+from service.gateway.catalog import ModelCatalog
+from service.gateway.deps import GatewayState
+from service.gateway.errors import install_error_handlers
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.middleware import RequestContextMiddleware
+from service.gateway.pipeline import Pipeline
+from service.gateway.routes import classify, health, models
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_app", "create_app_from_env", "make_backend"]
+
+
+def make_backend(settings: Settings) -> TorchServeBackend:
+    return TorchServeBackend(
+        settings.backend_url,
+        settings.backend_management_url,
+        timeout_s=settings.backend_timeout_s,
+        connect_timeout_s=settings.backend_connect_timeout_s,
+        connect_retries=settings.backend_connect_retries,
+        max_connections=settings.backend_max_connections,
+    )
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
+    """A gateway app for ``settings`` (default: from the environment).
+
+    ``backend`` replaces the TorchServe client (another model server); the app
+    closes whichever backend it uses when it shuts down.
+    """
+    settings = settings or Settings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = backend or make_backend(settings)
+        catalog = ModelCatalog(
+            client,
+            default_model=settings.default_model,
+            ttl_s=settings.metadata_ttl_s,
+            readiness_ttl_s=settings.readiness_ttl_s,
+        )
+        app.state.gateway = GatewayState(
+            settings=settings,
+            backend=client,
+            catalog=catalog,
+            metrics=metrics,
+            admission=Admission(
+                settings.max_inflight,
+                settings.max_queue,
+                queue_timeout_s=settings.queue_timeout_s,
+                retry_after_s=settings.retry_after_s,
+            ),
+            pipeline=Pipeline(settings, client, catalog),
+        )
+        logger.info(
+            "gateway up: backend %s (management %s), default model %s, %s mode, "
+            "max_inflight=%d max_queue=%d",
+            settings.backend_url,
+            settings.backend_management_url,
+            settings.default_model,
+            "RESEARCH" if settings.research_mode else "production",
+            settings.max_inflight,
+            settings.max_queue,
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="ShuffleGuard gateway",
+        version=service.__version__,
+        description="Temporal-shuffling defense proxy for video action recognition "
+        "(Hwang et al.). Production mode answers labels only; research mode "
+        "(SHUFFLEGUARD_RESEARCH_MODE=1) opens every parameter and field.",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(classify.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.gateway.app:create_app_from_env`` (workers > 1)."""
+    return create_app(Settings())

@@ -1,0 +1,374 @@
+"""The model backend behind the gateway: a small :class:`Backend` protocol and its
+TorchServe implementation.
+
+TorchServe is archived upstream, so everything the gateway needs from a model
+server is these five calls; another server (Triton, KServe, a plain torch
+process) can replace it by implementing them.
+
+Wire contract with TorchServe (see :mod:`service.wire` and :mod:`service.handler`):
+
+* inference: ``POST {inference_url}/predictions/{model}``, body = npy uint8
+  ``[B, T, H, W, 3]``, ``Content-Type: application/x-npy``; answer = npy float32
+  ``[B, K]`` logits;
+* metadata: ``GET {management_url}/models/{model}?customized=true``; the first
+  element's ``customizedMetadata`` is the archive's ``meta.json`` (an object in
+  TorchServe 0.12, a JSON string in older versions);
+* model list: ``GET {management_url}/models``;
+* readiness: ``GET {inference_url}/ping`` and the model's description showing a
+  worker with ``status == "READY"``.
+
+Retries: only a connection that could not be opened (refused, connect timeout)
+is retried, never a request that may have reached the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from service import wire
+from service.defense import ShufflePreset
+from service.gateway.errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORWARDED_HEADERS",
+    "Backend",
+    "ModelMeta",
+    "TorchServeBackend",
+    "forwardable_headers",
+]
+
+#: the only client headers passed on to the backend (request id, W3C trace context)
+FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate")
+
+
+def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed subset of ``headers`` (case-insensitive names)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    return {name: lower[name] for name in FORWARDED_HEADERS if name in lower}
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What the gateway needs to know about a served model (its ``meta.json``)."""
+
+    name: str
+    arch: str
+    clip_len: int
+    frame_interval: int
+    crop_size: int
+    labels: tuple[str, ...]
+    preset: ShufflePreset
+    format: str = "torchscript"
+    sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str | None = None) -> ModelMeta:
+        """Validate a ``meta.json`` mapping; ValueError says what is wrong."""
+        try:
+            preset_raw = data["preset"]
+            preset = ShufflePreset(
+                h1=int(preset_raw["h1"]),
+                h2=int(preset_raw["h2"]),
+                ensemble=int(preset_raw["ensemble"]),
+            )
+            labels = tuple(str(x) for x in data["labels"])
+            meta = cls(
+                name=str(name or data["name"]),
+                arch=str(data.get("arch", "unknown")),
+                clip_len=int(data["clip_len"]),
+                frame_interval=int(data.get("frame_interval", 1)),
+                crop_size=int(data["crop_size"]),
+                labels=labels,
+                preset=preset,
+                format=str(data.get("format", "torchscript")),
+                sha256=str(data.get("sha256", "")),
+                extra={k: v for k, v in data.items() if k not in _META_FIELDS},
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"model metadata lacks or mistypes {exc}") from None
+        if meta.clip_len < 1 or meta.crop_size < 1 or meta.frame_interval < 1:
+            raise ValueError(f"model metadata has a non-positive clip geometry: {dict(data)}")
+        if not meta.labels:
+            raise ValueError("model metadata has no labels")
+        if meta.preset.h2 > meta.clip_len:
+            raise ValueError(f"preset h2={meta.preset.h2} exceeds clip_len={meta.clip_len}")
+        return meta
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    def public(self) -> dict[str, Any]:
+        """The ``/v1/models`` entry (without ``default``)."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "clip_len": self.clip_len,
+            "frame_interval": self.frame_interval,
+            "crop_size": self.crop_size,
+            "labels": list(self.labels),
+            "preset": self.preset.to_dict(),
+        }
+
+
+_META_FIELDS = {
+    "name",
+    "arch",
+    "clip_len",
+    "frame_interval",
+    "crop_size",
+    "labels",
+    "preset",
+    "format",
+    "sha256",
+}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the gateway needs from a model server."""
+
+    async def infer(
+        self, model: str, clips: np.ndarray, *, headers: Mapping[str, str] | None = None
+    ) -> np.ndarray:
+        """uint8 ``[B, T, H, W, 3]`` -> float32 logits ``[B, K]``."""
+        ...
+
+    async def list_models(self) -> list[str]:
+        """Names of the models the server holds."""
+        ...
+
+    async def describe(self, model: str) -> ModelMeta:
+        """The model's metadata; :class:`ModelNotFound` when there is no such model."""
+        ...
+
+    async def ready(self, model: str) -> bool:
+        """True when the server is up and ``model`` can answer now (never raises)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class TorchServeBackend:
+    """:class:`Backend` on TorchServe's REST APIs, with one pooled ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        inference_url: str,
+        management_url: str,
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 2.0,
+        connect_retries: int = 2,
+        max_connections: int = 64,
+        retry_backoff_s: float = 0.05,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.connect_retries = connect_retries
+        self.retry_backoff_s = retry_backoff_s
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s, pool=timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=30.0,
+            ),
+            # Never read proxy settings or netrc from the environment: the backend is
+            # a private, usually loopback, address.
+            trust_env=False,
+        )
+
+    # ------------------------------------------------------------------ HTTP
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """One HTTP exchange; connection failures (only) are retried with backoff."""
+        attempt = 0
+        request = self._client.build_request(
+            method,
+            url,
+            content=content,
+            headers=headers,
+            params=params,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else httpx.Timeout(timeout),
+        )
+        while True:
+            try:
+                return await self._client.send(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # The request never left: safe to retry.
+                if attempt >= self.connect_retries:
+                    raise BackendUnavailable(
+                        f"the model backend is not reachable ({type(exc).__name__}); retry later"
+                    ) from exc
+                await asyncio.sleep(self.retry_backoff_s * (2**attempt))
+                attempt += 1
+            except httpx.PoolTimeout as exc:
+                raise BackendUnavailable(
+                    "no free connection to the model backend; retry later"
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(
+                    f"the model backend did not answer within {self.timeout_s:g} s; retry later "
+                    "or ask for a smaller ensemble"
+                ) from exc
+            except httpx.TransportError as exc:
+                # Dropped mid-request: it may have run, so it is not retried.
+                raise BackendUnavailable(
+                    f"the connection to the model backend broke ({type(exc).__name__}); retry later"
+                ) from exc
+
+    def _raise_for_status(self, response: httpx.Response, model: str) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        detail = _error_detail(response)
+        if status == 404:
+            raise ModelNotFound(f"model {model!r} is not served; GET /v1/models lists the models")
+        if status == 503:
+            # TorchServe: job queue full (or no worker yet). Either way: back off.
+            raise BackendOverloaded(f"the model backend is busy ({detail}); retry later")
+        if status == 408 or status == 504:
+            raise BackendTimeout(f"the model backend timed out ({detail}); retry later")
+        raise BackendProtocolError(
+            f"the model backend answered HTTP {status} ({detail}); this is a server fault"
+        )
+
+    # ------------------------------------------------------------- protocol
+    async def infer(
+        self, model: str, clips: np.ndarray, *, headers: Mapping[str, str] | None = None
+    ) -> np.ndarray:
+        # Tens of MB for a big ensemble: copy them off the event loop.
+        body = await asyncio.to_thread(wire.encode_clips, clips)
+        send_headers = {"Content-Type": wire.CONTENT_TYPE, "Accept": wire.CONTENT_TYPE}
+        send_headers.update(forwardable_headers(headers or {}))
+        response = await self._request(
+            "POST",
+            f"{self.inference_url}/predictions/{quote(model, safe='')}",
+            content=body,
+            headers=send_headers,
+        )
+        self._raise_for_status(response, model)
+        try:
+            logits = wire.decode_logits(response.content)
+        except wire.WireError as exc:
+            raise BackendProtocolError(f"the model backend sent unusable logits: {exc}") from exc
+        if logits.shape[0] != clips.shape[0]:
+            raise BackendProtocolError(
+                f"the model backend returned {logits.shape[0]} rows for {clips.shape[0]} clips"
+            )
+        return logits
+
+    async def list_models(self) -> list[str]:
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            params = {"limit": "100"} | ({"next_page_token": token} if token else {})
+            response = await self._request("GET", f"{self.management_url}/models", params=params)
+            self._raise_for_status(response, "*")
+            payload = _json(response)
+            names.extend(str(m["modelName"]) for m in payload.get("models", []))
+            token = payload.get("nextPageToken")
+            if not token:
+                return names
+
+    async def describe(self, model: str) -> ModelMeta:
+        response = await self._request(
+            "GET",
+            f"{self.management_url}/models/{quote(model, safe='')}",
+            params={"customized": "true"},
+        )
+        self._raise_for_status(response, model)
+        payload = _json(response)
+        if not isinstance(payload, list) or not payload:
+            raise BackendProtocolError(f"the model backend described {model!r} as {payload!r}")
+        raw = payload[0].get("customizedMetadata")
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError:
+                raw = None
+        if not isinstance(raw, dict):
+            raise BackendProtocolError(
+                f"model {model!r} carries no ShuffleGuard meta.json; rebuild its archive with "
+                "`shuffleguard archive`"
+            )
+        try:
+            return ModelMeta.from_dict(raw, name=model)
+        except ValueError as exc:
+            raise BackendProtocolError(f"model {model!r} has bad metadata: {exc}") from exc
+
+    async def ready(self, model: str) -> bool:
+        try:
+            ping = await self._request("GET", f"{self.inference_url}/ping", timeout=5.0)
+            if ping.status_code != 200:
+                return False
+            response = await self._request(
+                "GET", f"{self.management_url}/models/{quote(model, safe='')}", timeout=5.0
+            )
+            if response.status_code != 200:
+                return False
+            payload = _json(response)
+        except BackendError:
+            return False
+        return any(
+            w.get("status") == "READY"
+            for entry in payload
+            if isinstance(entry, dict)
+            for w in entry.get("workers", [])
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise BackendProtocolError(
+            f"the model backend sent invalid JSON (HTTP {response.status_code})"
+        ) from exc
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """A short description of a backend error answer, for messages and logs."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(payload, dict):
+        inner = payload.get("error")
+        if isinstance(inner, dict) and "message" in inner:
+            return str(inner["message"])[:200]
+        if "message" in payload:
+            return str(payload["message"])[:200]
+    return f"HTTP {response.status_code}"

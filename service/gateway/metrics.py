@@ -1,0 +1,122 @@
+"""Prometheus metrics of the gateway (SPEC §4, prefix ``shuffleguard_``).
+
+Each app owns a :class:`GatewayMetrics` with its own ``CollectorRegistry``, so
+tests (and the benchmark) can build several apps in one process without
+"duplicated timeseries" errors.
+
+Several gateway worker processes (``shuffleguard serve --workers N``): set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the workers start
+(``serve`` does it). prometheus-client then keeps each worker's values in
+memory-mapped files there, :meth:`GatewayMetrics.render` aggregates them with a
+``MultiProcessCollector`` so every scrape sees the sum across workers, and the
+``inflight_requests`` gauge uses the ``livesum`` mode (live workers only).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "STAGES", "GatewayMetrics", "multiprocess_dir"]
+
+#: pipeline stages timed by ``request_duration_seconds{stage}``
+STAGES = ("decode", "shuffle", "backend", "vote", "total")
+
+#: seconds; the low end resolves the proxy's own stages, the high end a slow CPU model
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+#: vote share of the winning label, 1/N .. 1
+AGREEMENT_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class GatewayMetrics:
+    """The gateway's metrics, registered on a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ns = "shuffleguard"
+        self.requests_total = Counter(
+            "requests_total",
+            "Every /v1/classify request, by model and HTTP status (4xx included).",
+            ["model", "status"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "request_duration_seconds",
+            "Time per pipeline stage of successful classify requests.",
+            ["stage"],
+            namespace=ns,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.vote_agreement = Histogram(
+            "vote_agreement",
+            "Winning vote share of the shuffled ensemble (1.0 = unanimous).",
+            namespace=ns,
+            buckets=AGREEMENT_BUCKETS,
+            registry=self.registry,
+        )
+        self.suspected_adversarial = Counter(
+            "suspected_adversarial_total",
+            "Requests flagged as suspected adversarial (label flip or low agreement).",
+            ["model"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.backend_errors = Counter(
+            "backend_errors_total",
+            "Backend faults by kind: unavailable, timeout, queue_full, bad_response.",
+            ["kind"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "inflight_requests",
+            "Classify requests being handled (uploading, queued or running).",
+            namespace=ns,
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+
+    def observe_stages(self, timings_ms: dict[str, float]) -> None:
+        for stage in STAGES:
+            if stage in timings_ms:
+                self.request_duration.labels(stage=stage).observe(timings_ms[stage] / 1000.0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (summed across workers in multiprocess mode)."""
+        directory = multiprocess_dir()
+        if directory:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,22 @@
+"""``GET /v1/models``: the served models, their clip geometry, labels and presets."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.gateway.deps import CatalogDep
+from service.gateway.schemas import ErrorBody, ModelList
+
+router = APIRouter(tags=["models"])
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    summary="List the served models",
+    responses={503: {"model": ErrorBody}, 504: {"model": ErrorBody}},
+)
+async def list_models(catalog: CatalogDep) -> dict[str, object]:
+    metas = await catalog.all_models()
+    default = await catalog.default_name()
+    return {"models": [{**m.public(), "default": m.name == default} for m in metas]}
