@@ -62,9 +62,10 @@ USER 10002:10002
 
 EXPOSE 8080 8081 8082
 
-# /ping answers 200 only once every model has its minimum workers up.
+# Healthy = every registered model has a READY worker (management API), and there is
+# at least one model. /ping is not enough: TorchServe 0.12 answers it before workers load.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=4)"]
+    CMD ["python", "-c", "import json, sys, urllib.request as u; g = lambda p: json.load(u.urlopen('http://127.0.0.1:8081' + p, timeout=4)); m = [x['modelName'] for x in g('/models')['models']]; sys.exit(0 if m and all(any(w['status'] == 'READY' for w in d['workers']) for x in m for d in g('/models/' + x)) else 1)"]
 
 ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
 CMD ["torchserve", "--start", "--foreground", "--ncs", "--disable-token-auth", "--model-store", "/app/model_store", "--ts-config", "/app/config/config.properties", "--models", "all"]

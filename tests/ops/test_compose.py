@@ -85,6 +85,12 @@ def exec_form(path: Path, keyword: str) -> list[str]:
     return parsed
 
 
+def exec_form_healthcheck(path: Path) -> list[str]:
+    """The final stage's ``HEALTHCHECK [options] CMD [...]`` as compose's ``test`` list."""
+    (check,) = [a for kw, a in final_stage(path) if kw == "HEALTHCHECK"]
+    return ["CMD", *json.loads(check.split(" CMD ", 1)[1])]
+
+
 def arg_default(path: Path, name: str) -> str:
     for kw, args in dockerfile_instructions(path):
         if kw == "ARG" and args.startswith(name + "="):
@@ -239,7 +245,7 @@ def test_images_pin_the_projects_versions() -> None:
 
 def test_healthchecks_probe_the_right_endpoints(compose: dict[str, Any]) -> None:
     ts_props = properties(TS_CONTAINER_CONFIG)
-    inference = port_of(ts_props["inference_address"])
+    management = port_of(ts_props["management_address"])
     gateway_port = int(service(compose, "gateway")["command"][-1])
 
     def probe(test: list[str]) -> str:
@@ -248,15 +254,13 @@ def test_healthchecks_probe_the_right_endpoints(compose: dict[str, Any]) -> None
     assert f"127.0.0.1:{gateway_port}/healthz" in probe(
         service(compose, "gateway")["healthcheck"]["test"]
     )
-    assert f"127.0.0.1:{inference}/ping" in probe(
-        service(compose, "torchserve")["healthcheck"]["test"]
+    ts_check = service(compose, "torchserve")["healthcheck"]["test"]
+    assert f"127.0.0.1:{management}" in probe(ts_check) and "'READY'" in probe(ts_check)
+    assert (
+        exec_form_healthcheck(GATEWAY_DOCKERFILE)
+        == service(compose, "gateway")["healthcheck"]["test"]
     )
-    gw_image_check = " ".join(a for kw, a in final_stage(GATEWAY_DOCKERFILE) if kw == "HEALTHCHECK")
-    ts_image_check = " ".join(
-        a for kw, a in final_stage(TORCHSERVE_DOCKERFILE) if kw == "HEALTHCHECK"
-    )
-    assert f"127.0.0.1:{gateway_port}/healthz" in gw_image_check
-    assert f"127.0.0.1:{inference}/ping" in ts_image_check
+    assert exec_form_healthcheck(TORCHSERVE_DOCKERFILE) == ts_check
     exposed = " ".join(a for kw, a in final_stage(GATEWAY_DOCKERFILE) if kw == "EXPOSE")
     assert str(gateway_port) in exposed.split()
 
