@@ -177,6 +177,17 @@ def test_gateway_defaults_to_production_mode(compose: dict[str, Any]) -> None:
     assert interpolate(entries["SHUFFLEGUARD_RESEARCH_MODE"]) == "0"
 
 
+def test_gateway_environment_names_are_settings(compose: dict[str, Any]) -> None:
+    """Settings ignore unknown SHUFFLEGUARD_* variables, so a typo here would do nothing."""
+    from service.config import Settings
+
+    names = [e.split("=", 1)[0] for e in service(compose, "gateway")["environment"]]
+    assert names
+    for name in names:
+        assert name.startswith("SHUFFLEGUARD_"), name
+        assert name.removeprefix("SHUFFLEGUARD_").lower() in Settings.model_fields, name
+
+
 # -------------------------------------------------------------- command lines and images
 def test_gateway_command_is_accepted_by_the_cli(compose: dict[str, Any]) -> None:
     from service.cli import build_parser
