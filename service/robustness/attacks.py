@@ -1,0 +1,602 @@
+"""White-box attacks on video classifiers, in pixel space.
+
+Every attack takes a model with the project's contract -- float ``[B, 3, T, H, W]``
+RGB in ``[0, 1]`` in (normalization is the model's first layer), logits ``[B, K]``
+out -- and returns adversarial clips of the same shape, also in ``[0, 1]``, within
+an L-inf ball of radius ``eps`` around the input.
+
+The :class:`Attack` base class owns the chores (eval mode and restoring every
+module's training flag, freezing the parameters so no gradient reaches them,
+device, clamping to the eps-ball and to ``[0, 1]``, the random generator); each
+subclass implements only its maths in :meth:`Attack.forward`. Hyper-parameters are
+constructor keywords with the defaults of the paper each attack comes from.
+
+* :class:`IFGSM` -- the paper's eqs. (1)-(2), untargeted.
+* :class:`StaticIFGSM` -- paper Sec. 4.2 Case 1: one perturbation shared by all frames.
+* :class:`FramewiseIFGSM` -- Sec. 4.2 Case 2: one one-frame perturbation per frame.
+* :class:`OneFrameAttack` -- Hwang et al., ICCV 2021 ("Just One Moment").
+* :class:`Flickering` -- Pony et al., CVPR 2021 (over-the-air flickering).
+* :class:`EOT` -- adaptive I-FGSM through the temporal-shuffling defense.
+
+Attacks are meant to be measured at full strength: the defaults are the papers'
+settings, and gradients always flow through whatever the attacked model contains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.defense import ShuffleEnsemble, ShufflePreset, apply_shuffles, shuffle_indices
+
+__all__ = [
+    "EOT",
+    "IFGSM",
+    "Attack",
+    "Flickering",
+    "FramewiseIFGSM",
+    "OneFrameAttack",
+    "StaticIFGSM",
+    "attack_mode",
+    "flicker_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+LossName = Literal["ce", "cw"]
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with frozen parameters for the duration of the block.
+
+    Every submodule's ``training`` flag and every parameter's ``requires_grad`` flag
+    is recorded and restored on exit (also on error), so a model that was half in
+    train mode comes back exactly as it was, and no ``.grad`` is ever written to
+    its parameters (gradients are taken w.r.t. the input only).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _per_clip_loss(logits: torch.Tensor, labels: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """Loss to *ascend*, one value per clip: ``[B]``.
+
+    ``"ce"``: cross-entropy of the true label. ``"cw"``: the Carlini-Wagner margin on
+    logits, ``max_{j != y} z_j - z_y`` (not clipped, so it keeps pushing past the
+    decision boundary).
+    """
+    if loss == "ce":
+        return F.cross_entropy(logits, labels, reduction="none")
+    if loss == "cw":
+        true = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+        return other.max(dim=1).values - true
+    raise ValueError(f"unknown loss {loss!r}; use 'ce' or 'cw'")
+
+
+class Attack:
+    """Base class: the chores around an attack's maths.
+
+    Subclasses implement :meth:`forward` on clips already on the attack's device,
+    inside :func:`attack_mode` and ``torch.enable_grad()``; the result is projected
+    onto the eps-ball around the input and onto ``[0, 1]`` here, so every attack
+    honours ``|adv - videos|_inf <= eps`` and ``0 <= adv <= 1`` whatever its maths.
+
+    Args:
+        model: classifier, ``[B, 3, T, H, W]`` float in ``[0, 1]`` -> logits ``[B, K]``.
+        eps: L-inf radius in pixel units (``[0, 1]`` scale).
+        seed: seeds a fresh ``torch.Generator`` at every call, so the same seed gives
+            the same result; ``None`` draws fresh entropy (logged, so still
+            reproducible).
+        generator: use this generator instead (it advances across calls; ``seed`` is
+            then ignored).
+        device: where the attack runs (default: the model's parameters' device).
+    """
+
+    name: str = "attack"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.model = model
+        self.eps = float(eps)
+        self.seed = seed
+        self._user_generator = generator
+        self.generator: torch.Generator | None = None
+        if device is None:
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+        self.device = torch.device(device)
+
+    # ------------------------------------------------------------------ chores
+    def _fresh_generator(self) -> torch.Generator:
+        if self._user_generator is not None:
+            return self._user_generator
+        gen = torch.Generator(device="cpu")
+        if self.seed is None:
+            gen.seed()
+            logger.info("%s: no seed given, drew seed %d", self.name, gen.initial_seed())
+        else:
+            gen.manual_seed(int(self.seed))
+        return gen
+
+    def project(self, clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """Clip ``adv`` to the L-inf ball of radius ``eps`` around ``clean``, then to ``[0, 1]``."""
+        adv = torch.minimum(torch.maximum(adv, clean - self.eps), clean + self.eps)
+        return adv.clamp(0.0, 1.0)
+
+    def __call__(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial clips for ``videos`` (float ``[B, 3, T, H, W]`` in ``[0, 1]``).
+
+        ``labels`` are the true labels ``[B]`` (int64); the attacks are untargeted.
+        Returns a detached tensor of ``videos``' shape, dtype and device.
+        """
+        if videos.dim() != 5:
+            raise ValueError(f"videos must be [B, C, T, H, W], got {tuple(videos.shape)}")
+        if labels.shape != videos.shape[:1]:
+            raise ValueError(f"labels must be [B]={videos.shape[0]}, got {tuple(labels.shape)}")
+        clean = videos.detach().to(self.device, torch.float32)
+        y = labels.detach().to(self.device, torch.int64)
+        self.generator = self._fresh_generator()
+        with attack_mode(self.model), torch.enable_grad():
+            adv = self.forward(clean, y)
+        adv = self.project(clean, adv.detach())
+        return adv.to(device=videos.device, dtype=videos.dtype)
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The attack's maths: adversarial clips for clean ``videos`` on ``self.device``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        keys = [k for k in vars(self) if not k.startswith("_") and k not in ("model", "generator")]
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
+        return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- #
+# I-FGSM family
+# --------------------------------------------------------------------------- #
+class IFGSM(Attack):
+    """Iterative FGSM, the paper's eqs. (1)-(2) (Kurakin et al.), untargeted.
+
+    ``x_0 = x``; ``x_{m+1} = clip_{x,eps}(x_m + alpha * sign(grad_x L(x_m, y)))``,
+    clipped to the eps-ball and to ``[0, 1]`` after every step; no random start.
+
+    Args:
+        eps: L-inf radius, default ``4/255`` (the paper's).
+        steps: iterations ``M``, default 30 (the paper's).
+        alpha: step size, default ``eps / steps`` (the paper's).
+        loss: ``"ce"`` (cross-entropy, the paper's) or ``"cw"`` (logit margin).
+    """
+
+    name = "ifgsm"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 4 / 255,
+        steps: int = 30,
+        alpha: float | None = None,
+        loss: LossName = "ce",
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(model, eps=eps, seed=seed, generator=generator, device=device)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if loss not in ("ce", "cw"):
+            raise ValueError(f"unknown loss {loss!r}; use 'ce' or 'cw'")
+        self.steps = int(steps)
+        self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
+        self.loss = loss
+
+    def clip_loss(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-clip loss ``[B]`` of the attacked model at ``videos``."""
+        return _per_clip_loss(self.model(videos), labels, self.loss)
+
+    def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Gradient of the summed per-clip loss w.r.t. ``videos`` (same shape)."""
+        x = videos.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.clip_loss(x, labels).sum(), x)
+        return grad
+
+    def iterate(
+        self, clean: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the ``steps`` I-FGSM updates from ``clean``.
+
+        ``mask`` (broadcastable to the clip, 0/1) restricts the perturbation to part
+        of the clip, e.g. one frame ``[1, 1, T, 1, 1]``.
+        """
+        x = clean
+        for _ in range(self.steps):
+            step = self.alpha * self.input_grad(x, labels).sign()
+            if mask is not None:
+                step = step * mask
+            x = self.project(clean, x + step)
+        return x
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.iterate(videos, labels)
+
+
+class StaticIFGSM(IFGSM):
+    """Static perturbation (paper Sec. 4.2, Case 1): one perturbation for all frames.
+
+    The perturbation ``p`` is ``[B, 3, 1, H, W]`` (one image per clip) broadcast over
+    the ``T`` frames; I-FGSM runs on ``p`` itself (its gradient is the sum of the
+    frame gradients): ``p <- clip_eps(p + alpha * sign(grad_p L(clip_01(x + p), y)))``.
+    Where the clip to ``[0, 1]`` saturates a pixel, that frame's effective
+    perturbation is smaller than ``p``; otherwise every frame gets exactly ``p``.
+    Defaults as :class:`IFGSM`.
+    """
+
+    name = "static"
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        B, C, _, H, W = videos.shape
+        p = torch.zeros((B, C, 1, H, W), device=videos.device, dtype=videos.dtype)
+        for _ in range(self.steps):
+            p.requires_grad_(True)
+            loss = self.clip_loss((videos + p).clamp(0.0, 1.0), labels).sum()
+            (grad,) = torch.autograd.grad(loss, p)
+            p = (p.detach() + self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+        return videos + p
+
+
+def _frame_mask(T: int, frame: int, like: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros((1, 1, T, 1, 1), device=like.device, dtype=like.dtype)
+    mask[:, :, frame] = 1.0
+    return mask
+
+
+class FramewiseIFGSM(IFGSM):
+    """Framewise perturbation (paper Sec. 4.2, Case 2).
+
+    For every frame position ``i`` an I-FGSM perturbation that lives on frame ``i``
+    only (a one-frame attack, all other frames untouched) is crafted against the
+    clean clip; the ``T`` perturbations are then merged -- frame ``i`` gets the
+    perturbation crafted for it -- and clipped to the eps-ball. Costs ``T * steps``
+    gradient evaluations. Defaults as :class:`IFGSM`.
+    """
+
+    name = "framewise"
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        T = videos.shape[2]
+        delta = torch.zeros_like(videos)
+        for i in range(T):
+            mask = _frame_mask(T, i, videos)
+            delta = delta + (self.iterate(videos, labels, mask) - videos) * mask
+        return videos + delta
+
+
+class OneFrameAttack(IFGSM):
+    """One frame attack (Hwang et al., ICCV 2021, "Just One Moment").
+
+    I-FGSM whose perturbation lives on a single frame, at that clip's most vulnerable
+    position. Position choice (``frame=None``, the default): exhaustive search --
+    the one-frame I-FGSM is run at *every* position and, per clip, the result that
+    fools the model is kept, ties (and clips fooled nowhere) broken by the highest
+    loss. This is the strongest choice (it upper-bounds any heuristic such as the
+    largest gradient norm) at ``T * steps`` gradient evaluations. ``frame=i`` attacks
+    position ``i`` only. The chosen positions of the last call are in
+    :attr:`last_frames` (``[B]`` int64).
+
+    Budget: the same ``eps = 4/255``, ``steps = 30``, ``alpha = eps / steps`` as
+    :class:`IFGSM`, applied to one frame. The original paper studies a range of
+    one-frame budgets; we do not rely on a specific value from it, so the default is
+    the defended paper's I-FGSM budget and any other is a constructor keyword (the
+    evaluation reports the one it used).
+    """
+
+    name = "one_frame"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 4 / 255,
+        steps: int = 30,
+        alpha: float | None = None,
+        loss: LossName = "ce",
+        frame: int | None = None,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            eps=eps,
+            steps=steps,
+            alpha=alpha,
+            loss=loss,
+            seed=seed,
+            generator=generator,
+            device=device,
+        )
+        self.frame = frame
+        self.last_frames: torch.Tensor | None = None
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        B, T = videos.shape[0], videos.shape[2]
+        positions = range(T) if self.frame is None else [self.frame % T]
+        best = videos.clone()
+        best_fooled = torch.zeros(B, dtype=torch.bool, device=videos.device)
+        best_loss = torch.full((B,), float("-inf"), device=videos.device)
+        best_frame = torch.zeros(B, dtype=torch.int64, device=videos.device)
+        for i in positions:
+            adv = self.iterate(videos, labels, _frame_mask(T, i, videos))
+            with torch.no_grad():
+                logits = self.model(adv)
+                loss = _per_clip_loss(logits, labels, self.loss)
+                fooled = logits.argmax(dim=1) != labels
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+            best = torch.where(better.view(B, 1, 1, 1, 1), adv, best)
+            best_fooled = torch.where(better, fooled, best_fooled)
+            best_loss = torch.where(better, loss, best_loss)
+            best_frame = torch.where(better, torch.full_like(best_frame, i), best_frame)
+        self.last_frames = best_frame.cpu()
+        logger.debug("one-frame attack: positions %s", self.last_frames.tolist())
+        return best
+
+
+class EOT(IFGSM):
+    """Adaptive I-FGSM against the temporal-shuffling defense (EOT, Athalye et al.).
+
+    At every step the gradient is the average over ``draws`` fresh random shuffles
+    (:func:`service.defense.shuffle_indices` + :func:`service.defense.apply_shuffles`;
+    the gather is differentiable, so the gradient flows through the defense):
+    ``L(x) = mean_k CE(f(S_k(x)), y)``, ``x <- clip_{x0,eps}(x + alpha * sign(grad L))``.
+    The shuffles are drawn from this attack's generator (``seed=``/``generator=``).
+
+    With ``preset=None`` or ``h1 = 0`` every shuffle is the identity (the defense is
+    off) and the attack is plain I-FGSM on the undefended model, run through the
+    same gather-and-average code path -- the credibility check: EOT against the
+    undefended model must fool it at least as well as :class:`IFGSM`.
+
+    Args:
+        model: the undefended classifier, or a :class:`~service.defense.ShuffleEnsemble`
+            (its inner model, preset and ``temporal_dim`` are then used).
+        preset: shuffle hyper-parameters (``h1``, ``h2``); ``ensemble`` is not used.
+        draws: shuffles averaged per step (>= 1; default 10, the ensemble size of the
+            paper's presets).
+        batch_size: at most this many clips per forward pass (draws are split into
+            chunks and their gradients summed); ``None`` = all ``draws * B`` at once.
+        eps, steps, alpha, loss: as :class:`IFGSM` (``4/255``, 30, ``eps/steps``, CE).
+    """
+
+    name = "eot"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preset: ShufflePreset | None = None,
+        *,
+        eps: float = 4 / 255,
+        steps: int = 30,
+        alpha: float | None = None,
+        draws: int = 10,
+        loss: LossName = "ce",
+        temporal_dim: int = 2,
+        batch_size: int | None = None,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(model, ShuffleEnsemble):
+            preset = preset if preset is not None else model.preset
+            temporal_dim = model.temporal_dim
+            model = model.model
+        super().__init__(
+            model,
+            eps=eps,
+            steps=steps,
+            alpha=alpha,
+            loss=loss,
+            seed=seed,
+            generator=generator,
+            device=device,
+        )
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.preset = preset
+        self.draws = int(draws)
+        self.temporal_dim = temporal_dim
+        self.batch_size = batch_size
+
+    def _draw(self, T: int) -> torch.Tensor:
+        """``[draws, T]`` shuffle indices for this step (identity rows when the defense is off)."""
+        if self.preset is None:
+            return torch.arange(T, dtype=torch.int64).expand(self.draws, T)
+        return shuffle_indices(
+            T, self.preset.h1, self.preset.h2, self.draws, generator=self.generator
+        )
+
+    def _shuffled_loss(
+        self, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Summed-over-clips, averaged-over-draws loss of the copies ``idx`` ``[d, T]``."""
+        d, B = idx.shape[0], x.shape[0]
+        copies = apply_shuffles(x, idx, self.temporal_dim)  # [d, B, ...]
+        logits = self.model(copies.reshape(d * B, *x.shape[1:]))
+        per_copy = _per_clip_loss(logits, labels.repeat(d), self.loss)
+        return per_copy.sum() / self.draws
+
+    def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        T = videos.shape[self.temporal_dim]
+        idx = self._draw(T)
+        per_chunk = self.draws
+        if self.batch_size is not None:
+            per_chunk = max(1, self.batch_size // videos.shape[0])
+        x = videos.detach().requires_grad_(True)
+        grad = torch.zeros_like(videos)
+        for start in range(0, self.draws, per_chunk):
+            loss = self._shuffled_loss(x, labels, idx[start : start + per_chunk])
+            (g,) = torch.autograd.grad(loss, x)
+            grad = grad + g
+        return grad
+
+    def clip_loss(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-clip loss ``[B]`` averaged over ``draws`` fresh shuffles."""
+        idx = self._draw(videos.shape[self.temporal_dim])
+        d, B = idx.shape[0], videos.shape[0]
+        copies = apply_shuffles(videos, idx, self.temporal_dim)
+        logits = self.model(copies.reshape(d * B, *videos.shape[1:]))
+        return _per_clip_loss(logits, labels.repeat(d), self.loss).view(d, B).mean(dim=0)
+
+
+# --------------------------------------------------------------------------- #
+# Flickering
+# --------------------------------------------------------------------------- #
+def flicker_metrics(perturbation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thickness and roughness of flickering perturbations, in % of the pixel range.
+
+    ``perturbation`` is ``[B, 3, T, ...]`` in pixel units (``adv - clean`` works: a
+    flicker is constant over each frame, so the spatial mean is the offset).
+    Thickness = mean ``|delta|``; roughness = mean ``|delta_t - delta_{t-1}|``
+    (cyclic), as in Pony et al.'s reported metrics. Returns two ``[B]`` tensors.
+    """
+    delta = perturbation.flatten(3).mean(dim=3)  # [B, 3, T]
+    thickness = delta.abs().mean(dim=(1, 2)) * 100.0
+    roughness = (delta - delta.roll(1, dims=2)).abs().mean(dim=(1, 2)) * 100.0
+    return thickness, roughness
+
+
+class Flickering(Attack):
+    """Adversarial flickering (Pony et al., CVPR 2021), untargeted, white-box.
+
+    The perturbation is one RGB offset per frame, ``delta [B, 3, T, 1, 1]``, broadcast
+    over the frame; ``adv = clip_01(x + delta)``. ``delta`` is optimized with Adam for
+    ``steps`` steps on, per clip,
+
+    ``loss = l_adv + reg_weight * (beta1 * mean(d^2) + beta2 * mean((d - roll(d, 1))^2)
+    + beta3 * mean((roll(d, 1) - 2 d + roll(d, -1))^2))``
+
+    (thickness, first and second cyclic temporal differences; the ``roll`` is over
+    ``T``), where ``d = 2 * delta`` is the offset on the ``[-1, 1]`` input scale of
+    the authors' code, so their weights and learning rate carry over unchanged, and
+    ``l_adv`` is their margin loss on probabilities: with ``l = p_y - max_{j!=y} p_j
+    + margin``, ``l_adv = max(0, min(l^2 / margin, l))``. After every step ``delta``
+    is projected to ``[-eps, eps]``.
+
+    Returned, per clip: the latest iterate that fooled the model, else the last.
+
+    Parameters (defaults from the authors' released single-video configuration,
+    ``run_config.yml`` of roiponytch/Flickering_Adversarial_Video):
+
+    * ``steps = 2500`` (their ``MAX_NUM_STEP``; they keep going past it until the
+      clip is fooled -- we stop at ``steps`` and return the best iterate);
+    * ``lr = 1e-3`` Adam on the ``[-1, 1]`` scale (theirs);
+    * ``margin = 0.05`` on probabilities (their ``PROB_MARGIN``);
+    * ``reg_weight = 1.0`` (their ``LAMBDA``), ``beta1 = beta2 = beta3 = 0.5`` (their
+      ``BETA_1``, ``BETA_2``; their script sets ``beta_3 = BETA_2``);
+    * ``eps = 0.2``: their code clips the offset to ``+-0.4`` on the ``[-1, 1]``
+      scale, i.e. ``+-0.2`` of the ``[0, 1]`` range. This is *not* the I-FGSM budget:
+      a flicker has only ``3T`` free values and relies on the regularizers, not on
+      the bound, to stay inconspicuous; :func:`flicker_metrics` reports how thick
+      and rough the result is. Pass ``eps=4/255`` to compare at the I-FGSM budget.
+    """
+
+    name = "flickering"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 0.2,
+        steps: int = 2500,
+        lr: float = 1e-3,
+        margin: float = 0.05,
+        reg_weight: float = 1.0,
+        beta1: float = 0.5,
+        beta2: float = 0.5,
+        beta3: float = 0.5,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(model, eps=eps, seed=seed, generator=generator, device=device)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if margin <= 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        self.steps = int(steps)
+        self.lr = float(lr)
+        self.margin = float(margin)
+        self.reg_weight = float(reg_weight)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.beta3 = float(beta3)
+
+    def adversarial_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pony et al.'s margin loss on probabilities, ``[B]``; 0 once fooled by ``margin``."""
+        probs = logits.softmax(dim=1)
+        onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+        p_true = (probs * onehot).sum(dim=1)
+        p_other = (probs - onehot).max(dim=1).values
+        lin = p_true - p_other + self.margin
+        return torch.minimum(lin.square() / self.margin, lin).clamp_min(0.0)
+
+    def regularizer(self, d: torch.Tensor) -> torch.Tensor:
+        """Thickness + roughness penalty of offsets ``d [B, 3, T, 1, 1]``: ``[B]``."""
+        right, left = d.roll(1, dims=2), d.roll(-1, dims=2)
+        thick = d.square().flatten(1).mean(dim=1)
+        first = (d - right).square().flatten(1).mean(dim=1)
+        second = (right - 2 * d + left).square().flatten(1).mean(dim=1)
+        return self.beta1 * thick + self.beta2 * first + self.beta3 * second
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        B, C, T = videos.shape[:3]
+        bound = 2.0 * self.eps  # on the [-1, 1] scale of d
+        d = torch.zeros((B, C, T, 1, 1), device=videos.device, dtype=videos.dtype)
+        d.requires_grad_(True)
+        optimizer = torch.optim.Adam([d], lr=self.lr)
+        kept = torch.zeros_like(d)
+        ever = torch.zeros(B, dtype=torch.bool, device=videos.device)
+        for _ in range(self.steps):
+            logits = self.model((videos + d / 2).clamp(0.0, 1.0))
+            with torch.no_grad():
+                fooled = logits.argmax(dim=1) != labels
+                kept = torch.where(fooled.view(B, 1, 1, 1, 1), d, kept)
+                ever |= fooled
+            loss = self.adversarial_loss(logits, labels) + self.reg_weight * self.regularizer(d)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
+            with torch.no_grad():
+                d.clamp_(-bound, bound)
+        with torch.no_grad():
+            fooled_last = self.model((videos + d / 2).clamp(0.0, 1.0)).argmax(dim=1) != labels
+            use_last = fooled_last | ~ever
+            final = torch.where(use_last.view(B, 1, 1, 1, 1), d.detach(), kept)
+        return videos + final / 2
