@@ -5,6 +5,9 @@ Imports torch, scipy and tqdm only -- no server code -- so it runs from a notebo
 * :mod:`service.robustness.attacks` -- I-FGSM, its static / framewise variants
   (paper Sec. 4.2), the one frame attack, adversarial flickering and the adaptive
   EOT attack, all behind one :class:`Attack` base class.
+* :mod:`service.robustness.smoothing` -- randomized smoothing with an explicit
+  ``ABSTAIN``, the :class:`Defense` protocol and the comparison rows.
+* :mod:`service.robustness.denoise` -- DnCNN per-frame denoiser for denoised smoothing.
 """
 
 from service.robustness.attacks import (
@@ -18,15 +21,39 @@ from service.robustness.attacks import (
     attack_mode,
     flicker_metrics,
 )
+from service.robustness.denoise import DenoisedClassifier, DnCNN, train_denoiser
+from service.robustness.smoothing import (
+    ABSTAIN,
+    CopyTransform,
+    Defense,
+    NoDefense,
+    ShuffleCopies,
+    ShuffleDefense,
+    Smooth,
+    SmoothedDefense,
+    make_defenses,
+)
 
 __all__ = [
+    "ABSTAIN",
     "EOT",
     "IFGSM",
     "Attack",
+    "CopyTransform",
+    "Defense",
+    "DenoisedClassifier",
+    "DnCNN",
     "Flickering",
     "FramewiseIFGSM",
+    "NoDefense",
     "OneFrameAttack",
+    "ShuffleCopies",
+    "ShuffleDefense",
+    "Smooth",
+    "SmoothedDefense",
     "StaticIFGSM",
     "attack_mode",
     "flicker_metrics",
+    "make_defenses",
+    "train_denoiser",
 ]
