@@ -159,6 +159,8 @@ def test_every_service_has_healthcheck_restart_limits_and_log_rotation(
         assert svc.get("restart") in {"unless-stopped", "always", "on-failure"}, name
         limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
         assert limits.get("cpus") and limits.get("memory"), f"{name}: no cpu/memory limit"
+        # docker refuses a cpu limit above the host's core count: defaults must fit 2
+        assert 0 < float(interpolate(limits["cpus"])) <= 2, f"{name}: cpus {limits['cpus']}"
         assert svc["logging"]["options"]["max-size"], name
         assert "no-new-privileges:true" in svc.get("security_opt", []), name
         assert svc.get("cap_drop") == ["ALL"], name
