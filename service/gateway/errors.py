@@ -47,7 +47,9 @@ class GatewayError(Exception):
 
     status_code: int = 500
     code: str = "internal_error"
-    #: seconds for a Retry-After header (None: no header)
+    #: answer with a Retry-After header (the app's ``retry_after_s`` unless ``retry_after``)
+    retryable: bool = False
+    #: seconds for the Retry-After header, when set explicitly
     retry_after: int | None = None
     #: close the client connection after answering (the request body may be unread)
     close_connection: bool = False
@@ -107,7 +109,7 @@ class ClientDisconnected(GatewayError):
 
 class Overloaded(GatewayError):
     status_code, code = 429, "overloaded"
-    retry_after = 1
+    retryable = True
 
 
 class BackendError(GatewayError):
@@ -118,7 +120,7 @@ class BackendError(GatewayError):
 
 class BackendUnavailable(BackendError):
     status_code, code, kind = 503, "backend_unavailable", "unavailable"
-    retry_after = 1
+    retryable = True
 
 
 class BackendTimeout(BackendError):
@@ -129,7 +131,7 @@ class BackendOverloaded(BackendError):
     """The backend's own queue is full (TorchServe answers 503): tell the client to back off."""
 
     status_code, code, kind = 429, "backend_overloaded", "queue_full"
-    retry_after = 1
+    retryable = True
 
 
 class BackendProtocolError(BackendError):
@@ -175,11 +177,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GatewayError)
+        retry_after = exc.retry_after
+        if retry_after is None and exc.retryable:
+            gateway = getattr(request.app.state, "gateway", None)
+            retry_after = gateway.settings.retry_after_s if gateway is not None else 1
         return error_response(
             exc.status_code,
             exc.code,
             exc.message,
-            retry_after=exc.retry_after,
+            retry_after=retry_after,
             close_connection=exc.close_connection,
         )
 
