@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
 from service.models import Normalize, resnet3d_18
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared; these models are small
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
