@@ -65,7 +65,7 @@ class TrainConfig:
 
     ``val_fraction`` of the training clips (stratified, seeded) are held out for
     validation; when it is > 0 the returned model is the epoch with the best
-    validation accuracy, otherwise the last epoch. Test accuracy is only reported,
+    validation accuracy (the latest on a tie), otherwise the last epoch. Test accuracy is only reported,
     never used to pick a model. ``channels_last`` stores activations as
     ``channels_last_3d``, about 1.6x faster for ``Conv3d`` on a CPU (oneDNN).
     """
@@ -349,7 +349,8 @@ def train_model(
                 _fmt(record["test_accuracy"]),
                 record["seconds"],
             )
-            if record["val_accuracy"] is not None and record["val_accuracy"] > best_val:
+            # >=: on a tie the later (more trained, lower-LR) epoch wins
+            if record["val_accuracy"] is not None and record["val_accuracy"] >= best_val:
                 best_val = record["val_accuracy"]
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch
