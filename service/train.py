@@ -65,8 +65,8 @@ class TrainConfig:
 
     ``val_fraction`` of the training clips (stratified, seeded) are held out for
     validation; when it is > 0 the returned model is the epoch with the best
-    validation accuracy (the latest on a tie), otherwise the last epoch. Test accuracy is only reported,
-    never used to pick a model. ``channels_last`` stores activations as
+    validation accuracy (the latest on a tie), otherwise the last epoch. Test
+    accuracy is only reported, never used to pick a model. ``channels_last`` stores activations as
     ``channels_last_3d``, about 1.6x faster for ``Conv3d`` on a CPU (oneDNN).
     """
 
