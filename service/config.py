@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     max_frames: PositiveInt = Field(default=3000, description="frames decoded per upload")
     max_decode_seconds: PositiveFloat = Field(default=30.0, description="decode time per upload")
     decode_threads: PositiveInt = Field(
-        default=2, description="threads for blocking work (decode, shuffle, encode)"
+        default=2, description="threads for blocking work (decoding, shuffling)"
     )
 
     # ---------------------------------------------------------------- serve

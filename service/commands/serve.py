@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -231,14 +232,20 @@ def _run_gateway(settings: Any, args: argparse.Namespace) -> int:
             value = getattr(settings, name)
             if value is not None:
                 os.environ[f"SHUFFLEGUARD_{name.upper()}"] = str(value)
+        made_dir = None
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shuffleguard-prom-")
-        uvicorn.run(
-            "service.gateway.app:create_app_from_env",
-            factory=True,
-            workers=args.workers,
-            **common,
-        )
+            made_dir = tempfile.mkdtemp(prefix="shuffleguard-prom-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
+        try:
+            uvicorn.run(
+                "service.gateway.app:create_app_from_env",
+                factory=True,
+                workers=args.workers,
+                **common,
+            )
+        finally:
+            if made_dir is not None:
+                shutil.rmtree(made_dir, ignore_errors=True)
         return 0
     except KeyboardInterrupt:
         return 130

@@ -134,3 +134,12 @@ def test_model_meta_validation() -> None:
     ):
         with pytest.raises(ValueError):
             ModelMeta.from_dict(broken)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batch_gathered_on_the_gpu_equals_the_cpu_one() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    on_cpu, idx_cpu = build_batch(frames, n=10, h1=3, h2=2, seed=11, device="cpu")
+    on_gpu, idx_gpu = build_batch(frames, n=10, h1=3, h2=2, seed=11, device="cuda")
+    assert torch.equal(idx_cpu, idx_gpu)  # indices come from the CPU generator either way
+    np.testing.assert_array_equal(on_cpu, on_gpu)
