@@ -1,9 +1,9 @@
 """Model metadata, the default model and readiness, cached with short TTLs.
 
 The gateway never needs a restart when the backend comes and goes: metadata is
-fetched lazily on first use and refreshed when its TTL runs out, a failed
-fetch is not cached, and readiness is re-probed at most every
-``readiness_ttl_s``. Concurrent requests for the same missing entry share one
+fetched lazily on first use and refreshed in the background when its TTL runs
+out, a failed first fetch is not cached, and readiness is re-probed at most
+every ``readiness_ttl_s``. Concurrent requests for the same missing entry share one
 fetch (single flight), so a burst after a backend restart sends one describe
 call, not one per request.
 """
@@ -34,13 +34,28 @@ class _Entry(Generic[T]):
 
 
 class TTLCache(Generic[T]):
-    """A tiny async cache: ``await get(key, fetch)`` with expiry and single flight."""
+    """A tiny async cache: ``await get(key, fetch)`` with expiry and single flight.
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    With ``serve_stale=True`` an expired entry is still answered at once while one
+    background fetch refreshes it (stale-while-revalidate): model metadata rarely
+    changes, and TorchServe answers a customized describe through the model's job
+    queue, so a synchronous refresh would park a request behind inference jobs. A
+    failed refresh keeps the stale entry, except ``ModelNotFound``, which drops it.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        serve_stale: bool = False,
+    ) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
+        self.serve_stale = serve_stale
         self._entries: dict[str, _Entry[T]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     def peek(self, key: str) -> T | None:
         entry = self._entries.get(key)
@@ -54,23 +69,37 @@ class TTLCache(Generic[T]):
         else:
             self._entries.pop(key, None)
 
-    async def get(
-        self, key: str, fetch: Callable[[], Awaitable[T]], ttl_s: float | None = None
-    ) -> T:
+    async def get(self, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
         cached = self.peek(key)
         if cached is not None:
             return cached
+        stale = self._entries.get(key)
+        if self.serve_stale and stale is not None:
+            if key not in self._refreshing:
+                task = asyncio.create_task(self._refresh(key, fetch))
+                self._refreshing[key] = task
+                task.add_done_callback(lambda _t: self._refreshing.pop(key, None))
+            return stale.value
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self.peek(key)  # another request may have filled it meanwhile
             if cached is not None:
                 return cached
             value = await fetch()  # errors propagate and are not cached
-            ttl = self.ttl_s if ttl_s is None else ttl_s
-            self._entries[key] = _Entry(value, self.clock() + ttl)
+            self._entries[key] = _Entry(value, self.clock() + self.ttl_s)
             if len(self._locks) > 1024:  # names come from requests: keep this bounded
                 self._locks = {k: v for k, v in self._locks.items() if v.locked()}
             return value
+
+    async def _refresh(self, key: str, fetch: Callable[[], Awaitable[T]]) -> None:
+        try:
+            value = await fetch()
+        except ModelNotFound:
+            self._entries.pop(key, None)
+        except Exception as exc:  # keep serving the stale entry
+            logger.debug("refreshing %s failed: %s", key, exc)
+        else:
+            self._entries[key] = _Entry(value, self.clock() + self.ttl_s)
 
 
 class ModelCatalog:
@@ -87,8 +116,8 @@ class ModelCatalog:
     ) -> None:
         self.backend = backend
         self.configured_default = default_model
-        self._meta: TTLCache[ModelMeta] = TTLCache(ttl_s, clock)
-        self._names: TTLCache[tuple[str, ...]] = TTLCache(ttl_s, clock)
+        self._meta: TTLCache[ModelMeta] = TTLCache(ttl_s, clock, serve_stale=True)
+        self._names: TTLCache[tuple[str, ...]] = TTLCache(ttl_s, clock, serve_stale=True)
         self._ready: TTLCache[bool] = TTLCache(readiness_ttl_s, clock)
         self._missing: TTLCache[bool] = TTLCache(min(ttl_s, 5.0), clock)
 

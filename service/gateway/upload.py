@@ -178,8 +178,7 @@ async def read_upload(
             if parser is not None:
                 parser.finalize()
     except UploadTooLarge:
-        with anyio.move_on_after(linger_s):
-            await _drain(request, linger_s, body_limit * 4)
+        await _drain(request, linger_s, body_limit * 4)
         raise
     except TimeoutError:
         raise UploadTimeout(

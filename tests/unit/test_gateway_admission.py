@@ -8,7 +8,7 @@ import pytest
 
 from service.gateway.admission import Admission
 from service.gateway.catalog import TTLCache
-from service.gateway.errors import Overloaded
+from service.gateway.errors import ModelNotFound, Overloaded
 
 
 def test_admission_refuses_past_inflight_plus_queue() -> None:
@@ -98,3 +98,50 @@ def test_ttl_cache_single_flight() -> None:
 
     assert asyncio.run(main()) == ["meta"] * 20
     assert calls[0] == 1
+
+
+def test_stale_entry_is_served_while_one_refresh_runs() -> None:
+    now = [0.0]
+    cache: TTLCache[int] = TTLCache(10.0, clock=lambda: now[0], serve_stale=True)
+    calls = [0]
+    release = asyncio.Event()
+
+    async def slow_fetch() -> int:
+        calls[0] += 1
+        if calls[0] > 1:
+            await release.wait()
+        return calls[0]
+
+    async def main() -> None:
+        assert await cache.get("m", slow_fetch) == 1  # first fetch: waited for
+        now[0] = 11.0  # expired
+        assert await asyncio.wait_for(cache.get("m", slow_fetch), 0.5) == 1  # stale, at once
+        assert await cache.get("m", slow_fetch) == 1
+        release.set()
+        await asyncio.sleep(0.01)
+        assert await cache.get("m", slow_fetch) == 2  # refreshed in the background
+        assert calls[0] == 2  # one refresh for all the requests that saw it stale
+
+    asyncio.run(main())
+
+
+def test_refresh_that_finds_the_model_gone_drops_the_entry() -> None:
+    now = [0.0]
+    cache: TTLCache[int] = TTLCache(10.0, clock=lambda: now[0], serve_stale=True)
+    answers: list[int | None] = [1, None, 3]
+
+    async def fetch() -> int:
+        value = answers.pop(0)
+        if value is None:
+            raise ModelNotFound("gone")
+        return value
+
+    async def main() -> None:
+        assert await cache.get("m", fetch) == 1
+        now[0] = 11.0
+        assert await cache.get("m", fetch) == 1  # stale; the refresh says "gone"
+        await asyncio.sleep(0.01)
+        assert cache.peek("m") is None
+        assert await cache.get("m", fetch) == 3  # fetched afresh, synchronously
+
+    asyncio.run(main())
