@@ -205,22 +205,15 @@ class Pipeline:
         meta = meta or await self.catalog.resolve(params.model)
         ensemble, h1, h2 = self.effective(params, meta)
         seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        timings: dict[str, float] = {}
 
-        t0 = time.perf_counter()
+        # Decoding and the gather are blocking: one trip to the thread pool for both.
         try:
-            clip = await self._in_thread(self._decode, upload, meta)
+            batch, timings = await self._in_thread(
+                self._prepare, upload, meta, ensemble if params.defense else 0, h1, h2, seed
+            )
         except VideoError as exc:
             raise VideoRejected(exc.message, status_code=exc.status_code, code=exc.code) from exc
-        t1 = time.perf_counter()
-        timings["decode"] = (t1 - t0) * 1e3
-
-        if params.defense:
-            batch, _ = await self._in_thread(self._shuffle, clip, ensemble, h1, h2, seed)
-        else:
-            batch = clip[None]
         t2 = time.perf_counter()
-        timings["shuffle"] = (t2 - t1) * 1e3
 
         logits = await self.backend.infer(meta.name, batch, headers=headers)
         t3 = time.perf_counter()
@@ -240,18 +233,23 @@ class Pipeline:
             **fields,
         )
 
-    def _decode(self, upload: Upload, meta: ModelMeta) -> np.ndarray:
-        decoded = decode_clip(
+    def _prepare(
+        self, upload: Upload, meta: ModelMeta, n: int, h1: int, h2: int, seed: int
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Decode, then the backend batch (``n = 0``: the clip alone); runs in a thread."""
+        t0 = time.perf_counter()
+        frames = decode_clip(
             upload.data,
             clip_len=meta.clip_len,
             frame_interval=meta.frame_interval,
             crop_size=meta.crop_size,
             limits=self.limits,
             content_type=upload.content_type,
-        )
-        return decoded.frames
-
-    def _shuffle(
-        self, clip: np.ndarray, n: int, h1: int, h2: int, seed: int
-    ) -> tuple[np.ndarray, torch.Tensor]:
-        return build_batch(clip, n=n, h1=h1, h2=h2, seed=seed, device=self.device)
+        ).frames
+        t1 = time.perf_counter()
+        if n:
+            batch, _ = build_batch(frames, n=n, h1=h1, h2=h2, seed=seed, device=self.device)
+        else:
+            batch = frames[None]
+        t2 = time.perf_counter()
+        return batch, {"decode": (t1 - t0) * 1e3, "shuffle": (t2 - t1) * 1e3}
