@@ -25,6 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip T (default 16)")
     parser.add_argument("--size", type=int, default=64, help="frame height = width (default 64)")
+    parser.add_argument(
+        "--object-fraction",
+        type=float,
+        default=0.2,
+        help="object side / frame side (default 0.2: 13 px objects at 64 px)",
+    )
+    parser.add_argument(
+        "--speed-reference",
+        type=int,
+        default=64,
+        help="frame size (px) on which the paper's 3-5 px/frame is measured, scaled to --size"
+        " (default 64)",
+    )
     parser.add_argument("--mp4", action="store_true", help="also write a viewable .mp4 per clip")
     parser.add_argument("--fps", type=int, default=8, help="frame rate of the .mp4 files")
 
@@ -43,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         data = generate_toy_dataset(
-            args.dataset, args.count, seed=args.seed, frames=args.frames, size=args.size
+            args.dataset,
+            args.count,
+            seed=args.seed,
+            frames=args.frames,
+            size=args.size,
+            speed_reference=args.speed_reference,
+            object_fraction=args.object_fraction,
         )
     except ValueError as exc:
         raise SystemExit(f"shuffleguard toy-data: {exc}") from None

@@ -13,13 +13,14 @@ datasets differ in which factors carry the class:
   object are random (label e.g. ``move_up_left``). Only the order of the frames
   tells the classes apart.
 
-Geometry. The speed is drawn per clip, uniformly in ``[3, 5]`` px/frame for a 64 px
-frame and scaled with the frame size (``[1.5, 2.5]`` at 32 px), measured along the
-direction of motion (diagonal moves cover ``speed / sqrt(2)`` px per axis). The
-start point is drawn so the whole object stays inside the frame for the whole
-clip; when a trajectory at the drawn speed cannot fit (long clips in small frames,
-e.g. 16 frames at 64 px), the speed is lowered to the largest that fits, and
-:attr:`ToyDataset.speed` records the speed actually used.
+Geometry. The speed is drawn per clip, uniformly in ``[3, 5]`` px/frame (the paper's
+range) for a ``speed_reference`` px frame (64 by default) and scaled with the frame
+size, measured along the direction of motion (diagonal moves cover
+``speed / sqrt(2)`` px per axis). Objects are ``object_fraction`` of the frame side
+(a fifth by default: 13 px at 64 px). The start point is drawn so the whole object
+stays inside the frame for the whole clip; when a trajectory at the drawn speed
+cannot fit (long clips, e.g. 16 frames at 64 px), the speed is lowered to the
+largest that fits, and :attr:`ToyDataset.speed` records the speed actually used.
 
 Determinism. Everything comes from one ``numpy.random.Generator`` seeded with
 ``seed``: the same arguments give byte-identical clips, labels and files.
@@ -68,8 +69,11 @@ logger = logging.getLogger(__name__)
 
 NUM_CLASSES = 8
 DATASETS = (1, 2, 3)
-#: Speed range in px/frame for a 64 px frame (paper: "between 3 and 5 pixels per frame").
-SPEED_RANGE_64 = (3.0, 5.0)
+#: Paper: "the motion speed is constant in each video between 3 and 5 pixels per frame".
+SPEED_RANGE = (3.0, 5.0)
+#: Frame size (px) at which :data:`SPEED_RANGE` and the object size hold by default.
+SPEED_REFERENCE = 64
+OBJECT_FRACTION = 0.2
 TEST_EVERY = 4  # every 4th clip of a class is a test clip -> 75/25
 
 Grid = tuple[np.ndarray, np.ndarray]  # (y, x) in [0, 1), shapes [H, 1] and [1, W]
@@ -167,9 +171,10 @@ def label_names(dataset: int) -> list[str]:
     return names
 
 
-def object_size(size: int) -> int:
-    """Side in px of the object sprite for a ``size`` px frame (odd, about a fifth of it)."""
-    side = max(5, round(size / 5))
+def object_size(size: int, fraction: float = OBJECT_FRACTION) -> int:
+    """Side in px of the object sprite for a ``size`` px frame: ``fraction * size``,
+    rounded up to an odd number, at least 5."""
+    side = max(5, round(size * fraction))
     return side if side % 2 == 1 else side + 1
 
 
@@ -243,6 +248,7 @@ class ToyDataset:
             :data:`BACKGROUNDS`, :data:`OBJECTS`, :data:`DIRECTIONS`.
         speed: float64 ``[N]``, px/frame actually used along the direction.
         centres: int64 ``[N, T, 2]``, the object centre ``(y, x)`` in every frame.
+        object_side: side in px of the object sprites.
     """
 
     dataset: int
@@ -256,6 +262,7 @@ class ToyDataset:
     direction: np.ndarray
     speed: np.ndarray
     centres: np.ndarray
+    object_side: int
 
     @property
     def frames(self) -> int:
@@ -290,6 +297,9 @@ def generate_toy_dataset(
     seed: int = 0,
     frames: int = 16,
     size: int = 64,
+    speed: tuple[float, float] = SPEED_RANGE,
+    speed_reference: int = SPEED_REFERENCE,
+    object_fraction: float = OBJECT_FRACTION,
 ) -> ToyDataset:
     """Render ``count`` clips of toy dataset 1, 2 or 3 in memory.
 
@@ -300,6 +310,12 @@ def generate_toy_dataset(
         seed: seed of the ``numpy.random.Generator`` behind every draw.
         frames: clip length ``T`` (>= 2).
         size: frame height and width in px (>= 16).
+        speed: ``(min, max)`` speed in px/frame for a ``speed_reference`` px frame;
+            drawn uniformly per clip and scaled by ``size / speed_reference``.
+        speed_reference: the frame size at which ``speed`` is measured (64 gives the
+            paper's 3-5 px/frame on the default 64 px frames; 112, R3D-18's usual
+            input size, gives the same *relative* motion as 3-5 px/frame there).
+        object_fraction: object sprite side as a fraction of the frame side.
 
     Returns:
         A :class:`ToyDataset` whose ``clips`` are uint8 ``[count, T, size, size, 3]``.
@@ -311,6 +327,12 @@ def generate_toy_dataset(
         raise ValueError(f"frames must be >= 2, got {frames}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    if not 0 < speed[0] <= speed[1]:
+        raise ValueError(f"speed must be 0 < min <= max, got {speed}")
+    if speed_reference < 1:
+        raise ValueError(f"speed_reference must be >= 1, got {speed_reference}")
+    if not 0 < object_fraction <= 0.5:
+        raise ValueError(f"object_fraction must be in (0, 0.5], got {object_fraction}")
     rng = np.random.default_rng(seed)
     n, T = count, frames
 
@@ -326,24 +348,24 @@ def generate_toy_dataset(
     obj = labels.copy() if dataset in (1, 2) else rand_object
     background = labels.copy() if dataset == 1 else rand_background
 
-    side = object_size(size)
+    side = object_size(size, object_fraction)
     r = side // 2
     lo, hi = r, size - 1 - r  # centre range that keeps the whole sprite inside
-    lo_s, hi_s = SPEED_RANGE_64
-    speed = (lo_s + (hi_s - lo_s) * speed_frac) * (size / 64.0)
+    lo_s, hi_s = speed
+    speeds = (lo_s + (hi_s - lo_s) * speed_frac) * (size / speed_reference)
     vec = direction_vectors()[direction]  # [n, 2] (dy, dx)
     axis_max = np.abs(vec).max(axis=1)
     fit = (hi - lo) / ((T - 1) * axis_max)
-    capped = speed > fit
+    capped = speeds > fit
     if capped.any():
         logger.debug("speed lowered to fit the frame for %d of %d clips", capped.sum(), n)
-    speed = np.minimum(speed, fit)
-    disp = vec * (speed * (T - 1))[:, None]  # [n, 2] total displacement
+    speeds = np.minimum(speeds, fit)
+    disp = vec * (speeds * (T - 1))[:, None]  # [n, 2] total displacement
     start_lo = lo - np.minimum(disp, 0.0)
     start_hi = hi - np.maximum(disp, 0.0)
     start = start_lo + (start_hi - start_lo) * start_frac
     t = np.arange(T, dtype=np.float64)
-    centres_f = start[:, None, :] + t[None, :, None] * (vec * speed[:, None])[:, None, :]
+    centres_f = start[:, None, :] + t[None, :, None] * (vec * speeds[:, None])[:, None, :]
     centres = np.clip(np.rint(centres_f), lo, hi).astype(np.int64)  # [n, T, 2]
 
     bgs = np.stack([render_background(k, size) for k in range(NUM_CLASSES)])
@@ -369,8 +391,9 @@ def generate_toy_dataset(
         background=background.astype(np.int64),
         object=obj.astype(np.int64),
         direction=direction.astype(np.int64),
-        speed=speed,
+        speed=speeds,
         centres=centres,
+        object_side=side,
     )
 
 
@@ -476,6 +499,11 @@ def write_toy_dataset(
         "count": n,
         "frames": data.frames,
         "size": data.size,
+        "object_side": data.object_side,
+        "speed_px_per_frame": [
+            round(float(data.speed.min()), 4),
+            round(float(data.speed.max()), 4),
+        ],
         "labels": data.label_names,
         "backgrounds": list(BACKGROUNDS),
         "objects": list(OBJECTS),

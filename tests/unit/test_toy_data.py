@@ -137,6 +137,21 @@ def test_long_clips_cap_speed_to_fit() -> None:
     assert ds.speed.max() <= 5.0 * 32 / 64 + 1e-9
 
 
+def test_geometry_parameters() -> None:
+    ds = generate_toy_dataset(
+        2, 32, seed=0, frames=8, size=32, speed_reference=128, object_fraction=0.33
+    )
+    assert ds.object_side == object_size(32, 0.33) == 11
+    # 3-5 px/frame on a 128 px frame is 0.75-1.25 px/frame on a 32 px frame
+    assert ds.speed.min() >= 0.75 and ds.speed.max() <= 1.25
+    for i in range(ds.clips.shape[0]):
+        pixels = _object_mask(ds.clips[i], int(ds.object[i])).sum(axis=(1, 2))
+        assert (pixels == _sprite_offsets(int(ds.object[i]), 11).shape[0]).all()
+    for bad in ({"object_fraction": 0.7}, {"speed": (5.0, 3.0)}, {"speed_reference": 0}):
+        with pytest.raises(ValueError):
+            generate_toy_dataset(2, 8, seed=0, size=32, **bad)  # type: ignore[arg-type]
+
+
 def test_write_load_round_trip_and_bytes(tmp_path: Path) -> None:
     ds = generate_toy_dataset(2, 16, seed=3, frames=4, size=16)
     a = write_toy_dataset(ds, tmp_path / "a")
