@@ -1,0 +1,83 @@
+"""A tiny toy dataset, checkpoint and denoiser on disk, built once per session.
+
+Toy dataset 2 (object + motion carry the class) at 8 frames of 16x16 px, an R3D-18 of
+base width 8 trained for a few seconds, and a 3-layer DnCNN: small enough that every
+experiment runs end to end, at full attack strength, within the test budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+FRAMES, SIZE = 8, 16
+
+
+@dataclass
+class Tiny:
+    data: Path
+    checkpoint: Path
+    denoiser: Path
+    root: Path
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is as fast and shares the 2-core machine better."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    from service.robustness.denoise import train_denoiser
+    from service.toy.data import generate_toy_dataset, write_toy_dataset
+    from service.train import TrainConfig, clips_to_input, save_checkpoint, train_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny")
+    data = generate_toy_dataset(2, 256, seed=0, frames=FRAMES, size=SIZE)
+    write_toy_dataset(data, root / "toy2")
+    cs = data.as_clipset()
+    train, test = cs.select("train"), cs.select("test")
+    config = TrainConfig(epochs=12, batch_size=16, lr=5e-3, base_width=8, seed=0, augment=False)
+    result = train_model(
+        train.clips,
+        train.labels,
+        num_classes=8,
+        config=config,
+        test_clips=test.clips,
+        test_labels=test.labels,
+        progress=False,
+    )
+    ckpt = root / "tiny.ckpt"
+    save_checkpoint(
+        result,
+        ckpt,
+        labels=cs.label_names,
+        clip_len=FRAMES,
+        crop_size=SIZE,
+        config=config,
+        dataset=2,
+    )
+    den = train_denoiser(
+        clips_to_input(train.clips[:16]), 0.25, epochs=1, depth=3, features=8, progress=False
+    )
+    den_path = root / "dncnn.pt"
+    torch.save(
+        {
+            "state_dict": den.state_dict(),
+            "config": {"channels": 3, "depth": 3, "features": 8},
+            "sigma": 0.25,
+        },
+        den_path,
+    )
+    torch.set_num_threads(threads)
+    return Tiny(root / "toy2", ckpt, den_path, root)
