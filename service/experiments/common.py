@@ -1,0 +1,415 @@
+"""Shared plumbing of the experiments: inputs, seeds, statistics and output files.
+
+* Inputs: :func:`load_model` (a checkpoint of ``shuffleguard train``) and
+  :func:`load_split` (a ``shuffleguard toy-data`` directory), :func:`stratified_subset`
+  (a seeded, class-balanced, *nested* choice of clips: the first ``n`` of a larger
+  run are the ``n`` of a smaller one, so a run can be grown and resumed).
+* Seeds: :func:`derive_seed` turns a tuple of integers into one 63-bit seed
+  (``numpy.random.SeedSequence``), so every random draw of a work unit is fixed by
+  what the unit is, not by the order units run in.
+* Statistics: :func:`mean_ci` (Student t over seeds) and :func:`wilson` (binomial,
+  over clips).
+* Outputs: :func:`write_csv`, :func:`write_json`, :func:`markdown_table`,
+  :func:`environment`, :func:`command_line`; every experiment writes CSV + JSON +
+  Markdown + PNG and records the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SplitData",
+    "add_common_arguments",
+    "command_line",
+    "derive_seed",
+    "environment",
+    "load_model",
+    "load_split",
+    "markdown_table",
+    "mean_ci",
+    "pct",
+    "generator",
+    "prepare_torch",
+    "stratified_subset",
+    "wilson",
+    "write_csv",
+    "write_json",
+]
+
+#: torch CPU threads unless told (the development machine has 2 cores).
+DEFAULT_THREADS = 2
+
+
+@dataclass
+class SplitData:
+    """One split of a toy-data directory: uint8 clips ``[N, T, H, W, 3]``, labels ``[N]``.
+
+    ``index[i]`` is clip ``i``'s row in the directory's ``labels.csv`` (stable ids for
+    records); ``label_names[k]`` names class ``k``.
+    """
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    index: list[int]
+    label_names: list[str]
+    dataset: object
+
+    def __len__(self) -> int:
+        return int(self.clips.shape[0])
+
+    def take(self, positions: Sequence[int]) -> SplitData:
+        idx = torch.tensor(list(positions), dtype=torch.int64)
+        return SplitData(
+            self.clips.index_select(0, idx),
+            self.labels.index_select(0, idx),
+            [self.index[p] for p in positions],
+            self.label_names,
+            self.dataset,
+        )
+
+
+def load_split(directory: str | Path, split: str = "test") -> SplitData:
+    """Clips of one split (``test``/``train``/``all``) of a ``toy-data`` directory."""
+    from service.toy.data import load_toy_dataset, read_meta
+
+    data = load_toy_dataset(directory)
+    keep = [i for i, s in enumerate(data.split) if split == "all" or s == split]
+    if not keep:
+        raise ValueError(f"{directory}: no clips in split {split!r}")
+    idx = torch.tensor(keep, dtype=torch.int64)
+    meta = read_meta(directory)
+    return SplitData(
+        data.clips.index_select(0, idx),
+        data.labels.index_select(0, idx),
+        keep,
+        list(data.label_names),
+        meta.get("dataset"),
+    )
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint's model (eval mode, on ``device``) and the checkpoint dict."""
+    from service.train import load_checkpoint
+
+    return load_checkpoint(checkpoint, map_location=device)
+
+
+def stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> list[int]:
+    """Positions of ``n`` clips (all when None), balanced over classes, seeded.
+
+    Each class's clips are put in a seeded random order; the result takes them round
+    robin (class 0's first, class 1's first, ..., class 0's second, ...). The order
+    is fixed by ``seed``, so a larger ``n`` extends a smaller one (nested subsets).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    per_class: list[list[int]] = []
+    for k in sorted(torch.unique(labels).tolist()):
+        where = torch.nonzero(labels == k).flatten()
+        order = where[torch.randperm(where.numel(), generator=gen)]
+        per_class.append(order.tolist())
+    out: list[int] = []
+    depth = max((len(c) for c in per_class), default=0)
+    for r in range(depth):
+        out.extend(c[r] for c in per_class if r < len(c))
+    return out if n is None else out[: max(0, n)]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed determined by the integers ``parts`` (order matters)."""
+    import numpy as np
+
+    words = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2)
+    return int((int(words[0]) << 31) ^ int(words[1])) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def generator(*parts: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of ``parts``."""
+    return torch.Generator(device="cpu").manual_seed(derive_seed(*parts))
+
+
+# --------------------------------------------------------------------------- #
+# Statistics
+# --------------------------------------------------------------------------- #
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the Student-t confidence interval (0 for one value)."""
+    if not values:
+        return float("nan"), float("nan")
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    from scipy.stats import t
+
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, float(t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(var / n)
+
+
+def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval ``(low, high)`` of a binomial proportion."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """``0.923 -> '92.3'``; ``None``/NaN -> ``'-'``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- #
+# Outputs
+# --------------------------------------------------------------------------- #
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(list(header))
+        for row in rows:
+            w.writerow(list(row))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> str:
+    """A GitHub Markdown table; ``align``: one ``l``/``r`` per column (default ``lrr...``)."""
+    header = list(header)
+    spec = align or ("l" + "r" * (len(header) - 1))
+    rule = ["---:" if a == "r" else "---" for a in spec]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and hardware, for the JSON outputs."""
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def command_line(words: Sequence[str], options: Mapping[str, Any]) -> str:
+    """``shuffleguard ...`` with ``--key value`` options (lists spread, None and False skipped)."""
+    parts = list(words)
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list | tuple):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+# --------------------------------------------------------------------------- #
+# CLI helpers
+# --------------------------------------------------------------------------- #
+def add_common_arguments(parser: Any, *, out_default: str) -> None:
+    """The arguments every experiment shares (model, data, subset, device, output)."""
+    parser.add_argument(
+        "--checkpoint", required=True, help="model checkpoint (`shuffleguard train`)"
+    )
+    parser.add_argument("--data", required=True, help="toy-data directory of the model's dataset")
+    parser.add_argument("--split", default="test", choices=("test", "train", "all"))
+    parser.add_argument(
+        "--clips", type=int, default=None, help="seeded class-stratified subset size (default all)"
+    )
+    parser.add_argument("--subset-seed", type=int, default=0, help="seed of the clip subset")
+    parser.add_argument(
+        "--out", default=out_default, help=f"output directory (default {out_default})"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for torch"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def prepare_torch(device: str, threads: int, prog: str) -> None:
+    """Fail fast on a missing CUDA device; set the CPU thread count."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"{prog}: --device {device} given but CUDA is not available")
+    torch.set_num_threads(max(1, threads))
+
+
+# --------------------------------------------------------------------------- #
+# Batched model and attack helpers (float clips)
+# --------------------------------------------------------------------------- #
+def to_float(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, T, H, W, 3]`` -> float ``[N, 3, T, H, W]`` in ``[0, 1]`` (CPU)."""
+    from service.train import clips_to_input
+
+    return clips_to_input(clips)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 32,
+    transform: Any = None,
+) -> torch.Tensor:
+    """Argmax labels ``[N]`` (CPU) of float clips ``x [N, 3, T, H, W]``.
+
+    ``transform(batch, start)``, when given, maps each batch (on the model's device)
+    before the model sees it; ``start`` is the batch's first clip position.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size].to(device)
+        if transform is not None:
+            xb = transform(xb, start)
+        out.append(model(xb).argmax(dim=1).cpu())
+    return torch.cat(out)
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((pred.cpu() == labels.cpu()).float().mean())
+
+
+def craft(
+    make_attack: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, float]:
+    """Adversarial clips (CPU float) of ``make_attack(model)`` in batches; and seconds per clip."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    attack = make_attack(model)
+    advs = []
+    t0 = time.perf_counter()
+    with tqdm(total=x.shape[0], desc=desc, unit="clip", disable=not progress) as bar:
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device)
+            yb = labels[start : start + batch_size].to(device)
+            advs.append(attack(xb, yb).cpu())
+            bar.update(xb.shape[0])
+    return torch.cat(advs), (time.perf_counter() - t0) / max(1, x.shape[0])
+
+
+def first_conv_temporal(model: nn.Module) -> tuple[int, int, int]:
+    """``(kernel, stride, padding)`` along time of the model's first ``Conv3d``."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            pad = m.padding if isinstance(m.padding, tuple) else (0, 0, 0)
+            return int(m.kernel_size[0]), int(m.stride[0]), int(pad[0])
+    raise ValueError("the model has no Conv3d layer")
+
+
+def gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-clip frame reordering: ``x [B, C, T, ...]``, ``idx [B, T]`` -> ``x[b, :, idx[b]]``."""
+    idx = idx.to(x.device)
+    shape = [idx.shape[0], 1, idx.shape[1]] + [1] * (x.dim() - 3)
+    return x.gather(2, idx.view(shape).expand(-1, x.shape[1], -1, *x.shape[3:]))
+
+
+def write_report(
+    out_dir: str | Path,
+    name: str,
+    *,
+    results: dict[str, Any],
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    markdown: str,
+    plot: Any,
+) -> list[Path]:
+    """``<name>.csv`` (header + rows), ``<name>.json`` (results), ``<name>.md``, ``<name>.png``
+    (``plot(path)``); returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.{ext}" for ext in ("csv", "json", "md", "png")]
+    write_csv(paths[0], header, rows)
+    write_json(paths[1], results)
+    paths[2].write_text(markdown)
+    plot(paths[3])
+    return paths
+
+
+def setup_figure(width: float = 5.2, height: float = 3.8) -> tuple[Any, Any]:
+    """A matplotlib (Agg) figure and axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=120)
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def load_inputs(args: Any) -> tuple[nn.Module, dict[str, Any], SplitData, torch.Tensor]:
+    """Model, checkpoint, the seeded clip subset and its float clips, from common args."""
+    model, ckpt = load_model(args.checkpoint, args.device)
+    data = load_split(args.data, args.split)
+    subset = data.take(stratified_subset(data.labels, args.clips, args.subset_seed))
+    return model, ckpt, subset, to_float(subset.clips)
+
+
+def common_options(args: Any) -> dict[str, Any]:
+    """The common arguments as ``command_line`` options (defaults left out)."""
+    return {
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "split": None if args.split == "test" else args.split,
+        "clips": args.clips,
+        "subset_seed": args.subset_seed or None,
+        "out": args.out,
+        "device": args.device,
+    }
