@@ -147,7 +147,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Clip: {result['clip']}. Gateway stage medians (ms): "
         + ", ".join(f"{k} {v:.1f}" for k, v in result["gateway_stage_p50_ms"].items())
-        + ".",
+        + " (unstaged = gateway total minus its stages; http_hop = client latency minus"
+        " gateway total).",
         f"Machine: {env['cpu']} ({env['cpus']} CPUs), Python {env['python']}, "
         f"torch {env['torch']}, {env['device']}.",
         f"Command: `{result['command']}`",
@@ -295,6 +296,11 @@ def run(args: argparse.Namespace) -> int:
                         proxy_ms.append(ms)
                         for k, v in timings.items():
                             stages.setdefault(k, []).append(v)
+                        work = sum(timings[k] for k in ("decode", "shuffle", "backend", "vote"))
+                        # inside the gateway but in no stage: upload, queueing, thread hop, JSON
+                        stages.setdefault("unstaged", []).append(timings["total"] - work)
+                        # outside the gateway's clock: client, loopback HTTP, uvicorn
+                        stages.setdefault("http_hop", []).append(ms - timings["total"])
                 else:
                     ms = direct(i)
                     if i >= args.warmup:

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,10 +44,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("model_store")
     build_mar(ColorNet(), TINY_META, store, batch_size=4, max_batch_delay_ms=5)
     if DEFAULT_MAR.is_file():
-        (store / DEFAULT_MAR.name).symlink_to(DEFAULT_MAR)
-        meta = DEFAULT_MAR.with_suffix(".meta.json")
-        if meta.is_file():
-            shutil.copyfile(meta, store / meta.name)
+        (store / DEFAULT_MAR.name).symlink_to(DEFAULT_MAR.resolve())
     return store
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -19,7 +20,8 @@ from service.config import Settings
 from service.gateway import create_app
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MAR = REPO / "model_store" / "toy_r3d18.mar"
+#: the shipped default model (another archive: SG_TEST_DEFAULT_MAR=/path/to/x.mar)
+DEFAULT_MAR = Path(os.environ.get("SG_TEST_DEFAULT_MAR", REPO / "model_store" / "toy_r3d18.mar"))
 
 TINY = "tiny_color"
 TINY_META = {

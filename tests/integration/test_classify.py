@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import httpx
 import numpy as np
@@ -193,7 +194,8 @@ def test_default_model_agrees_with_itself_on_clean_toy_clips(
 ) -> None:
     from service.toy.data import generate_toy_dataset
 
-    meta = json.loads(DEFAULT_MAR.with_suffix(".meta.json").read_text())
+    with zipfile.ZipFile(DEFAULT_MAR) as mar:  # a .mar is a zip; meta.json is inside
+        meta = json.loads(mar.read("meta.json"))
     gateway = start_gateway(default_model=meta["name"])
     data = generate_toy_dataset(
         int(meta.get("dataset") or 1),
