@@ -38,15 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="frame size (px) on which the paper's 3-5 px/frame is measured, scaled to --size"
         " (default 64)",
     )
+    parser.add_argument(
+        "--contrast",
+        type=float,
+        default=1.0,
+        help="blend objects towards the background: bg + c * (pixel - bg), c in (0, 1]"
+        " (default 1; the served default model uses 0.4, see docs/default_model.md)",
+    )
     parser.add_argument("--mp4", action="store_true", help="also write a viewable .mp4 per clip")
     parser.add_argument("--fps", type=int, default=8, help="frame rate of the .mp4 files")
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
     import time
+    from pathlib import Path
 
     from tqdm import tqdm
 
+    from service.toy.contrast import blend_towards_background
     from service.toy.data import generate_toy_dataset, write_toy_dataset
 
     if args.count < 1:
@@ -64,11 +75,18 @@ def run(args: argparse.Namespace) -> int:
             speed_reference=args.speed_reference,
             object_fraction=args.object_fraction,
         )
+        if args.contrast != 1.0:
+            data = dataclasses.replace(data, clips=blend_towards_background(data, args.contrast))
     except ValueError as exc:
         raise SystemExit(f"shuffleguard toy-data: {exc}") from None
     t_gen = time.perf_counter() - t0
     with tqdm(total=args.count, desc=f"toy dataset {args.dataset}", unit="clip") as bar:
         write_toy_dataset(data, args.out, mp4=args.mp4, fps=args.fps, progress=bar.update)
+    meta_path = Path(args.out) / "meta.json"
+    if meta_path.exists():  # record the blend beside the generator's own settings
+        meta = json.loads(meta_path.read_text())
+        meta["contrast"] = args.contrast
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     n_test = int((data.split == "test").sum())
     print(
         f"toy dataset {args.dataset}: {args.count} clips of {args.frames}x{args.size}x{args.size}"
