@@ -109,6 +109,8 @@ def _settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the servers do: connections of a previous run in TIME_WAIT do not count
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -135,6 +137,12 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, json_lines=args.log_format == "json")
     if args.workers < 1:
         print("shuffleguard serve: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers == 1 and not _port_free(settings.host, settings.port):
+        print(
+            f"shuffleguard serve: {settings.host}:{settings.port} is in use; pick another --port",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGTERM, _raise_system_exit)
 
