@@ -41,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rs-alpha", type=float, default=0.001, help="abstain test level")
     parser.add_argument("--denoiser", default=None, help="DnCNN from `analyze denoiser`")
-    parser.add_argument("--attack-batch", type=int, default=4, help="clips per non-adaptive attack")
+    parser.add_argument("--attack-batch", type=int, default=4, help="clips per attack batch")
+    parser.add_argument(
+        "--eot-batch",
+        type=int,
+        default=40,
+        help="most clip copies per EOT forward pass (memory bound; the draws are unchanged)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             flicker_steps=args.flicker_steps,
             flicker_eps=args.flicker_eps,
             attack_batch=args.attack_batch,
+            eot_batch=args.eot_batch,
             batch_size=args.batch_size,
             device=args.device,
             threads=args.threads,

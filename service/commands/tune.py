@@ -2,8 +2,9 @@
 
 Measures the shuffle ensemble on clean clips, I-FGSM clips (crafted against the
 undefended model) and EOT clips adaptive to each cell's shuffles, on a seeded,
-class-stratified subset of the *train* split (so the reported test clips play no part
-in the choice), picks a preset by a written-down rule, writes it to
+class-stratified subset of the *validation* clips training held out (``--split val``;
+so the reported test clips play no part in the choice), picks a preset by a
+written-down rule, writes it to
 ``<checkpoint>.preset.json`` (read by ``evaluate`` and the analyses) and, with
 ``--archive-meta model_store/<name>.meta.json``, into that file's ``preset``; then
 rebuild the archive with ``shuffleguard archive --h1 --h2 --ensemble``.
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from service.experiments.common import add_common_arguments
 
     add_common_arguments(parser, out_default="docs/results/tune")
-    parser.set_defaults(split="train")
+    parser.set_defaults(split="val")
     parser.add_argument("--h1s", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16])
     parser.add_argument("--h2s", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--ensembles", type=int, nargs="+", default=[1, 3, 5, 10, 20])
@@ -31,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.01, help="ensemble-size tolerance")
     parser.add_argument("--attack-batch", type=int, default=8, help="clips per attack batch")
     parser.add_argument("--archive-meta", default=None, help="meta.json whose preset to update")
+    parser.add_argument(
+        "--no-preset",
+        action="store_true",
+        help="report only: write no <checkpoint>.preset.json and leave --archive-meta alone",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     args.attacks = [a for a in ("ifgsm", "eot") if a in args.attacks]
     res = run_tune(args)
     paths = write_outputs(res, args.out)
-    written = write_preset(res, args.checkpoint, args.archive_meta)
+    written = [] if args.no_preset else write_preset(res, args.checkpoint, args.archive_meta)
     p = res["preset"]
     c = res["chosen_cell"]
     print(
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * res['undefended_clean']:.1f}%)"
     )
     print(f"wrote {', '.join(map(str, paths + written))}")
-    if args.archive_meta:
+    if args.archive_meta and not args.no_preset:
         print(
             f"rebuild the archive: shuffleguard archive --checkpoint {args.checkpoint}"
             " --name <name>"

@@ -249,7 +249,12 @@ def add_common_arguments(parser: Any, *, out_default: str) -> None:
         "--checkpoint", required=True, help="model checkpoint (`shuffleguard train`)"
     )
     parser.add_argument("--data", required=True, help="toy-data directory of the model's dataset")
-    parser.add_argument("--split", default="test", choices=("test", "train", "all"))
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train", "all"),
+        help="clips to use (val: the train clips training held out; default test)",
+    )
     parser.add_argument(
         "--clips", type=int, default=None, help="seeded class-stratified subset size (default all)"
     )
@@ -263,6 +268,11 @@ def add_common_arguments(parser: Any, *, out_default: str) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--adv-cache",
+        default=None,
+        help="directory caching I-FGSM clips (deterministic) across analyses (default: none)",
+    )
 
 
 def prepare_torch(device: str, threads: int, prog: str) -> None:
@@ -319,23 +329,59 @@ def craft(
     batch_size: int,
     progress: bool,
     desc: str,
+    cache: str | Path | None = None,
+    ids: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Adversarial clips (CPU float) of ``make_attack(model)`` in batches; and seconds per clip."""
+    """Adversarial clips (CPU float) of ``make_attack(model)`` in batches; and seconds per clip.
+
+    With ``cache`` (a file path) and the clips' ``ids``, clips already in the cache are
+    read back and new ones added: for deterministic attacks at their default budget
+    (I-FGSM), so several analyses share one crafting. Name the file after the attack,
+    the checkpoint and the data (see :func:`cache_path`). Seconds per clip count only
+    the clips crafted in this call (0 when all came from the cache).
+    """
     import time
 
     from tqdm.auto import tqdm
 
+    stored: dict[int, torch.Tensor] = {}
+    if cache is not None and Path(cache).exists():
+        stored = torch.load(Path(cache), weights_only=True)
+    todo = [i for i in range(x.shape[0]) if ids is None or int(ids[i]) not in stored]
     device = next(model.parameters()).device
     attack = make_attack(model)
-    advs = []
+    out = x.clone()
     t0 = time.perf_counter()
-    with tqdm(total=x.shape[0], desc=desc, unit="clip", disable=not progress) as bar:
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(device)
-            yb = labels[start : start + batch_size].to(device)
-            advs.append(attack(xb, yb).cpu())
-            bar.update(xb.shape[0])
-    return torch.cat(advs), (time.perf_counter() - t0) / max(1, x.shape[0])
+    with tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            sel = todo[start : start + batch_size]
+            xb = x[sel].to(device)
+            yb = labels[sel].to(device)
+            out[sel] = attack(xb, yb).cpu()
+            bar.update(len(sel))
+    seconds = (time.perf_counter() - t0) / max(1, len(todo))
+    if ids is not None:
+        for i in range(x.shape[0]):
+            if i not in todo:
+                out[i] = stored[int(ids[i])]
+        if cache is not None and todo:
+            stored.update({int(ids[i]): out[i].clone() for i in todo})
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(stored, Path(cache))
+    return out, seconds if todo else 0.0
+
+
+def cache_path(
+    directory: str | Path | None, attack: str, checkpoint: str | Path, data: str | Path
+) -> Path | None:
+    """``<dir>/<attack>-<checkpoint sha256[:12]>-<labels.csv sha256[:12]>.pt``; None: no cache."""
+    if directory is None:
+        return None
+    from service.experiments.evaluate import file_sha256
+
+    ck = file_sha256(checkpoint)[:12]
+    da = file_sha256(Path(data) / "labels.csv")[:12]
+    return Path(directory) / f"{attack}-{ck}-{da}.pt"
 
 
 def first_conv_temporal(model: nn.Module) -> tuple[int, int, int]:
@@ -397,9 +443,32 @@ def save_figure(fig: Any, path: str | Path) -> None:
 def load_inputs(args: Any) -> tuple[nn.Module, dict[str, Any], SplitData, torch.Tensor]:
     """Model, checkpoint, the seeded clip subset and its float clips, from common args."""
     model, ckpt = load_model(args.checkpoint, args.device)
-    data = load_split(args.data, args.split)
+    if args.split == "val":
+        data = validation_split(args.data, ckpt)
+    else:
+        data = load_split(args.data, args.split)
     subset = data.take(stratified_subset(data.labels, args.clips, args.subset_seed))
     return model, ckpt, subset, to_float(subset.clips)
+
+
+def validation_split(directory: str | Path, ckpt: dict[str, Any]) -> SplitData:
+    """The train clips that training held out for validation (never fitted).
+
+    Rebuilt as :func:`service.train.train_model` drew them:
+    ``stratified_holdout(train labels, val_fraction, seed)`` of the checkpoint's
+    ``train_args``.
+    """
+    from service.train import stratified_holdout
+
+    train_args = ckpt.get("train_args") or {}
+    fraction = float(train_args.get("val_fraction") or 0.0)
+    if fraction <= 0:
+        raise ValueError(
+            "the checkpoint was trained without a validation holdout; use --split train"
+        )
+    train = load_split(directory, "train")
+    mask = stratified_holdout(train.labels, fraction, int(train_args.get("seed", 0)))
+    return train.take(torch.nonzero(mask).flatten().tolist())
 
 
 def common_options(args: Any) -> dict[str, Any]:
@@ -412,4 +481,5 @@ def common_options(args: Any) -> dict[str, Any]:
         "subset_seed": args.subset_seed or None,
         "out": args.out,
         "device": args.device,
+        "adv_cache": getattr(args, "adv_cache", None),
     }

@@ -134,6 +134,7 @@ class EvalConfig:
     flicker_steps: int = int(FULL["flicker_steps"])
     flicker_eps: float = FULL["flicker_eps"]
     attack_batch: int = 4
+    eot_batch: int | None = 40
     batch_size: int = 32
     device: str = "cpu"
     threads: int = 2
@@ -183,6 +184,7 @@ class EvalConfig:
             "rs_alpha": self.rs_alpha if self.rs_alpha != 0.001 else None,
             "denoiser": self.denoiser,
             "device": self.device,
+            "report_only": self.report_only,
         }
         for key, full in FULL.items():
             if getattr(self, key) != full:
@@ -474,58 +476,88 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True) -> dict[str, An
                 for j, i in enumerate(need):
                     full_extras[i] = extras[j]
                 inputs[col] = (full_adv, full_extras, per_clip)
+
+            def record(
+                i: int,
+                s: int,
+                col: str,
+                row: str,
+                xin: torch.Tensor,
+                attack_s: float,
+                extra: dict[str, Any],
+                ids: list[int] = ids,
+                x: torch.Tensor = x,
+                y: torch.Tensor = y,
+            ) -> None:
+                cid, label = ids[i], int(y[i])
+                t1 = time.perf_counter()
+                gen = common.generator(s, cid, _ROW_ID[row], _COL_ID[col])
+                result = _predict(row, defenses[row], model, xin, gen)
+                defense_s = time.perf_counter() - t1
+                linf, l2 = _norms(xin, x[i : i + 1])
+                store.add(
+                    {
+                        "seed": s,
+                        "clip": cid,
+                        "label": label,
+                        "attack": col,
+                        "defense": row,
+                        "correct": result["pred"] == label,
+                        "linf": linf,
+                        "l2": l2,
+                        "attack_seconds": attack_s,
+                        "defense_seconds": defense_s,
+                        "device": config.device,
+                        "extra": extra,
+                        **result,
+                    }
+                )
+                bar.update(1)
+
             for i, cid in enumerate(ids):
-                label = int(y[i])
-                clean = x[i : i + 1]
                 for col in columns:
+                    if col not in inputs:  # EOT below; or nothing left to do here
+                        continue
+                    batch, extras_c, attack_s = inputs[col]
                     for s in config.seeds:
                         for row in _cell_rows(col, rows, config):
-                            key = (s, cid, col, row)
-                            if key not in todo:
-                                continue
-                            extra: dict[str, Any] = {}
-                            if col == "eot":
-                                t0 = time.perf_counter()
-                                attack = eot_for_row(
-                                    row,
-                                    model,
-                                    preset=preset,
-                                    sigma=config.sigma,
-                                    denoiser=denoiser,
-                                    draws=config.eot_draws,
-                                    eps=config.eps,
-                                    steps=config.steps,
-                                    seed=common.derive_seed(s, cid, _ROW_ID[row], 99),
+                            if (s, cid, col, row) in todo:
+                                record(
+                                    i, s, col, row, batch[i : i + 1], attack_s, dict(extras_c[i])
                                 )
-                                xin = attack(clean, y[i : i + 1])
-                                attack_s = time.perf_counter() - t0
-                            else:
-                                batch, extras_c, attack_s = inputs[col]
-                                xin = batch[i : i + 1]
-                                extra = dict(extras_c[i])
-                            t1 = time.perf_counter()
-                            gen = common.generator(s, cid, _ROW_ID[row], _COL_ID[col])
-                            result = _predict(row, defenses[row], model, xin, gen)
-                            defense_s = time.perf_counter() - t1
-                            linf, l2 = _norms(xin, clean)
-                            store.add(
-                                {
-                                    "seed": s,
-                                    "clip": cid,
-                                    "label": label,
-                                    "attack": col,
-                                    "defense": row,
-                                    "correct": result["pred"] == label,
-                                    "linf": linf,
-                                    "l2": l2,
-                                    "attack_seconds": attack_s,
-                                    "defense_seconds": defense_s,
-                                    "device": config.device,
-                                    "extra": extra,
-                                    **result,
-                                }
+            if "eot" not in columns:
+                continue
+            # EOT: one batched attack per (seed, row) over the chunk's clips, each clip
+            # drawing its shuffles and noise from its own generator (seed, clip, row).
+            for s in config.seeds:
+                for row in rows:
+                    need = [i for i, cid in enumerate(ids) if (s, cid, "eot", row) in todo]
+                    if not need:
+                        continue
+                    t0 = time.perf_counter()
+                    attack = eot_for_row(
+                        row,
+                        model,
+                        preset=preset,
+                        sigma=config.sigma,
+                        denoiser=denoiser,
+                        draws=config.eot_draws,
+                        eps=config.eps,
+                        steps=config.steps,
+                        batch_size=config.eot_batch,
+                    )
+                    attack.set_clip_generators(
+                        [
+                            torch.Generator().manual_seed(
+                                common.derive_seed(s, ids[i], _ROW_ID[row], 99)
                             )
-                            bar.update(1)
+                            for i in need
+                        ]
+                    )
+                    adv = attack(x[need], y[need])
+                    attack_s = (time.perf_counter() - t0) / len(need)
+                    for j, i in enumerate(need):
+                        record(i, s, "eot", row, adv[j : j + 1], attack_s, {})
     finally:
         bar.close()
         store.close()
@@ -620,6 +652,7 @@ def summarize(
         "columns": list(columns),
         "cells": cells,
         "credibility_check": credibility_check(records, config),
+        "computed_on": sorted({str(r.get("device", "?")) for r in records}),
         "goals": goals(cells),
     }
     return summary
@@ -918,6 +951,13 @@ def markdown(summary: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+    if cfg.get("report_only"):
+        lines += [
+            "Tabulated with `--report-only` from records computed on: "
+            + ", ".join(summary.get("computed_on", []))
+            + " (see `records.jsonl`).",
+            "",
+        ]
     env = summary.get("environment", {})
     if env:
         lines += [

@@ -39,6 +39,8 @@ def run_fig8(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.attack_batch,
         progress=not args.no_progress,
         desc="I-FGSM",
+        cache=common.cache_path(args.adv_cache, "ifgsm", args.checkpoint, args.data),
+        ids=subset.index,
     )
     sizes = sorted({n for n in (args.chunk_sizes or [1, 2, 4, 8, 16, 32]) if 1 <= n <= T})
     rows = []

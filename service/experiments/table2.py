@@ -60,6 +60,8 @@ def run_table2(args: argparse.Namespace) -> dict[str, Any]:
                 batch_size=args.attack_batch,
                 progress=not args.no_progress,
                 desc=name,
+                cache=common.cache_path(args.adv_cache, name, args.checkpoint, args.data),
+                ids=subset.index,
             )
         as_crafted = common.accuracy(
             common.predict(model, clips, batch_size=args.batch_size), subset.labels

@@ -36,6 +36,8 @@ def run_table3(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.attack_batch,
         progress=not args.no_progress,
         desc="I-FGSM",
+        cache=common.cache_path(args.adv_cache, "ifgsm", args.checkpoint, args.data),
+        ids=subset.index,
     )
     positions = list(range(T)) if not args.positions else sorted({p % T for p in args.positions})
     acc = {

@@ -14,8 +14,10 @@ clean accuracy, then the smaller ``h1``, then the larger ``h2``. The ensemble si
 the smallest whose clean and worst-case accuracies are within ``--tolerance`` of the
 best size's.
 
-Tuning runs on ``--split train`` by default, so the reported test clips play no part
-in choosing the preset.
+Tuning runs on ``--split val`` by default: the train clips that training held out for
+validation (the checkpoint's ``val_fraction``), so neither fitted clips nor the reported
+test clips play a part in choosing the preset (``--split train`` for a checkpoint
+trained without a holdout).
 
 Writes ``fig10.{csv,json,md,png}`` and ``table4.{csv,json,md,png}`` in ``--out``, the
 preset to ``<checkpoint>.preset.json`` (read by ``evaluate`` and the analyses) and,
@@ -123,6 +125,8 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
             batch_size=args.attack_batch,
             progress=not args.no_progress,
             desc="I-FGSM",
+            cache=common.cache_path(args.adv_cache, "ifgsm", args.checkpoint, args.data),
+            ids=ids,
         )
     cells: list[dict[str, Any]] = []
     eot_cache: dict[tuple[int, int], list[torch.Tensor]] = {}
@@ -226,7 +230,7 @@ def write_preset(
 
 def command(args: argparse.Namespace) -> str:
     opts = common.common_options(args)
-    opts["split"] = args.split if args.split != "train" else None
+    opts["split"] = args.split if args.split != "val" else None
     opts.update(
         {
             "h1s": args.h1s,
@@ -238,6 +242,7 @@ def command(args: argparse.Namespace) -> str:
             "clean_ratio": args.clean_ratio,
             "tolerance": args.tolerance,
             "archive_meta": args.archive_meta,
+            "no_preset": getattr(args, "no_preset", False),
         }
     )
     return common.command_line(["shuffleguard", "tune"], opts)

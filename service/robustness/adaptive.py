@@ -127,32 +127,72 @@ class AdaptiveEOT(IFGSM):
         self.draws = int(draws)
         self.temporal_dim = temporal_dim
         self.batch_size = batch_size
+        self.clip_generators: list[torch.Generator] | None = None
 
     # ------------------------------------------------------------- randomness
-    def _draw_shuffles(self, T: int) -> torch.Tensor:
-        """``[draws, T]`` shuffle indices (identity rows without a preset)."""
+    def set_clip_generators(self, generators: list[torch.Generator] | None) -> AdaptiveEOT:
+        """Draw each clip's randomness from its own generator (one per clip of the next call).
+
+        Clip ``b``'s shuffles and noise then come from ``generators[b]`` exactly as a
+        one-clip call with that generator would draw them, so a clip's attack does not
+        depend on the other clips batched with it (up to float round-off of batched
+        kernels). ``None`` goes back to one set of draws shared by the batch.
+        """
+        self.clip_generators = generators
+        return self
+
+    def _shuffles_from(self, T: int, gen: torch.Generator | None) -> torch.Tensor:
         if self.preset is None:
             return torch.arange(T, dtype=torch.int64).expand(self.draws, T)
-        return shuffle_indices(
-            T, self.preset.h1, self.preset.h2, self.draws, generator=self.generator
+        return shuffle_indices(T, self.preset.h1, self.preset.h2, self.draws, generator=gen)
+
+    def _noise_from(
+        self, shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+    ) -> torch.Tensor:
+        gen_device = gen.device if gen is not None else like.device
+        noise = torch.randn(
+            (self.draws, *shape), generator=gen, device=gen_device, dtype=like.dtype
         )
+        return noise.to(like.device)
+
+    def _draw_shuffles(self, T: int, B: int = 1) -> torch.Tensor:
+        """``[draws, T]`` shuffle indices shared by the batch, or ``[draws, B, T]`` per clip
+        (identity rows without a preset)."""
+        if self.clip_generators is None:
+            return self._shuffles_from(T, self.generator)
+        self._check_generators(B)
+        return torch.stack([self._shuffles_from(T, g) for g in self.clip_generators], dim=1)
 
     def _draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor | None:
         """``[draws, *shape]`` standard normal noise on ``like``'s device (None without noise)."""
         if self.sigma is None:
             return None
-        gen_device = self.generator.device if self.generator is not None else like.device
-        noise = torch.randn(
-            (self.draws, *shape), generator=self.generator, device=gen_device, dtype=like.dtype
-        )
-        return noise.to(like.device)
+        if self.clip_generators is None:
+            return self._noise_from(tuple(shape), like, self.generator)
+        self._check_generators(shape[0])
+        per_clip = [self._noise_from(tuple(shape[1:]), like, g) for g in self.clip_generators]
+        return torch.stack(per_clip, dim=1)
+
+    def _check_generators(self, B: int) -> None:
+        assert self.clip_generators is not None
+        if len(self.clip_generators) != B:
+            raise ValueError(f"{len(self.clip_generators)} clip generators for {B} clips")
 
     def _copies(
         self, x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
-        """The randomized copies ``[d * B, ...]`` of ``x`` for draws ``idx [d, T]``."""
+        """The randomized copies ``[d * B, ...]`` of ``x`` for draws ``idx`` (``[d, T]``
+        shared by the batch, or ``[d, B, T]`` per clip)."""
         d = idx.shape[0]
-        copies = apply_shuffles(x, idx, self.temporal_dim)  # [d, B, ...]
+        if idx.dim() == 2:
+            copies = apply_shuffles(x, idx, self.temporal_dim)  # [d, B, ...]
+        else:
+            # per clip: copies[k, b] = x[b] with its frames taken in the order idx[k, b]
+            dim = self.temporal_dim % x.dim()
+            view = [d, x.shape[0]] + [1] * (x.dim() - 1)
+            view[dim + 1] = x.shape[dim]
+            index = idx.to(x.device).view(view).expand(d, *x.shape)
+            copies = x.unsqueeze(0).expand(d, *x.shape).gather(dim + 1, index)
         if noise is not None and self.sigma is not None:
             copies = copies + self.sigma * noise
             if self.clamp_noise:
@@ -162,7 +202,7 @@ class AdaptiveEOT(IFGSM):
     # ------------------------------------------------------------- gradients
     def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         T = videos.shape[self.temporal_dim]
-        idx = self._draw_shuffles(T)
+        idx = self._draw_shuffles(T, videos.shape[0])
         noise = self._draw_noise(videos.shape, videos)
         per_chunk = self.draws
         if self.batch_size is not None:
@@ -182,7 +222,7 @@ class AdaptiveEOT(IFGSM):
 
     def clip_loss(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-clip loss ``[B]`` averaged over ``draws`` fresh randomizations."""
-        idx = self._draw_shuffles(videos.shape[self.temporal_dim])
+        idx = self._draw_shuffles(videos.shape[self.temporal_dim], videos.shape[0])
         noise = self._draw_noise(videos.shape, videos)
         logits = self.model(self._copies(videos, idx, noise))
         d, B = self.draws, videos.shape[0]

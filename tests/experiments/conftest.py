@@ -81,3 +81,32 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     )
     torch.set_num_threads(threads)
     return Tiny(root / "toy2", ckpt, den_path, root)
+
+
+@dataclass
+class Smoke:
+    out: Path
+    argv: list[str]
+
+
+#: The CI smoke evaluation: every row x every column on 4 clips. I-FGSM, OFA and EOT
+#: run at full strength; flickering at 100 of its 2500 steps, which stamps every output
+#: REDUCED STRENGTH: it tests the plumbing and is never a reported number.
+def smoke_argv(tiny: Tiny, out: Path) -> list[str]:
+    return [
+        "evaluate", "--checkpoint", str(tiny.checkpoint), "--data", str(tiny.data),
+        "--denoiser", str(tiny.denoiser), "--clips", "4", "--seeds", "0", "--h1", "2", "--h2", "1",
+        "--flicker-steps", "100", "--out", str(out), "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smoke(tiny: Tiny) -> Smoke:
+    from service.cli import main
+
+    out = tiny.root / "smoke"
+    argv = smoke_argv(tiny, out)
+    threads = torch.get_num_threads()
+    assert main(argv) == 0
+    torch.set_num_threads(threads)
+    return Smoke(out, argv)

@@ -91,6 +91,22 @@ def test_noise_draws_are_seeded(setup) -> None:  # type: ignore[no-untyped-def]
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_per_clip_generators_match_one_clip_calls(setup) -> None:  # type: ignore[no-untyped-def]
+    model, x, y, denoiser = setup
+    kw = {"preset": ShufflePreset(2, 1), "sigma": 0.25, "denoiser": denoiser, "steps": 4}
+
+    def gens() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(10 + b) for b in range(3)]
+
+    batched = AdaptiveEOT(model, **kw).set_clip_generators(gens())(x[:3], y[:3])
+    for b, g in enumerate(gens()):
+        alone = AdaptiveEOT(model, **kw).set_clip_generators([g])(x[b : b + 1], y[b : b + 1])
+        # the same draws; only batched kernels' round-off may differ
+        assert float((alone == batched[b : b + 1]).float().mean()) > 0.99
+    with pytest.raises(ValueError, match="generators"):
+        AdaptiveEOT(model, **kw).set_clip_generators(gens())(x[:2], y[:2])
+
+
 def test_bad_arguments() -> None:
     model = torch.nn.Conv3d(3, 1, 1)
     with pytest.raises(ValueError):
