@@ -222,6 +222,10 @@ def run(args: argparse.Namespace) -> int:
         t5 = json.loads(table5.read_text())
         source_command = source_command or t5.get("command")
         reduced = t5.get("reduced_strength", [])
+        # only the clips and seeds the evaluation tabulated (a resumed or report-only
+        # run can hold records of more)
+        clips, seeds = set(t5.get("clip_ids", [])), set(t5["config"]["seeds"])
+        records = [r for r in records if r["clip"] in clips and r["seed"] in seeds]
     results = detection_results(records, args.threshold)
     results.update(
         {

@@ -17,7 +17,7 @@ ANALYSES: dict[str, list[str]] = {
     "fig7": ["--clips", "8", "--orders", "2", "--chunk-sizes", "8", "--h1s", "2"],
     "fig8": ["--clips", "4", "--draws", "2", "--chunk-sizes", "1", "8"],
     "table3": ["--clips", "4", "--positions", "0", "7"],
-    "table2": ["--clips", "2", "--draws", "2", "--h1", "2", "--h2", "1", "--ensemble", "3"],
+    "table2": ["--clips", "1", "--draws", "2", "--h1", "2", "--h2", "1", "--ensemble", "3"],
 }
 
 

@@ -45,7 +45,7 @@ def test_tune_writes_the_preset(tiny, tmp_path: Path) -> None:  # type: ignore[n
     out = tmp_path / "tune"
     argv = [
         "tune", "--checkpoint", str(ckpt), "--data", str(tiny.data), "--split", "train",
-        "--clips", "4", "--h1s", "1", "2", "--h2s", "1", "--ensembles", "1", "3",
+        "--clips", "2", "--h1s", "1", "2", "--h2s", "1", "--ensembles", "1", "3",
         "--grid-ensemble", "3", "--out", str(out), "--archive-meta", str(meta),
         "--threads", "1", "--no-progress",
     ]  # fmt: skip
