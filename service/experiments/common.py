@@ -316,6 +316,15 @@ def predict(
     return torch.cat(out)
 
 
+def progress_bar(
+    items: Iterable[Any], *, desc: str, enabled: bool, total: int | None = None
+) -> Any:
+    """``items`` wrapped in a tqdm bar (on stderr) unless ``enabled`` is False."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, disable=not enabled, leave=False)
+
+
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return float((pred.cpu() == labels.cpu()).float().mean())
 

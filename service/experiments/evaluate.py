@@ -979,7 +979,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     cols = summary["columns"]
     rows = summary["rows"]
     cells = summary["cells"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(cols)), 3.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cols)), 4.2), dpi=120)
     width = 0.8 / max(1, len(rows))
     for j, row in enumerate(rows):
         xs, ys, es = [], [], []
@@ -1000,7 +1000,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         title += " (REDUCED STRENGTH: plumbing test)"
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3, loc="upper right")
+    ax.legend(fontsize=7, ncol=len(rows), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

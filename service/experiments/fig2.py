@@ -50,6 +50,12 @@ def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
         "row": sorted({n for n in (args.row_sizes or _powers(H)) if 1 <= n <= H}),
     }
     rows = []
+    bar = common.progress_bar(
+        [],
+        desc="randomizations",
+        enabled=not args.no_progress,
+        total=sum(1 if n == 1 else args.draws for k in KINDS for n in sizes[k]),
+    )
     for kind_id, kind in enumerate(KINDS):
         for n in sizes[kind]:
             accs = []
@@ -72,6 +78,7 @@ def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
 
                 pred = common.predict(model, x, batch_size=args.batch_size, transform=transform)
                 accs.append(common.accuracy(pred, subset.labels))
+                bar.update(1)
             rows.append(
                 {
                     "kind": kind,
@@ -81,6 +88,7 @@ def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
                     "draws": len(accs),
                 }
             )
+    bar.close()
     return {
         "analysis": "fig2",
         "command": command(args),

@@ -52,7 +52,8 @@ def run_fig7(args: argparse.Namespace) -> dict[str, Any]:
     T = x.shape[2]
     k, s, p = common.first_conv_temporal(model)
     points = []
-    for source, order in _orders(T, args):
+    orders = _orders(T, args)
+    for source, order in common.progress_bar(orders, desc="orders", enabled=not args.no_progress):
         idx = torch.tensor(order, dtype=torch.int64)
 
         def transform(b: torch.Tensor, _s: int, idx: torch.Tensor = idx) -> torch.Tensor:

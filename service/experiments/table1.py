@@ -30,7 +30,7 @@ def run_table1(args: argparse.Namespace) -> dict[str, Any]:
     positions = list(range(T)) if not args.positions else sorted({p % T for p in args.positions})
     original = common.accuracy(common.predict(model, x, batch_size=args.batch_size), subset.labels)
     rows = []
-    for i in positions:
+    for i in common.progress_bar(positions, desc="uniformized", enabled=not args.no_progress):
         pred = common.predict(
             model, x, batch_size=args.batch_size, transform=lambda b, _s, i=i: uniformize(b, i, 2)
         )

@@ -49,7 +49,7 @@ def run_table3(args: argparse.Namespace) -> dict[str, Any]:
         ),
     }
     rows = []
-    for i in positions:
+    for i in common.progress_bar(positions, desc="uniformized", enabled=not args.no_progress):
         row: dict[str, Any] = {"frame": i}
         for kind, clips in (("clean", x), ("ifgsm", adv)):
             pred = common.predict(
