@@ -383,14 +383,35 @@ def craft(
 def cache_path(
     directory: str | Path | None, attack: str, checkpoint: str | Path, data: str | Path
 ) -> Path | None:
-    """``<dir>/<attack>-<checkpoint sha256[:12]>-<labels.csv sha256[:12]>.pt``; None: no cache."""
+    """``<dir>/<attack>-<checkpoint sha256[:12]>-<data fingerprint[:12]>.pt``; None: no cache."""
     if directory is None:
         return None
     from service.experiments.evaluate import file_sha256
 
     ck = file_sha256(checkpoint)[:12]
-    da = file_sha256(Path(data) / "labels.csv")[:12]
-    return Path(directory) / f"{attack}-{ck}-{da}.pt"
+    return Path(directory) / f"{attack}-{ck}-{data_fingerprint(data)[:12]}.pt"
+
+
+def data_fingerprint(directory: str | Path) -> str:
+    """sha256 of what identifies a toy-data directory's clips.
+
+    ``labels.csv`` alone is not enough: datasets rendered with other settings (e.g.
+    ``toy-data --contrast``) share it. So ``meta.json`` (when there is one) and the
+    bytes of the first and last clip files listed are hashed too.
+    """
+    import csv as _csv
+    import hashlib
+
+    root = Path(directory)
+    h = hashlib.sha256()
+    labels = (root / "labels.csv").read_bytes()
+    h.update(labels)
+    if (root / "meta.json").exists():
+        h.update((root / "meta.json").read_bytes())
+    rows = list(_csv.DictReader(labels.decode().splitlines()))
+    for row in (rows[0], rows[-1]) if rows else ():
+        h.update((root / row["file"]).read_bytes())
+    return h.hexdigest()
 
 
 def first_conv_temporal(model: nn.Module) -> tuple[int, int, int]:

@@ -366,7 +366,7 @@ def fingerprint(config: EvalConfig, preset: ShufflePreset) -> dict[str, Any]:
     """What makes two runs' records comparable: model, data, defenses, budgets."""
     return {
         "checkpoint_sha256": file_sha256(config.checkpoint),
-        "data_labels_sha256": file_sha256(Path(config.data) / "labels.csv"),
+        "data_sha256": common.data_fingerprint(config.data),
         "split": config.split,
         "subset_seed": config.subset_seed,
         "preset": preset.to_dict(),
