@@ -142,8 +142,12 @@ def test_serve_restarts_a_dead_torchserve_and_stops_clean_on_sigint(
     wait_until(lambda: httpx.get(f"{serve.url}/readyz", timeout=2).status_code == 503, 10, 0.05)
     assert _classify(serve.url) in (503, 429)
     backend_back = gateway_back = None
+    # Bounded by polls as well as by the clock: a paused VM can make the monotonic
+    # clock jump past a pure deadline before a single poll has seen the restart.
+    polls = 0
     deadline = time.monotonic() + 180
-    while gateway_back is None and time.monotonic() < deadline:
+    while gateway_back is None and (time.monotonic() < deadline or polls < 600):
+        polls += 1
         now = time.monotonic()
         if backend_back is None and _backend_ready(inference_url, management_url):
             backend_back = now
