@@ -355,11 +355,13 @@ def plot_fig10(res: dict[str, Any], path: Path) -> None:
             grid[h2s.index(c["h2"]), h1s.index(c["h1"])] = 100 * c[key]
         im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", origin="lower")
         for (r, q), v in np.ndenumerate(grid):
-            ax.text(q, r, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white")
+            color = "black" if v > 60 else "white"
+            ax.text(q, r, f"{v:.0f}", ha="center", va="center", fontsize=7, color=color)
         ax.set_xticks(range(len(h1s)), [str(h) for h in h1s])
         ax.set_yticks(range(len(h2s)), [str(h) for h in h2s])
         ax.set_xlabel("h1")
-        ax.set_ylabel("h2")
+        if key == "clean":
+            ax.set_ylabel("h2")
         ax.set_title(
             {"clean": "clean", "ifgsm": "I-FGSM", "eot": "EOT (adaptive)"}[key], fontsize=9
         )
