@@ -172,3 +172,87 @@ def build_mar(
     size_mb = mar.stat().st_size / 1e6
     logger.info("wrote %s (%.1f MB, weights sha256 %s)", mar, size_mb, meta["sha256"])
     return mar
+
+
+def read_archive(path: Path | str) -> tuple[dict[str, Any], bytes]:
+    """``(meta, weights bytes)`` of a ``.mar``; the bytes are checked against ``meta['sha256']``."""
+    import zipfile
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        if "meta.json" not in names:
+            raise ValueError(f"{path}: no meta.json (not a ShuffleGuard archive)")
+        meta = json.loads(zf.read("meta.json"))
+        weights_name = "model.pt2" if meta.get("format") == "export" else "model.pt"
+        if weights_name not in names:
+            raise ValueError(
+                f"{path}: meta.json says format {meta.get('format')!r}, no {weights_name}"
+            )
+        weights = zf.read(weights_name)
+    digest = hashlib.sha256(weights).hexdigest()
+    if meta.get("sha256") != digest:
+        raise ValueError(
+            f"{path}: {weights_name} has sha256 {digest}, meta.json says {meta.get('sha256')}"
+        )
+    return meta, weights
+
+
+def load_archived_model(
+    path: Path | str, map_location: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the eager model of a ``.mar`` so experiments can run on what is served.
+
+    The archive's TorchScript (or exported) weights are copied into the project's
+    :func:`service.models.resnet3d.resnet3d_18` (only that ``arch`` is supported), which
+    is checked to give the archived network's logits on a probe input. Returns
+    ``(model, info)``: the model in eval mode on ``map_location`` and a dict with the
+    keys of a training checkpoint that experiments read (``arch``, ``model_kwargs``,
+    ``labels``, ``clip_len``, ``crop_size``, ``dataset``, ``test_accuracy``,
+    ``preset``) plus ``archive`` and ``meta``.
+    """
+    import io
+
+    from service.models.resnet3d import resnet3d_18
+
+    meta, weights = read_archive(path)
+    if meta.get("arch") != "resnet3d_18":
+        raise ValueError(
+            f"{path}: arch {meta.get('arch')!r}: only resnet3d_18 archives load eagerly"
+        )
+    if meta.get("format") == "export":
+        archived = torch.export.load(io.BytesIO(weights)).module()
+    else:
+        archived = torch.jit.load(io.BytesIO(weights), map_location="cpu")
+    state = {k: v.detach().clone() for k, v in archived.state_dict().items()}
+    in_channels = int(state["stem.0.weight"].shape[1])
+    kwargs: dict[str, Any] = {
+        "num_classes": len(meta["labels"]),
+        "base_width": int(state["stem.0.weight"].shape[0]),
+        "in_channels": in_channels,
+        "mean": [float(v) for v in state["normalize.mean"].flatten()],
+        "std": [float(v) for v in state["normalize.std"].flatten()],
+    }
+    model = resnet3d_18(**kwargs)
+    model.load_state_dict(state)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    crop = int(meta["crop_size"])
+    probe = torch.rand(2, in_channels, int(meta["clip_len"]), crop, crop, generator=gen)
+    with torch.no_grad():
+        err = (model(probe) - archived(probe)).abs().max().item()
+    if err > 1e-4:
+        raise RuntimeError(f"{path}: rebuilt model differs from the archived one by {err:.2e}")
+    info = {
+        "arch": meta["arch"],
+        "model_kwargs": kwargs,
+        "labels": list(meta["labels"]),
+        "clip_len": int(meta["clip_len"]),
+        "crop_size": crop,
+        "dataset": meta.get("dataset"),
+        "test_accuracy": meta.get("test_accuracy"),
+        "preset": dict(meta["preset"]),
+        "archive": str(path),
+        "meta": meta,
+    }
+    return model.to(map_location), info

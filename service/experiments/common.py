@@ -1,6 +1,7 @@
 """Shared plumbing of the experiments: inputs, seeds, statistics and output files.
 
-* Inputs: :func:`load_model` (a checkpoint of ``shuffleguard train``) and
+* Inputs: :func:`load_model` (a checkpoint of ``shuffleguard train``, or a ``.mar``),
+  :func:`checkpoint_weights_sha256` (what identifies a model in records and caches) and
   :func:`load_split` (a ``shuffleguard toy-data`` directory), :func:`stratified_subset`
   (a seeded, class-balanced, *nested* choice of clips: the first ``n`` of a larger
   run are the ``n`` of a smaller one, so a run can be grown and resumed).
@@ -32,10 +33,12 @@ from torch import nn
 __all__ = [
     "SplitData",
     "add_common_arguments",
+    "checkpoint_weights_sha256",
     "command_line",
     "derive_seed",
     "environment",
     "load_model",
+    "is_archive",
     "load_split",
     "markdown_table",
     "mean_ci",
@@ -43,6 +46,7 @@ __all__ = [
     "generator",
     "prepare_torch",
     "stratified_subset",
+    "weights_sha256",
     "wilson",
     "write_csv",
     "write_json",
@@ -100,10 +104,53 @@ def load_split(directory: str | Path, split: str = "test") -> SplitData:
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The checkpoint's model (eval mode, on ``device``) and the checkpoint dict."""
+    """The model (eval mode, on ``device``) and its checkpoint dict.
+
+    ``checkpoint`` is a ``shuffleguard train`` checkpoint, or a served ``.mar``
+    (:func:`service.archive.load_archived_model`), so the artifact that is served
+    can be evaluated as it is.
+    """
+    if is_archive(checkpoint):
+        from service.archive import load_archived_model
+
+        return load_archived_model(checkpoint, map_location=device)
     from service.train import load_checkpoint
 
     return load_checkpoint(checkpoint, map_location=device)
+
+
+def is_archive(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` names a TorchServe archive (``.mar``)."""
+    return Path(checkpoint).suffix == ".mar"
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of a model's ``state_dict`` (names, dtypes, shapes and bytes, in order).
+
+    It identifies the weights whatever file they came in: a training checkpoint and
+    the ``.mar`` exported from it give the same digest.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+_WEIGHTS_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_weights_sha256(checkpoint: str | Path) -> str:
+    """:func:`weights_sha256` of the model in ``checkpoint`` (memoized per file version)."""
+    st = Path(checkpoint).stat()
+    key = (str(Path(checkpoint).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _WEIGHTS_DIGESTS:
+        model, _ = load_model(checkpoint, "cpu")
+        _WEIGHTS_DIGESTS[key] = weights_sha256(model)
+    return _WEIGHTS_DIGESTS[key]
 
 
 def stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> list[int]:
@@ -383,12 +430,10 @@ def craft(
 def cache_path(
     directory: str | Path | None, attack: str, checkpoint: str | Path, data: str | Path
 ) -> Path | None:
-    """``<dir>/<attack>-<checkpoint sha256[:12]>-<data fingerprint[:12]>.pt``; None: no cache."""
+    """``<dir>/<attack>-<weights sha256[:12]>-<data fingerprint[:12]>.pt``; None: no cache."""
     if directory is None:
         return None
-    from service.experiments.evaluate import file_sha256
-
-    ck = file_sha256(checkpoint)[:12]
+    ck = checkpoint_weights_sha256(checkpoint)[:12]
     return Path(directory) / f"{attack}-{ck}-{data_fingerprint(data)[:12]}.pt"
 
 

@@ -35,7 +35,6 @@ Outputs in ``--out``: ``records.jsonl``, ``run.json``, ``table5.csv``, ``table5.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -204,9 +203,16 @@ def preset_for_checkpoint(
     ensemble: int | None = None,
 ) -> tuple[ShufflePreset, str]:
     """The shuffle preset and where it came from: values given here >
-    ``<checkpoint>.preset.json`` (written by ``shuffleguard tune``) > :data:`FALLBACK_PRESET`."""
+    ``<checkpoint>.preset.json`` (written by ``shuffleguard tune``) > a ``.mar``'s
+    ``meta.json`` preset > :data:`FALLBACK_PRESET`."""
     sidecar = Path(str(checkpoint) + ".preset.json")
     base, source = FALLBACK_PRESET, "fallback (h1=3, h2=1, ensemble=10)"
+    if common.is_archive(checkpoint) and Path(checkpoint).exists():
+        from service.archive import read_archive
+
+        p = read_archive(checkpoint)[0]["preset"]
+        base = ShufflePreset(int(p["h1"]), int(p["h2"]), int(p["ensemble"]))
+        source = f"{checkpoint} meta.json"
     if sidecar.exists():
         p = json.loads(sidecar.read_text())["preset"]
         base = ShufflePreset(int(p["h1"]), int(p["h2"]), int(p["ensemble"]))
@@ -222,11 +228,9 @@ def preset_for_checkpoint(
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from service.archive import sha256_file
+
+    return sha256_file(Path(path))
 
 
 # --------------------------------------------------------------------------- #
@@ -365,7 +369,7 @@ def _cell_rows(column: str, rows: Sequence[str], config: EvalConfig) -> list[str
 def fingerprint(config: EvalConfig, preset: ShufflePreset) -> dict[str, Any]:
     """What makes two runs' records comparable: model, data, defenses, budgets."""
     return {
-        "checkpoint_sha256": file_sha256(config.checkpoint),
+        "weights_sha256": common.checkpoint_weights_sha256(config.checkpoint),
         "data_sha256": common.data_fingerprint(config.data),
         "split": config.split,
         "subset_seed": config.subset_seed,
@@ -376,6 +380,26 @@ def fingerprint(config: EvalConfig, preset: ShufflePreset) -> dict[str, Any]:
         "denoiser_sha256": file_sha256(config.denoiser) if config.denoiser else None,
         **{k: getattr(config, k) for k in FULL},
     }
+
+
+def check_compatible(old: dict[str, Any] | None, new: dict[str, Any], out: Path) -> None:
+    """Refuse to mix records of runs whose settings differ (see :func:`fingerprint`).
+
+    One difference is allowed: a run without a denoiser may be extended by one with
+    a denoiser. The records of the first run hold no denoise rows (they are skipped
+    without a denoiser) and nothing else depends on the denoiser, so the later run
+    adds the denoise rows beside them.
+    """
+    old = old or {}
+    diff = sorted(k for k in new if old.get(k) != new[k])
+    if diff == ["denoiser_sha256"] and old.get("denoiser_sha256") is None:
+        logger.info("%s: adding denoise rows to a run that had no denoiser", out)
+        return
+    if diff:
+        raise ValueError(
+            f"{out} holds records of a run with other settings ({', '.join(diff)}); "
+            "use another --out or delete it"
+        )
 
 
 def _iter_chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -397,13 +421,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True) -> dict[str, An
     fp = fingerprint(config, preset)
     run_path = out / "run.json"
     if run_path.exists():
-        old = json.loads(run_path.read_text()).get("fingerprint")
-        if old != fp:
-            diff = sorted(k for k in fp if (old or {}).get(k) != fp[k])
-            raise ValueError(
-                f"{out} holds records of a run with other settings ({', '.join(diff)}); "
-                "use another --out or delete it"
-            )
+        check_compatible(json.loads(run_path.read_text()).get("fingerprint"), fp, out)
     common.write_json(run_path, {"fingerprint": fp, "config": asdict(config)})
 
     model, ckpt = common.load_model(config.checkpoint, config.device)

@@ -194,3 +194,70 @@ def test_full_strength_evaluation(tiny, tmp_path: Path) -> None:  # type: ignore
     assert summary["reduced_strength"] == []
     assert summary["credibility_check"]["passed"]
     assert all(c["complete"] and c["n"] == 16 for c in summary["cells"])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_an_archive_evaluates_as_its_checkpoint(tiny, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """A .mar loads as the same eager model: same logits, same weights digest, its preset."""
+    from service.archive import build_mar
+    from service.experiments.evaluate import preset_for_checkpoint
+
+    model, ckpt = common.load_model(tiny.checkpoint)
+    meta = {
+        "name": f"tiny_{fmt}",
+        "arch": ckpt["arch"],
+        "clip_len": ckpt["clip_len"],
+        "frame_interval": 1,
+        "crop_size": ckpt["crop_size"],
+        "labels": ckpt["labels"],
+        "preset": {"h1": 3, "h2": 2, "ensemble": 6},
+    }
+    mar = build_mar(model, meta, tmp_path, fmt=fmt)
+    served, info = common.load_model(mar)
+    assert info["model_kwargs"] == {"in_channels": 3, **ckpt["model_kwargs"]}
+    assert info["labels"] == ckpt["labels"] and info["clip_len"] == ckpt["clip_len"]
+    x = torch.rand(3, 3, ckpt["clip_len"], ckpt["crop_size"], ckpt["crop_size"])
+    with torch.no_grad():
+        assert torch.equal(served(x), model(x))
+    assert common.checkpoint_weights_sha256(mar) == common.checkpoint_weights_sha256(
+        tiny.checkpoint
+    )
+    preset, source = preset_for_checkpoint(mar)
+    assert (preset.h1, preset.h2, preset.ensemble) == (3, 2, 6) and "meta.json" in source
+    assert preset_for_checkpoint(mar, h1=1)[0].h1 == 1
+
+
+def test_weights_digest_changes_with_any_weight(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, _ = common.load_model(tiny.checkpoint)
+    before = common.weights_sha256(model)
+    with torch.no_grad():
+        model.fc.bias[0] += 1e-6
+    assert common.weights_sha256(model) != before
+
+
+def test_a_run_without_denoiser_is_extended_by_the_denoise_rows(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "grow"
+    base = [
+        "evaluate", "--checkpoint", str(tiny.checkpoint), "--data", str(tiny.data),
+        "--clips", "2", "--seeds", "0", "--attacks", "ifgsm", "--defenses", "none", "denoise",
+        "--h1", "2", "--h2", "1", "--out", str(out), "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    assert main(base) == 0
+    first = _records(out / "records.jsonl")
+    assert {r["defense"] for r in first} == {"none"}
+    assert main([*base, "--denoiser", str(tiny.denoiser)]) == 0
+    grown = _records(out / "records.jsonl")
+    assert grown[: len(first)] == first  # nothing recomputed
+    assert {r["defense"] for r in grown[len(first) :]} == {"denoise"}
+    assert len(grown) == 2 * len(first)
+    fp = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert fp["denoiser_sha256"] is not None
+    # but a second, different denoiser would mix records of two defenses: refused
+    other = tmp_path / "other_dncnn.pt"
+    blob = torch.load(tiny.denoiser, weights_only=True)
+    blob["state_dict"] = {
+        k: v + 1e-3 if v.is_floating_point() else v for k, v in blob["state_dict"].items()
+    }
+    torch.save(blob, other)
+    with pytest.raises(SystemExit, match="denoiser_sha256"):
+        main([*base, "--denoiser", str(other)])

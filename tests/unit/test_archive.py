@@ -165,3 +165,28 @@ def test_npy_payload_roundtrip_is_not_pickle() -> None:
     payload = encode_clips(np.zeros((1, 2, 2, 2, 3), np.uint8))
     assert payload.startswith(b"\x93NUMPY")
     assert np.load(io.BytesIO(payload), allow_pickle=False).shape == (1, 2, 2, 2, 3)
+
+
+def test_read_archive_refuses_weights_that_do_not_match_meta(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    from service.archive import read_archive
+
+    mar = build_mar(tiny_model, META | {"name": "tampered"}, tmp_path)
+    meta, weights = read_archive(mar)
+    assert meta["name"] == "tampered" and weights[:2] == b"PK"
+    bad = tmp_path / "bad.mar"
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data + b"\0" if item.filename == "model.pt" else data)
+    with pytest.raises(ValueError, match="sha256"):
+        read_archive(bad)
+
+
+def test_only_resnet3d_archives_load_eagerly(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    from service.archive import load_archived_model
+
+    mar = build_mar(tiny_model, META | {"name": "other_arch"}, tmp_path)
+    with pytest.raises(ValueError, match="tiny3d"):
+        load_archived_model(mar)
