@@ -427,6 +427,40 @@ def craft(
     return out, seconds if todo else 0.0
 
 
+def craft_for(
+    args: Any,
+    name: str,
+    make_attack: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    ids: Sequence[int],
+    desc: str | None = None,
+) -> tuple[torch.Tensor, float]:
+    """:func:`craft` with an analysis' common options (``--attack-batch``,
+    ``--no-progress``, ``--adv-cache``, ``--checkpoint``, ``--data``); ``name`` keys the cache."""
+    return craft(
+        make_attack,
+        model,
+        x,
+        labels,
+        batch_size=args.attack_batch,
+        progress=not args.no_progress,
+        desc=desc or name,
+        cache=cache_path(args.adv_cache, name, args.checkpoint, args.data),
+        ids=ids,
+    )
+
+
+def ifgsm_for(
+    args: Any, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, ids: Sequence[int]
+) -> tuple[torch.Tensor, float]:
+    """Full-strength I-FGSM clips against the undefended model (cached, see :func:`craft_for`)."""
+    from service.robustness.attacks import IFGSM
+
+    return craft_for(args, "ifgsm", lambda m: IFGSM(m), model, x, labels, ids, desc="I-FGSM")
+
+
 def cache_path(
     directory: str | Path | None, attack: str, checkpoint: str | Path, data: str | Path
 ) -> Path | None:

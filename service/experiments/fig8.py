@@ -26,22 +26,11 @@ __all__ = ["add_arguments", "run", "run_fig8"]
 
 def run_fig8(args: argparse.Namespace) -> dict[str, Any]:
     from service.analysis import chunk_shuffle_indices
-    from service.robustness.attacks import IFGSM
 
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)
     T = x.shape[2]
-    adv, per_clip = common.craft(
-        lambda m: IFGSM(m),
-        model,
-        x,
-        subset.labels,
-        batch_size=args.attack_batch,
-        progress=not args.no_progress,
-        desc="I-FGSM",
-        cache=common.cache_path(args.adv_cache, "ifgsm", args.checkpoint, args.data),
-        ids=subset.index,
-    )
+    adv, per_clip = common.ifgsm_for(args, model, x, subset.labels, subset.index)
     sizes = sorted({n for n in (args.chunk_sizes or [1, 2, 4, 8, 16, 32]) if 1 <= n <= T})
     rows = []
     for kind, clips in (("clean", x), ("ifgsm", adv)):

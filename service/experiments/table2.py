@@ -52,16 +52,8 @@ def run_table2(args: argparse.Namespace) -> dict[str, Any]:
         if name == "clean":
             clips, per_clip = x, 0.0
         else:
-            clips, per_clip = common.craft(
-                factories[name],
-                model,
-                x,
-                subset.labels,
-                batch_size=args.attack_batch,
-                progress=not args.no_progress,
-                desc=name,
-                cache=common.cache_path(args.adv_cache, name, args.checkpoint, args.data),
-                ids=subset.index,
+            clips, per_clip = common.craft_for(
+                args, name, factories[name], model, x, subset.labels, subset.index
             )
         as_crafted = common.accuracy(
             common.predict(model, clips, batch_size=args.batch_size), subset.labels

@@ -23,22 +23,11 @@ __all__ = ["add_arguments", "run", "run_table3"]
 
 def run_table3(args: argparse.Namespace) -> dict[str, Any]:
     from service.analysis import uniformize
-    from service.robustness.attacks import IFGSM
 
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)
     T = x.shape[2]
-    adv, per_clip = common.craft(
-        lambda m: IFGSM(m),
-        model,
-        x,
-        subset.labels,
-        batch_size=args.attack_batch,
-        progress=not args.no_progress,
-        desc="I-FGSM",
-        cache=common.cache_path(args.adv_cache, "ifgsm", args.checkpoint, args.data),
-        ids=subset.index,
-    )
+    adv, per_clip = common.ifgsm_for(args, model, x, subset.labels, subset.index)
     positions = list(range(T)) if not args.positions else sorted({p % T for p in args.positions})
     acc = {
         "clean": common.accuracy(

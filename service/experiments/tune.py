@@ -109,25 +109,13 @@ def choose_ensemble(rows: list[dict[str, Any]], tolerance: float) -> dict[str, A
 def run_tune(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from service.robustness.attacks import IFGSM
-
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)
     labels, ids = subset.labels, subset.index
     undefended = common.accuracy(common.predict(model, x, batch_size=args.batch_size), labels)
     attacked: dict[str, torch.Tensor] = {}
     if "ifgsm" in args.attacks:
-        attacked["ifgsm"], _ = common.craft(
-            lambda m: IFGSM(m),
-            model,
-            x,
-            labels,
-            batch_size=args.attack_batch,
-            progress=not args.no_progress,
-            desc="I-FGSM",
-            cache=common.cache_path(args.adv_cache, "ifgsm", args.checkpoint, args.data),
-            ids=ids,
-        )
+        attacked["ifgsm"], _ = common.ifgsm_for(args, model, x, labels, ids)
     cells: list[dict[str, Any]] = []
     eot_cache: dict[tuple[int, int], list[torch.Tensor]] = {}
     grid = [(h1, h2) for h1 in args.h1s for h2 in args.h2s]
