@@ -252,6 +252,8 @@ def load_archived_model(
         "dataset": meta.get("dataset"),
         "test_accuracy": meta.get("test_accuracy"),
         "preset": dict(meta["preset"]),
+        # what validation_split needs to rebuild training's holdout, when recorded
+        "train_args": {"val_fraction": meta.get("val_fraction"), "seed": meta.get("train_seed", 0)},
         "archive": str(path),
         "meta": meta,
     }

@@ -94,7 +94,10 @@ class ShuffleGuardHandler:
         self.model = load_weights(weights, fmt, self.device)
         self.initialized = True
         logger.info(
-            "loaded %s (%s, %s) on %s", self.meta.get("name"), self.meta.get("arch"), fmt,
+            "loaded %s (%s, %s) on %s",
+            self.meta.get("name"),
+            self.meta.get("arch"),
+            fmt,
             self.device,
         )
 
@@ -172,7 +175,9 @@ class ShuffleGuardHandler:
                 context.set_response_content_type(idx, NPY_CONTENT_TYPE)
         logger.debug(
             "batch of %d requests, %d clips in %.1f ms",
-            len(data), sum(len(c) for c in good), (time.perf_counter() - start) * 1e3,
+            len(data),
+            sum(len(c) for c in good),
+            (time.perf_counter() - start) * 1e3,
         )
         return responses
 

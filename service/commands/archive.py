@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset": ckpt.get("dataset"),
         "test_accuracy": ckpt.get("test_accuracy"),
         "train_seed": ckpt.get("seed"),
+        "val_fraction": (ckpt.get("train_args") or {}).get("val_fraction"),
     }
     mar = build_mar(
         model,

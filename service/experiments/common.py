@@ -293,7 +293,9 @@ def command_line(words: Sequence[str], options: Mapping[str, Any]) -> str:
 def add_common_arguments(parser: Any, *, out_default: str) -> None:
     """The arguments every experiment shares (model, data, subset, device, output)."""
     parser.add_argument(
-        "--checkpoint", required=True, help="model checkpoint (`shuffleguard train`)"
+        "--checkpoint",
+        required=True,
+        help="a `shuffleguard train` checkpoint, or a served .mar (model_store/toy_r3d18.mar)",
     )
     parser.add_argument("--data", required=True, help="toy-data directory of the model's dataset")
     parser.add_argument(
@@ -573,7 +575,8 @@ def validation_split(directory: str | Path, ckpt: dict[str, Any]) -> SplitData:
     fraction = float(train_args.get("val_fraction") or 0.0)
     if fraction <= 0:
         raise ValueError(
-            "the checkpoint was trained without a validation holdout; use --split train"
+            "the checkpoint records no validation holdout (trained without one, or a .mar"
+            " whose meta.json has no val_fraction); use --split train or test"
         )
     train = load_split(directory, "train")
     mask = stratified_holdout(train.labels, fraction, int(train_args.get("seed", 0)))

@@ -211,6 +211,8 @@ def test_an_archive_evaluates_as_its_checkpoint(tiny, tmp_path: Path, fmt: str) 
         "crop_size": ckpt["crop_size"],
         "labels": ckpt["labels"],
         "preset": {"h1": 3, "h2": 2, "ensemble": 6},
+        "train_seed": 3,
+        "val_fraction": 0.25,
     }
     mar = build_mar(model, meta, tmp_path, fmt=fmt)
     served, info = common.load_model(mar)
@@ -225,6 +227,10 @@ def test_an_archive_evaluates_as_its_checkpoint(tiny, tmp_path: Path, fmt: str) 
     preset, source = preset_for_checkpoint(mar)
     assert (preset.h1, preset.h2, preset.ensemble) == (3, 2, 6) and "meta.json" in source
     assert preset_for_checkpoint(mar, h1=1)[0].h1 == 1
+    # the archive's meta.json carries what rebuilds training's validation holdout
+    val = common.validation_split(tiny.data, info)
+    ref = common.validation_split(tiny.data, {"train_args": {"val_fraction": 0.25, "seed": 3}})
+    assert val.index == ref.index and len(val) > 0
 
 
 def test_weights_digest_changes_with_any_weight(tiny) -> None:  # type: ignore[no-untyped-def]
