@@ -511,6 +511,11 @@ def gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(2, idx.view(shape).expand(-1, x.shape[1], -1, *x.shape[3:]))
 
 
+def produced_by(command: str) -> list[str]:
+    """Markdown lines that give the command which produced a report."""
+    return ["Produced by:", "", "```", command, "```", ""]
+
+
 def write_report(
     out_dir: str | Path,
     name: str,

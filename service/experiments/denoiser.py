@@ -169,12 +169,7 @@ def run(args: argparse.Namespace) -> int:
             [
                 "# DnCNN denoiser for denoised smoothing",
                 "",
-                "Produced by:",
-                "",
-                "```",
-                result["command"],
-                "```",
-                "",
+                *common.produced_by(result["command"]),
                 common.markdown_table(
                     [
                         "sigma",

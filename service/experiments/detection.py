@@ -284,12 +284,7 @@ def _markdown(results: dict[str, Any]) -> str:
         " (the gateway's flag). AUC over all attacked clips, and over the clips whose"
         " attack fooled the undefended model; TPR/FPR for the binary signals.",
         "",
-        "Produced by:",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
+        *common.produced_by(results["command"]),
     ]
     if results.get("evaluation_command"):
         lines += ["from the evaluation:", "", "```", results["evaluation_command"], "```", ""]

@@ -890,12 +890,7 @@ def markdown(summary: dict[str, Any]) -> str:
         " shuffles. Smoothing rows abstain by a two-sided binomial test; an abstention counts"
         " as wrong. `*` marks an incomplete cell.",
         "",
-        "Produced by:",
-        "",
-        "```",
-        summary["command"],
-        "```",
-        "",
+        *common.produced_by(summary["command"]),
     ]
     header = ["defense", *[COLUMN_TITLES[c] for c in cols]]
     body = [

@@ -123,12 +123,7 @@ def markdown(res: dict[str, Any]) -> str:
         f" {res['height']} rows) when the frame order is randomized inside chunks of N frames, or"
         " the rows inside groups of N rows (mean ± std over seeded draws; a fresh draw per clip).",
         "",
-        "Produced by:",
-        "",
-        "```",
-        res["command"],
-        "```",
-        "",
+        *common.produced_by(res["command"]),
     ]
     body = [
         [

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from service.experiments import common
+
 __all__ = ["Fig5Config", "add_arguments", "chunk_shuffle_transform", "run", "run_fig5"]
 
 logger = logging.getLogger(__name__)
@@ -274,12 +276,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"(mean ± std over {cfg['draws']} seeded draws; N = 1 is the clean clip). Chance is "
         f"{100 * CHANCE:.1f}%.",
         "",
-        "Produced by:",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
+        *common.produced_by(results["command"]),
         "| dataset | what carries the class | " + " | ".join(f"N = {c}" for c in chunks) + " |",
         "|---|---|" + "---:|" * len(chunks),
     ]

@@ -126,12 +126,7 @@ def markdown(res: dict[str, Any]) -> str:
             f" {fc['stride']}, padding {fc['padding']}). Pearson r = {_corr(res['pearson'])},"
             f" Spearman rho = {_corr(res['spearman'])} over {len(res['points'])} orders.",
             "",
-            "Produced by:",
-            "",
-            "```",
-            res["command"],
-            "```",
-            "",
+            *common.produced_by(res["command"]),
             common.markdown_table(
                 ["orders", "count", "mean monotonic ratio", "mean accuracy (%)"], body
             ),

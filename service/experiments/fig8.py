@@ -91,12 +91,7 @@ def markdown(res: dict[str, Any]) -> str:
             " 30 steps, crafted against the undefended model), after randomizing the frame order"
             " inside chunks of N frames (mean ± std over seeded draws; N = 1: no randomization).",
             "",
-            "Produced by:",
-            "",
-            "```",
-            res["command"],
-            "```",
-            "",
+            *common.produced_by(res["command"]),
             common.markdown_table(
                 ["input", *[f"N = {n}" for n in sizes]],
                 [[k, *[cell(k, n) for n in sizes]] for k in ("clean", "ifgsm")],

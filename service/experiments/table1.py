@@ -67,12 +67,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"Top-1 accuracy (%) on {res['clips']} class-stratified test clips when every frame"
             " is replaced by frame i (no motion left), beside the original clips.",
             "",
-            "Produced by:",
-            "",
-            "```",
-            res["command"],
-            "```",
-            "",
+            *common.produced_by(res["command"]),
             common.markdown_table(
                 ["original", "uniformized (mean over i)", "min over i", "max over i"],
                 [

@@ -137,12 +137,7 @@ def markdown(res: dict[str, Any]) -> str:
             f" over seeded draws), and by the shuffle ensemble (h1 = {p['h1']}, h2 = {p['h2']},"
             f" {p['ensemble']} copies; {res['preset_source']}).",
             "",
-            "Produced by:",
-            "",
-            "```",
-            res["command"],
-            "```",
-            "",
+            *common.produced_by(res["command"]),
             common.markdown_table(
                 ["perturbation", "as crafted", "frames permuted", "shuffle ensemble", "L-inf"], body
             ),

@@ -81,12 +81,7 @@ def markdown(res: dict[str, Any]) -> str:
             " against the undefended model; uniformized = every frame replaced by frame i (mean"
             " over i).",
             "",
-            "Produced by:",
-            "",
-            "```",
-            res["command"],
-            "```",
-            "",
+            *common.produced_by(res["command"]),
             common.markdown_table(
                 ["input", "original order", "uniformized (mean over i)"],
                 [
