@@ -731,6 +731,9 @@ def goals(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "column": col,
                 "goal": goal,
                 "shuffle_accuracy": c["accuracy"],
+                "wilson_low": c["wilson_low"],
+                "wilson_high": c["wilson_high"],
+                "n": c["n"],
                 "ratio": ratio,
                 "met": ratio >= goal,
             }
@@ -916,15 +919,18 @@ def markdown(summary: dict[str, Any]) -> str:
     g = summary["goals"]
     if g:
         lines += [
-            "Goals for the shuffle row (accuracy relative to the undefended clean accuracy):",
+            "Goals for the shuffle row (accuracy relative to the undefended clean accuracy;"
+            " the interval is the 95% Wilson interval of the accuracy over all clip x seed"
+            " trials, so it shows how few clips a small run has):",
             "",
             common.markdown_table(
-                ["column", "goal", "shuffle acc.", "ratio", "met"],
+                ["column", "goal", "shuffle acc.", "95% interval (n)", "ratio", "met"],
                 [
                     [
                         COLUMN_TITLES[x["column"]],
                         f">= {common.pct(x['goal'], 0)}%",
                         common.pct(x["shuffle_accuracy"]),
+                        f"{common.pct(x['wilson_low'])}-{common.pct(x['wilson_high'])} ({x['n']})",
                         common.pct(x["ratio"]),
                         "yes" if x["met"] else "**no**",
                     ]

@@ -177,6 +177,7 @@ def test_summary_intervals_over_seeds() -> None:
     assert cell["wilson_low"] == pytest.approx(lo) and lo < 0.75 < hi
     goals = {g["column"]: g for g in out["goals"]}
     assert goals["clean"]["ratio"] == pytest.approx(0.75) and not goals["clean"]["met"]
+    assert goals["clean"]["wilson_low"] == pytest.approx(lo) and goals["clean"]["n"] == 12
     partial = summarize(recs[:5], cfg, rows=["shuffle"], columns=["clean"], clip_ids=[0, 1, 2, 3])
     assert not partial["cells"][0]["complete"]
 
