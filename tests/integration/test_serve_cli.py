@@ -140,7 +140,13 @@ def test_serve_restarts_a_dead_torchserve_and_stops_clean_on_sigint(
     (java,) = serve.java()
     java.kill()
     wait_until(lambda: httpx.get(f"{serve.url}/readyz", timeout=2).status_code == 503, 10, 0.05)
-    assert _classify(serve.url) in (503, 429)
+    # While it is down a classify gets 503 (or 429); on an idle machine the supervisor
+    # may already have the tiny model back by the time the request lands, and then
+    # the only right answer is a real 200 from the new backend.
+    code = _classify(serve.url)
+    assert code in (503, 429) or (code == 200 and _backend_ready(inference_url, management_url)), (
+        code
+    )
     backend_back = gateway_back = None
     # Bounded by polls as well as by the clock: a paused VM can make the monotonic
     # clock jump past a pure deadline before a single poll has seen the restart.
