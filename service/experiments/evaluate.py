@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from service.archive import sha256_file
 from service.defense import ShufflePreset, majority_vote_batch
 from service.experiments import common
 
@@ -227,12 +228,6 @@ def preset_for_checkpoint(
     return preset, source
 
 
-def file_sha256(path: str | Path) -> str:
-    from service.archive import sha256_file
-
-    return sha256_file(Path(path))
-
-
 # --------------------------------------------------------------------------- #
 # Records
 # --------------------------------------------------------------------------- #
@@ -377,7 +372,7 @@ def fingerprint(config: EvalConfig, preset: ShufflePreset) -> dict[str, Any]:
         "sigma": config.sigma,
         "rs_n": config.rs_n,
         "rs_alpha": config.rs_alpha,
-        "denoiser_sha256": file_sha256(config.denoiser) if config.denoiser else None,
+        "denoiser_sha256": sha256_file(Path(config.denoiser)) if config.denoiser else None,
         **{k: getattr(config, k) for k in FULL},
     }
 
