@@ -8,8 +8,7 @@
 * Seeds: :func:`derive_seed` turns a tuple of integers into one 63-bit seed
   (``numpy.random.SeedSequence``), so every random draw of a work unit is fixed by
   what the unit is, not by the order units run in.
-* Statistics: :func:`mean_ci` (Student t over seeds) and :func:`wilson` (binomial,
-  over clips).
+* Statistics live in :mod:`service.stats` (scipy).
 * Outputs: :func:`write_csv`, :func:`write_json`, :func:`markdown_table`,
   :func:`environment`, :func:`command_line`; every experiment writes CSV + JSON +
   Markdown + PNG and records the command that reproduces it.
@@ -41,13 +40,11 @@ __all__ = [
     "is_archive",
     "load_split",
     "markdown_table",
-    "mean_ci",
     "pct",
     "generator",
     "prepare_torch",
     "stratified_subset",
     "weights_sha256",
-    "wilson",
     "write_csv",
     "write_json",
 ]
@@ -184,37 +181,6 @@ def derive_seed(*parts: int) -> int:
 def generator(*parts: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of ``parts``."""
     return torch.Generator(device="cpu").manual_seed(derive_seed(*parts))
-
-
-# --------------------------------------------------------------------------- #
-# Statistics
-# --------------------------------------------------------------------------- #
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (0 for one value)."""
-    if not values:
-        return float("nan"), float("nan")
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    from scipy.stats import t
-
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, float(t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(var / n)
-
-
-def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval ``(low, high)`` of a binomial proportion."""
-    if trials <= 0:
-        return float("nan"), float("nan")
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + level / 2))
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pct(value: float | None, digits: int = 1) -> str:

@@ -28,46 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from service.experiments import common
+from service.stats import auc, roc_curve
 
 __all__ = ["SIGNALS", "auc", "detection_results", "roc_curve", "run"]
 
 SIGNALS = ("vote_share", "disagreement", "gateway")
-
-
-def roc_curve(
-    negatives: Sequence[float], positives: Sequence[float]
-) -> tuple[list[float], list[float], list[float]]:
-    """ROC of the rule "flag when score >= threshold": ``(fpr, tpr, thresholds)``.
-
-    Thresholds run from ``+inf`` (nothing flagged: (0, 0)) down through every distinct
-    score (the last flags everything: (1, 1)); tied scores move together, so the
-    curve has one point per distinct score.
-    """
-    if not negatives or not positives:
-        raise ValueError("need at least one negative and one positive score")
-    scores = sorted(set(negatives) | set(positives), reverse=True)
-    fpr, tpr, thr = [0.0], [0.0], [float("inf")]
-    n_neg, n_pos = len(negatives), len(positives)
-    for s in scores:
-        fpr.append(sum(v >= s for v in negatives) / n_neg)
-        tpr.append(sum(v >= s for v in positives) / n_pos)
-        thr.append(float(s))
-    return fpr, tpr, thr
-
-
-def auc(negatives: Sequence[float], positives: Sequence[float]) -> float:
-    """Area under the ROC curve: ``P(pos > neg) + P(pos == neg) / 2`` (Mann-Whitney).
-
-    Equal to the trapezoidal area under :func:`roc_curve`; 1.0 when every positive
-    scores above every negative, 0.5 when the scores carry no information.
-    """
-    if not negatives or not positives:
-        raise ValueError("need at least one negative and one positive score")
-    wins = 0.0
-    for p in positives:
-        for n in negatives:
-            wins += 1.0 if p > n else 0.5 if p == n else 0.0
-    return wins / (len(negatives) * len(positives))
 
 
 def signal_scores(rec: dict[str, Any], threshold: float) -> dict[str, float]:

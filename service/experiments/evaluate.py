@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from service import stats
 from service.archive import sha256_file
 from service.defense import ShufflePreset, majority_vote_batch
 from service.experiments import common
@@ -633,9 +634,9 @@ def summarize(
                 rs = [r for r in recs if r["seed"] == s]
                 if rs:
                     per_seed.append(sum(bool(r["correct"]) for r in rs) / len(rs))
-            mean, half = common.mean_ci(per_seed)
+            mean, half = stats.mean_ci(per_seed)
             correct = sum(bool(r["correct"]) for r in recs)
-            lo, hi = common.wilson(correct, len(recs))
+            lo, hi = stats.wilson(correct, len(recs))
             cells.append(
                 {
                     "defense": row,

@@ -20,13 +20,13 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
-from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest, norm
 from torch import nn
 
 from service.defense import ShufflePreset, apply_shuffles, majority_vote_batch, shuffle_indices
 from service.robustness.attacks import attack_mode
 from service.robustness.denoise import DenoisedClassifier
+from service.stats import clopper_pearson_lower
 
 __all__ = [
     "ABSTAIN",
@@ -204,7 +204,7 @@ class Smooth:
                 clip = x[i : i + 1]
                 c_a = int(self._sample_counts(clip, n0, batch_size, generator).argmax())
                 n_a = int(self._sample_counts(clip, n, batch_size, generator)[c_a])
-                p_a = float(beta_dist.ppf(alpha, n_a, n - n_a + 1)) if n_a > 0 else 0.0
+                p_a = clopper_pearson_lower(n_a, n, alpha)
                 if p_a > 0.5:
                     labels[i] = c_a
                     radii[i] = self.sigma * float(norm.ppf(p_a))
