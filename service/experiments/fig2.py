@@ -17,18 +17,37 @@ Writes ``fig2.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt
 
-__all__ = ["add_arguments", "run", "run_fig2"]
+__all__ = ["Fig2Config", "run", "run_fig2"]
 
 KINDS = ("chunk", "row")
+
+
+@dataclass
+class Fig2Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze fig2`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig2")
+
+    out: str = opt("docs/results/fig2", "output directory", show="always")
+    chunk_sizes: list[int] | None = opt(None, "chunk sizes N (default 1,2,4..T)")
+    row_sizes: list[int] | None = opt(None, "row group sizes N (default 1,2,4..H)")
+    draws: int = opt(3, "seeded draws per N", show="always")
+    seed: int = opt(0, "seed of the draws", show="always")
+
+    def check(self) -> None:
+        super().check()
+        if self.draws < 1:
+            raise ValueError("--draws must be >= 1")
 
 
 def _powers(limit: int) -> list[int]:
@@ -39,7 +58,7 @@ def _powers(limit: int) -> list[int]:
     return [*out, limit]
 
 
-def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
+def run_fig2(args: Fig2Config) -> dict[str, Any]:
     from service.analysis import apply_row_shuffle, chunk_shuffle_indices
 
     t0 = time.perf_counter()
@@ -91,28 +110,15 @@ def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
     return {
         "analysis": "fig2",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "height": H,
         "rows": rows,
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts.update(
-        {
-            "chunk_sizes": args.chunk_sizes or None,
-            "row_sizes": args.row_sizes or None,
-            "draws": args.draws,
-            "seed": args.seed,
-        }
-    )
-    return common.command_line(["shuffleguard", "analyze", "fig2"], opts)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -123,24 +129,24 @@ def markdown(res: dict[str, Any]) -> str:
         f" {res['height']} rows) when the frame order is randomized inside chunks of N frames, or"
         " the rows inside groups of N rows (mean ± std over seeded draws; a fresh draw per clip).",
         "",
-        *common.produced_by(res["command"]),
+        *report.produced_by(res["command"]),
     ]
     body = [
         [
             r["kind"],
             r["size"],
-            f"{common.pct(r['accuracy_mean'])} ± {common.pct(r['accuracy_std'])}",
+            f"{report.pct(r['accuracy_mean'])} ± {report.pct(r['accuracy_std'])}",
             r["draws"],
         ]
         for r in res["rows"]
     ]
-    lines += [common.markdown_table(["randomization", "N", "accuracy (%)", "draws"], body, "lrrr")]
+    lines += [report.markdown_table(["randomization", "N", "accuracy (%)", "draws"], body, "lrrr")]
     lines += ["", "![Fig. 2](fig2.png)", ""]
     return "\n".join(lines)
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.2, 3.6)
+    fig, ax = report.setup_figure(5.2, 3.6)
     for kind, marker in zip(KINDS, ("o", "s"), strict=True):
         rs = [r for r in res["rows"] if r["kind"] == kind]
         ax.errorbar(
@@ -159,23 +165,13 @@ def plot(res: dict[str, Any], path: Any) -> None:
     ax.set_title("Fig. 2: temporal vs spatial randomization", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/fig2")
-    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=None, help="default 1,2,4..T")
-    parser.add_argument("--row-sizes", type=int, nargs="*", default=None, help="default 1,2,4..H")
-    parser.add_argument("--draws", type=int, default=3, help="seeded draws per N")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: Fig2Config) -> int:
     common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig2")
-    if args.draws < 1:
-        raise SystemExit("shuffleguard analyze fig2: --draws must be >= 1")
     res = run_fig2(args)
-    paths = common.write_report(
+    paths = report.write_report(
         args.out,
         "fig2",
         results=res,

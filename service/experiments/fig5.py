@@ -17,23 +17,20 @@ Writes ``fig5.csv``, ``fig5.json``, ``fig5.md`` and ``fig5.png`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import platform
-import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import DEFAULT_THREADS, ExperimentConfig, opt
 
-__all__ = ["Fig5Config", "add_arguments", "chunk_shuffle_transform", "run", "run_fig5"]
+__all__ = ["Fig5Config", "chunk_shuffle_transform", "run", "run_fig5"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,48 +40,38 @@ CHANCE = 1.0 / 8
 
 
 @dataclass
-class Fig5Config:
+class Fig5Config(ExperimentConfig):
     """Settings of one Fig. 5 run (all saved to ``fig5.json``)."""
 
-    out: str = "docs"
-    datasets: list[int] = field(default_factory=lambda: [1, 2, 3])
-    chunk_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    count: int = 1600
-    frames: int = 8
-    size: int = 32
-    object_fraction: float = 0.33
-    speed_reference: int = 128
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 2e-3
-    base_width: int = 16
-    seed: int = 0
-    draws: int = 5
-    device: str = "cpu"
-    threads: int = 2
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig5")
 
-    def command(self) -> str:
-        """The ``shuffleguard`` command line that reproduces this run."""
-        parts = [
-            "shuffleguard", "analyze", "fig5",
-            "--out", self.out,
-            "--datasets", *map(str, self.datasets),
-            "--chunk-sizes", *map(str, self.chunk_sizes),
-            "--count", str(self.count),
-            "--frames", str(self.frames),
-            "--size", str(self.size),
-            "--object-fraction", str(self.object_fraction),
-            "--speed-reference", str(self.speed_reference),
-            "--epochs", str(self.epochs),
-            "--batch-size", str(self.batch_size),
-            "--lr", str(self.lr),
-            "--base-width", str(self.base_width),
-            "--seed", str(self.seed),
-            "--draws", str(self.draws),
-            "--device", self.device,
-            "--threads", str(self.threads),
-        ]  # fmt: skip
-        return shlex.join(parts)
+    out: str = opt("docs", "output directory", show="always")
+    datasets: list[int] = opt([1, 2, 3], "toy datasets", show="always", choices=(1, 2, 3))
+    chunk_sizes: list[int] = opt([1, 2, 4, 8], "chunk sizes N", show="always")
+    count: int = opt(1600, "clips per dataset", show="always")
+    frames: int = opt(8, "frames per clip", show="always")
+    size: int = opt(32, "frame height = width (px)", show="always")
+    object_fraction: float = opt(0.33, "object side / frame side", show="always")
+    speed_reference: int = opt(
+        128, "frame size (px) on which the paper's 3-5 px/frame is measured; scaled to --size",
+        show="always",
+    )  # fmt: skip
+    epochs: int = opt(6, "training epochs per dataset", show="always")
+    batch_size: int = opt(32, "training batch size", show="always")
+    lr: float = opt(2e-3, "learning rate", show="always")
+    base_width: int = opt(16, "R3D-18 base width", show="always")
+    seed: int = opt(0, "seed of data, training and draws", show="always")
+    draws: int = opt(5, "shuffle draws per chunk size", show="always")
+    device: str = opt("cpu", "cpu (default) or cuda", show="always")
+    threads: int = opt(DEFAULT_THREADS, "CPU threads for torch", show="always")
+    no_progress: bool = opt(False, "no progress bars", show="never")
+
+    def check(self) -> None:
+        self.chunk_sizes = sorted(set(self.chunk_sizes))
+        if any(c < 1 for c in self.chunk_sizes):
+            raise ValueError("chunk sizes must be >= 1")
+        if self.draws < 1 or self.count < 8 or self.epochs < 1:
+            raise ValueError("need --draws >= 1, --count >= 8, --epochs >= 1")
 
 
 def chunk_shuffle_transform(
@@ -209,13 +196,7 @@ def run_fig5(config: Fig5Config, *, progress: bool = True) -> dict[str, Any]:
         "rows": rows,
         "models": models,
         "seconds": time.perf_counter() - t_all,
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": config.device,
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-        },
+        "environment": report.environment(config.device),
     }
 
 
@@ -243,28 +224,7 @@ def _verdict(rows: Sequence[dict[str, Any]], cfg: dict[str, Any]) -> str:
     return f"From N = 1 to N = {full}: " + ", ".join(parts) + "."
 
 
-def write_csv(results: dict[str, Any], path: Path) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(
-            ["dataset", "chunk_size", "accuracy_mean", "accuracy_std", "draws", "test_clips"]
-        )
-        for r in results["rows"]:
-            w.writerow(
-                [
-                    r["dataset"],
-                    r["chunk_size"],
-                    f"{r['accuracy_mean']:.4f}",
-                    f"{r['accuracy_std']:.4f}",
-                    r["draws"],
-                    r["test_clips"],
-                ]
-            )
-
-
-def write_markdown(results: dict[str, Any], path: Path) -> None:
+def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     chunks = cfg["chunk_sizes"]
     rows = results["rows"]
@@ -276,7 +236,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"(mean ± std over {cfg['draws']} seeded draws; N = 1 is the clean clip). Chance is "
         f"{100 * CHANCE:.1f}%.",
         "",
-        *common.produced_by(results["command"]),
+        *report.produced_by(results["command"]),
         "| dataset | what carries the class | " + " | ".join(f"N = {c}" for c in chunks) + " |",
         "|---|---|" + "---:|" * len(chunks),
     ]
@@ -354,17 +314,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "![Fig. 5](fig5.png)",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-def write_plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results: dict[str, Any], path: Path) -> None:
     cfg = results["config"]
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
+    fig, ax = report.setup_figure(5.2, 3.8)
     markers = {1: "o", 2: "s", 3: "^"}
     for d in cfg["datasets"]:
         rs = sorted(
@@ -394,87 +349,27 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Fig. 5: toy datasets, {cfg['frames']}-frame clips")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``fig5.csv``, ``fig5.json``, ``fig5.md`` and ``fig5.png``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "fig5.csv", out / "fig5.json", out / "fig5.md", out / "fig5.png"]
-    write_csv(results, paths[0])
-    paths[1].write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, paths[2])
-    write_plot(results, paths[3])
-    return paths
-
-
-# --------------------------------------------------------------------------- #
-# CLI
-# --------------------------------------------------------------------------- #
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Fig5Config()
-    parser.add_argument("--out", default=d.out, help=f"output directory (default {d.out})")
-    parser.add_argument("--datasets", type=int, nargs="+", choices=(1, 2, 3), default=d.datasets)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=d.chunk_sizes)
-    parser.add_argument("--count", type=int, default=d.count, help="clips per dataset")
-    parser.add_argument("--frames", type=int, default=d.frames, help="frames per clip")
-    parser.add_argument("--size", type=int, default=d.size, help="frame height = width (px)")
-    parser.add_argument(
-        "--object-fraction",
-        type=float,
-        default=d.object_fraction,
-        help=f"object side / frame side (default {d.object_fraction})",
+    keys = ("dataset", "chunk_size", "accuracy_mean", "accuracy_std", "draws", "test_clips")
+    fmt = {"accuracy_mean": ".4f", "accuracy_std": ".4f"}
+    return report.write_report(
+        out_dir,
+        "fig5",
+        results=results,
+        header=list(keys),
+        rows=[[format(r[k], fmt.get(k, "")) for k in keys] for r in results["rows"]],
+        markdown=markdown(results),
+        plot=lambda path: plot(results, path),
     )
-    parser.add_argument(
-        "--speed-reference",
-        type=int,
-        default=d.speed_reference,
-        help="frame size (px) on which the paper's 3-5 px/frame is measured; scaled to"
-        f" --size (default {d.speed_reference})",
-    )
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--base-width", type=int, default=d.base_width)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--draws", type=int, default=d.draws, help="shuffle draws per chunk size")
-    parser.add_argument("--device", default=d.device, help="cpu (default) or cuda")
-    parser.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    if any(c < 1 for c in args.chunk_sizes):
-        raise SystemExit("shuffleguard analyze fig5: chunk sizes must be >= 1")
-    if args.draws < 1 or args.count < 8 or args.epochs < 1:
-        raise SystemExit(
-            "shuffleguard analyze fig5: need --draws >= 1, --count >= 8, --epochs >= 1"
-        )
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("shuffleguard analyze fig5: --device cuda given but CUDA is not available")
-    torch.set_num_threads(max(1, args.threads))
-    config = Fig5Config(
-        out=str(args.out),
-        datasets=list(args.datasets),
-        chunk_sizes=sorted(set(args.chunk_sizes)),
-        count=args.count,
-        frames=args.frames,
-        size=args.size,
-        object_fraction=args.object_fraction,
-        speed_reference=args.speed_reference,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        base_width=args.base_width,
-        seed=args.seed,
-        draws=args.draws,
-        device=args.device,
-        threads=args.threads,
-    )
-    results = run_fig5(config, progress=not args.no_progress)
+def run(config: Fig5Config) -> int:
+    common.prepare_torch(config.device, config.threads, "shuffleguard analyze fig5")
+    results = run_fig5(config, progress=not config.no_progress)
     paths = write_outputs(results, config.out)
     for d in config.datasets:
         accs = [

@@ -12,16 +12,28 @@ Writes ``table3.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt
 
-__all__ = ["add_arguments", "run", "run_table3"]
+__all__ = ["Table3Config", "run", "run_table3"]
 
 
-def run_table3(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Table3Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze table3`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table3")
+
+    out: str = opt("docs/results/table3", "output directory", show="always")
+    positions: list[int] | None = opt(None, "frames (default all)")
+    attack_batch: int = opt(8, "clips per attack batch", show="never")
+
+
+def run_table3(args: Table3Config) -> dict[str, Any]:
     from service.analysis import uniformize
 
     t0 = time.perf_counter()
@@ -51,7 +63,7 @@ def run_table3(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
     return {
         "analysis": "table3",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "attack": {"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
@@ -60,19 +72,13 @@ def run_table3(args: argparse.Namespace) -> dict[str, Any]:
         "uniformized_mean": {k: sum(r[k] for r in rows) / len(rows) for k in ("clean", "ifgsm")},
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts["positions"] = args.positions or None
-    return common.command_line(["shuffleguard", "analyze", "table3"], opts)
 
 
 def markdown(res: dict[str, Any]) -> str:
     um = res["uniformized_mean"]
-    per = ", ".join(f"{r['frame']}: {common.pct(r['ifgsm'])}" for r in res["rows"])
+    per = ", ".join(f"{r['frame']}: {report.pct(r['ifgsm'])}" for r in res["rows"])
     return "\n".join(
         [
             "# Table 3: attacked and uniformized clips",
@@ -81,12 +87,12 @@ def markdown(res: dict[str, Any]) -> str:
             " against the undefended model; uniformized = every frame replaced by frame i (mean"
             " over i).",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(
+            *report.produced_by(res["command"]),
+            report.markdown_table(
                 ["input", "original order", "uniformized (mean over i)"],
                 [
-                    ["clean", common.pct(res["original"]["clean"]), common.pct(um["clean"])],
-                    ["I-FGSM", common.pct(res["original"]["ifgsm"]), common.pct(um["ifgsm"])],
+                    ["clean", report.pct(res["original"]["clean"]), report.pct(um["clean"])],
+                    ["I-FGSM", report.pct(res["original"]["ifgsm"]), report.pct(um["ifgsm"])],
                 ],
             ),
             "",
@@ -99,7 +105,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.0, 3.4)
+    fig, ax = report.setup_figure(5.0, 3.4)
     xs = [r["frame"] for r in res["rows"]]
     for kind, label in (("clean", "clean, uniformized"), ("ifgsm", "I-FGSM, uniformized")):
         ax.plot(xs, [100 * r[kind] for r in res["rows"]], marker="o", label=label)
@@ -112,21 +118,13 @@ def plot(res: dict[str, Any], path: Any) -> None:
     ax.set_title("Table 3: attacked and uniformized", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/table3")
-    parser.add_argument(
-        "--positions", type=int, nargs="*", default=None, help="frames (default all)"
-    )
-    parser.add_argument("--attack-batch", type=int, default=8, help="clips per attack batch")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: Table3Config) -> int:
     common.prepare_torch(args.device, args.threads, "shuffleguard analyze table3")
     res = run_table3(args)
-    paths = common.write_report(
+    paths = report.write_report(
         args.out,
         "table3",
         results=res,
