@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import numpy as np
 from scipy import stats as _st
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 #: The one percentile definition: nearest rank, ``sorted[ceil(q * n) - 1]``.
-PERCENTILE_METHOD = "inverted_cdf"
+PERCENTILE_METHOD: Final = "inverted_cdf"
 
 
 def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:

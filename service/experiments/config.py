@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,11 +28,12 @@ def opt(
     help: str = "",  # noqa: A002 - the option's help, as click calls it
     *,
     show: str = "changed",
-    choices: Sequence[str] | None = None,
+    choices: Collection[Any] | None = None,
 ) -> Any:
     """A config field: ``default`` (a list default is copied per instance), ``help``,
-    ``show`` (see the module docstring) and, for names, the allowed ``choices``."""
-    meta = {"help": help, "show": show, "choices": tuple(choices) if choices else None}
+    ``show`` (see the module docstring) and, for names, the allowed ``choices`` (a
+    registry dict stays live: rows registered later are accepted)."""
+    meta = {"help": help, "show": show, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)  # type: ignore[misc]
     return field(default=default, metadata=meta)
@@ -69,7 +70,7 @@ class ExperimentConfig:
             value = getattr(self, f.name)
             values = value if isinstance(value, list | tuple) else [value]
             bad = [v for v in values if allowed and v is not None and v not in allowed]
-            if bad:
+            if bad and allowed:
                 flag = "--" + f.name.replace("_", "-")
                 raise ValueError(f"{flag}: unknown {bad}; choose from {list(allowed)}")
         self.check()

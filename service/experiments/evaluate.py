@@ -93,8 +93,8 @@ class EvalConfig(ExperimentConfig):
     clips: int | None = opt(None, "seeded class-stratified subset size (default all)")
     subset_seed: int = opt(0, "seed of the clip subset")
     seeds: list[int] = opt([0], "seeds (CIs over them)", show="always")
-    attacks: list[str] = opt(list(ATTACKS), "attack columns", choices=tuple(ATTACKS))
-    defenses: list[str] = opt(list(DEFENSE_ROWS), "defense rows", choices=tuple(DEFENSE_ROWS))
+    attacks: list[str] = opt(list(ATTACKS), "attack columns", choices=ATTACKS)
+    defenses: list[str] = opt(list(DEFENSE_ROWS), "defense rows", choices=DEFENSE_ROWS)
     h1: int | None = opt(None, "preset (default: tune's sidecar)")
     h2: int | None = opt(None, "preset (default: tune's sidecar)")
     ensemble: int | None = opt(None, "preset (default: tune's sidecar)")
@@ -329,7 +329,8 @@ def craft_nonadaptive(
         attack = spec.build(p.model, p.config.budget())
         adv = attack(x[need], y[need])
         extras = spec.extras(attack, adv, x[need])
-        full, full_extras = x.clone(), [{} for _ in ids]
+        full = x.clone()
+        full_extras: list[dict[str, Any]] = [{} for _ in ids]
         full[need] = adv
         for j, i in enumerate(need):
             full_extras[i] = extras[j]
