@@ -22,6 +22,9 @@ from typing import Any, ClassVar
 
 __all__ = ["AnalysisConfig", "ExperimentConfig", "command_line", "opt"]
 
+#: torch CPU threads unless told (the development machine has 2 cores).
+DEFAULT_THREADS = 2
+
 
 def opt(
     default: Any = dataclasses.MISSING,
@@ -53,6 +56,39 @@ def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
         else:
             parts += [flag, str(value)]
     return shlex.join(parts)
+
+
+def device_opt(show: str = "always") -> Any:
+    """``--device``: where torch runs."""
+    return opt("cpu", "cpu (default) or cuda", show=show)
+
+
+def threads_opt(show: str = "never") -> Any:
+    """``--threads``: torch CPU threads."""
+    return opt(DEFAULT_THREADS, "CPU threads for torch", show=show)
+
+
+def progress_opt() -> Any:
+    """``--no-progress``: no progress bars (never changes a result)."""
+    return opt(False, "no progress bars", show="never")
+
+
+def out_opt(default: str, help: str = "output directory") -> Any:  # noqa: A002
+    """``--out``: where the report goes."""
+    return opt(default, help, show="always")
+
+
+def checkpoint_opt() -> Any:
+    """``--checkpoint``: the model, required."""
+    return opt(
+        help="a `shuffleguard train` checkpoint, or a served .mar (model_store/toy_r3d18.mar)",
+        show="always",
+    )
+
+
+def data_opt(help: str = "toy-data directory of the model's dataset") -> Any:  # noqa: A002
+    """``--data``: the clips, required."""
+    return opt(help=help, show="always")
 
 
 @dataclass
@@ -101,19 +137,12 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return dataclasses.MISSING
 
 
-#: torch CPU threads unless told (the development machine has 2 cores).
-DEFAULT_THREADS = 2
-
-
 @dataclass
 class AnalysisConfig(ExperimentConfig):
     """What every model-and-clips experiment shares: the model, the clips, the device."""
 
-    checkpoint: str = opt(
-        help="a `shuffleguard train` checkpoint, or a served .mar (model_store/toy_r3d18.mar)",
-        show="always",
-    )
-    data: str = opt(help="toy-data directory of the model's dataset", show="always")
+    checkpoint: str = checkpoint_opt()
+    data: str = data_opt()
     split: str = opt(
         "test",
         "clips to use (val: the train clips training held out; default test)",
@@ -121,11 +150,11 @@ class AnalysisConfig(ExperimentConfig):
     )
     clips: int | None = opt(None, "seeded class-stratified subset size (default all)")
     subset_seed: int = opt(0, "seed of the clip subset")
-    out: str = opt("docs/results", "output directory", show="always")
-    device: str = opt("cpu", "cpu (default) or cuda", show="always")
-    threads: int = opt(DEFAULT_THREADS, "CPU threads for torch", show="never")
+    out: str = out_opt("docs/results")
+    device: str = device_opt()
+    threads: int = threads_opt()
     batch_size: int = opt(32, "clips per forward pass", show="never")
-    no_progress: bool = opt(False, "no progress bars", show="never")
+    no_progress: bool = progress_opt()
     adv_cache: str | None = opt(
         None, "directory caching I-FGSM clips (deterministic) across analyses (default: none)"
     )

@@ -21,34 +21,33 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from service.experiments import common, report
-from service.experiments.config import DEFAULT_THREADS, ExperimentConfig, opt
+from service.experiments import common, config, report
 from service.robustness.smoothing import SIGMA
 
 __all__ = ["DenoiserConfig", "load_denoiser", "psnr", "run", "train_and_save"]
 
 
 @dataclass
-class DenoiserConfig(ExperimentConfig):
+class DenoiserConfig(config.ExperimentConfig):
     """Settings of ``shuffleguard analyze denoiser``."""
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "denoiser")
 
-    data: str = opt(help="toy-data directory (train split is used)", show="always")
-    save: str = opt(help="where to write the denoiser (.pt)", show="always")
-    out: str = opt("docs/results/denoiser", "report directory", show="always")
-    sigma: float = opt(SIGMA, "noise std (pixel units)", show="always")
-    depth: int = opt(17, "DnCNN layers (paper: 17)", show="always")
-    features: int = opt(64, "DnCNN width (paper: 64)", show="always")
-    epochs: int = opt(20, "training epochs", show="always")
-    lr: float = opt(1e-3, "Adam learning rate", show="always")
-    frame_batch: int = opt(64, "frames per step", show="always")
-    max_clips: int | None = opt(None, "train on this many clips", show="always")
-    eval_clips: int = opt(32, "test clips for the PSNR", show="always")
-    seed: int = opt(0, "seed of the subset, the noise and the training", show="always")
-    device: str = opt("cpu", "cpu (default) or cuda", show="always")
-    threads: int = opt(DEFAULT_THREADS, "CPU threads for torch", show="never")
-    no_progress: bool = opt(False, "no progress bars", show="never")
+    data: str = config.data_opt("toy-data directory (train split is used)")
+    save: str = config.opt(help="where to write the denoiser (.pt)", show="always")
+    out: str = config.out_opt("docs/results/denoiser", "report directory")
+    sigma: float = config.opt(SIGMA, "noise std (pixel units)", show="always")
+    depth: int = config.opt(17, "DnCNN layers (paper: 17)", show="always")
+    features: int = config.opt(64, "DnCNN width (paper: 64)", show="always")
+    epochs: int = config.opt(20, "training epochs", show="always")
+    lr: float = config.opt(1e-3, "Adam learning rate", show="always")
+    frame_batch: int = config.opt(64, "frames per step", show="always")
+    max_clips: int | None = config.opt(None, "train on this many clips", show="always")
+    eval_clips: int = config.opt(32, "test clips for the PSNR", show="always")
+    seed: int = config.opt(0, "seed of the subset, the noise and the training", show="always")
+    device: str = config.device_opt()
+    threads: int = config.threads_opt()
+    no_progress: bool = config.progress_opt()
 
     def check(self) -> None:
         if self.epochs < 1 or self.depth < 2 or self.features < 1 or self.sigma < 0:

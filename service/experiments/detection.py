@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from service.experiments import common, report
-from service.experiments.config import DEFAULT_THREADS, ExperimentConfig, command_line, opt
+from service.experiments.config import (
+    ExperimentConfig,
+    command_line,
+    device_opt,
+    opt,
+    out_opt,
+    progress_opt,
+    threads_opt,
+)
 from service.experiments.evaluate import EvalConfig
 from service.experiments.records import Records
 from service.robustness.registry import ATTACKS, Budget
@@ -104,7 +112,7 @@ class DetectionConfig(ExperimentConfig):
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "detection")
 
     evaluation: str | None = opt(None, "an `evaluate` output directory to read")
-    out: str = opt("docs/results/detection", "output directory", show="always")
+    out: str = out_opt("docs/results/detection")
     threshold: float = opt(0.5, "gateway vote-share threshold", show="always")
     checkpoint: str | None = opt(None, "model of a fresh run (without --evaluation)")
     data: str | None = opt(None, "toy-data directory of a fresh run")
@@ -117,9 +125,9 @@ class DetectionConfig(ExperimentConfig):
     h2: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")
     ensemble: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")
     flicker_steps: int = opt(Budget().flicker_steps, "flickering steps (lower = plumbing test)")
-    device: str = opt("cpu", "cpu (default) or cuda", show="always")
-    threads: int = opt(DEFAULT_THREADS, "CPU threads for torch", show="never")
-    no_progress: bool = opt(False, "no progress bars", show="never")
+    device: str = device_opt()
+    threads: int = threads_opt()
+    no_progress: bool = progress_opt()
 
     def check(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -211,13 +219,7 @@ def _f(v: float | None) -> str:
 
 def _markdown(results: dict[str, Any]) -> str:
     lines = ["# Attack detection: the gateway's suspected_adversarial signals", ""]
-    if results["reduced_strength"]:
-        lines += [
-            "**REDUCED STRENGTH -- a plumbing test, not a result:** "
-            + ", ".join(results["reduced_strength"])
-            + ".",
-            "",
-        ]
+    lines += report.reduced_banner(results["reduced_strength"])
     lines += [
         "Clean clips (negatives) vs attacked clips (positives), scored by the shuffle ensemble."
         " `vote share` = 1 - winning vote share; `disagreement` = undefended label differs"

@@ -50,7 +50,16 @@ from torch import nn
 from service.archive import sha256_file
 from service.defense import ShufflePreset
 from service.experiments import common, report
-from service.experiments.config import ExperimentConfig, opt
+from service.experiments.config import (
+    ExperimentConfig,
+    checkpoint_opt,
+    data_opt,
+    device_opt,
+    opt,
+    out_opt,
+    progress_opt,
+    threads_opt,
+)
 from service.experiments.records import Key, Records
 from service.robustness.registry import ATTACKS, DEFENSE_ROWS, Budget, RowContext
 from service.robustness.smoothing import ABSTAIN, RS_ALPHA, RS_N, SIGMA, Defense
@@ -83,12 +92,9 @@ class EvalConfig(ExperimentConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "evaluate")
 
-    checkpoint: str = opt(
-        help="a `shuffleguard train` checkpoint, or a served .mar (model_store/toy_r3d18.mar)",
-        show="always",
-    )
-    data: str = opt(help="toy-data directory of the model's dataset", show="always")
-    out: str = opt("docs/results/table5", "output directory", show="always")
+    checkpoint: str = checkpoint_opt()
+    data: str = data_opt()
+    out: str = out_opt("docs/results/table5")
     split: str = opt("test", "clips to use", choices=("test", "val", "train", "all"))
     clips: int | None = opt(None, "seeded class-stratified subset size (default all)")
     subset_seed: int = opt(0, "seed of the clip subset")
@@ -102,7 +108,7 @@ class EvalConfig(ExperimentConfig):
     rs_n: int = opt(RS_N, "noisy copies per smoothed prediction")
     rs_alpha: float = opt(RS_ALPHA, "abstain test level")
     denoiser: str | None = opt(None, "DnCNN from `analyze denoiser`")
-    device: str = opt("cpu", "cpu (default) or cuda", show="always")
+    device: str = device_opt()
     report_only: bool = opt(
         False, "compute nothing: write the tables from the records already in --out"
     )
@@ -117,8 +123,8 @@ class EvalConfig(ExperimentConfig):
         show="never",
     )  # fmt: skip
     batch_size: int = opt(32, "clips per forward pass", show="never")
-    threads: int = opt(2, "CPU threads for torch", show="never")
-    no_progress: bool = opt(False, "no progress bars", show="never")
+    threads: int = threads_opt()
+    no_progress: bool = progress_opt()
 
     def check(self) -> None:
         self.seeds = list(dict.fromkeys(self.seeds))

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
 __all__ = ["Fig2Config", "run", "run_fig2"]
 
@@ -38,7 +38,7 @@ class Fig2Config(AnalysisConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig2")
 
-    out: str = opt("docs/results/fig2", "output directory", show="always")
+    out: str = out_opt("docs/results/fig2")
     chunk_sizes: list[int] | None = opt(None, "chunk sizes N (default 1,2,4..T)")
     row_sizes: list[int] | None = opt(None, "row group sizes N (default 1,2,4..H)")
     draws: int = opt(3, "seeded draws per N", show="always")
@@ -58,9 +58,20 @@ def _powers(limit: int) -> list[int]:
     return [*out, limit]
 
 
-def run_fig2(args: Fig2Config) -> dict[str, Any]:
+def _randomizer(kind: str, n: int, T: int, gen: torch.Generator) -> Any:
+    """``transform(batch, start)`` for :func:`common.predict`: the frame order in chunks
+    of ``n`` (``chunk``) or the rows in groups of ``n`` (``row``), drawn from ``gen``."""
     from service.analysis import apply_row_shuffle, chunk_shuffle_indices
 
+    def transform(b: torch.Tensor, _s: int) -> torch.Tensor:
+        if kind == "chunk":
+            return common.gather_time(b, chunk_shuffle_indices(T, n, b.shape[0], generator=gen))
+        return torch.stack([apply_row_shuffle(c, n, row_dim=2, generator=gen) for c in b])
+
+    return transform
+
+
+def run_fig2(args: Fig2Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)
     T, H = x.shape[2], x.shape[3]
@@ -81,20 +92,7 @@ def run_fig2(args: Fig2Config) -> dict[str, Any]:
             for draw in range(1 if n == 1 else args.draws):
                 gen = common.generator(args.seed, kind_id, n, draw)
 
-                def transform(
-                    b: torch.Tensor,
-                    _s: int,
-                    n: int = n,
-                    kind: str = kind,
-                    gen: torch.Generator = gen,
-                ) -> torch.Tensor:
-                    if kind == "chunk":
-                        idx = chunk_shuffle_indices(T, n, b.shape[0], generator=gen)
-                        return common.gather_time(b, idx)
-                    return torch.stack(
-                        [apply_row_shuffle(c, n, row_dim=2, generator=gen) for c in b]
-                    )
-
+                transform = _randomizer(kind, n, T, gen)
                 pred = common.predict(model, x, batch_size=args.batch_size, transform=transform)
                 accs.append(common.accuracy(pred, subset.labels))
                 bar.update(1)
@@ -158,46 +156,25 @@ def plot(res: dict[str, Any], path: Any) -> None:
             label="frame order in chunks of N" if kind == "chunk" else "rows in groups of N",
         )
     ax.axhline(100 / 8, color="gray", linestyle=":", linewidth=1, label="chance")
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("group size N")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Fig. 2: temporal vs spatial randomization", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    report.style_axes(ax, "Fig. 2: temporal vs spatial randomization", "group size N", logx=True)
     report.save_figure(fig, path)
 
 
+#: ``fig2.csv``: (column, format) per row.
+FIELDS = report.series_fields("kind", "size")
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return report.series_summary(res["rows"], "kind", "size", KINDS)
+
+
 def run(args: Fig2Config) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig2")
-    res = run_fig2(args)
-    paths = report.write_report(
-        args.out,
+    return report.run_analysis(
+        args,
         "fig2",
-        results=res,
-        header=["kind", "size", "accuracy_mean", "accuracy_std", "draws"],
-        rows=[
-            [
-                r["kind"],
-                r["size"],
-                f"{r['accuracy_mean']:.4f}",
-                f"{r['accuracy_std']:.4f}",
-                r["draws"],
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+        run_fig2,
+        table=lambda res: report.csv_table(res["rows"], FIELDS),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    for kind in KINDS:
-        print(
-            kind
-            + ": "
-            + ", ".join(
-                f"N={r['size']}: {100 * r['accuracy_mean']:.1f}%"
-                for r in res["rows"]
-                if r["kind"] == kind
-            )
-        )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
 __all__ = ["Fig7Config", "run", "run_fig7"]
 
@@ -34,7 +34,7 @@ class Fig7Config(AnalysisConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig7")
 
-    out: str = opt("docs/results/fig7", "output directory", show="always")
+    out: str = out_opt("docs/results/fig7")
     orders: int = opt(5, "orders drawn per chunk size / h1", show="always")
     chunk_sizes: list[int] | None = opt(None, "chunk sizes (default 2..T)")
     h1s: list[int] = opt([1, 2, 3, 4], "Algorithm 1 h1s", show="always")
@@ -156,38 +156,32 @@ def plot(res: dict[str, Any], path: Any) -> None:
             alpha=0.7,
             label=kind,
         )
-    ax.set_xlabel("monotonic ratio of the frame order")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(f"Fig. 7: Pearson r = {_corr(res['pearson'])}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    report.style_axes(
+        ax, f"Fig. 7: Pearson r = {_corr(res['pearson'])}", "monotonic ratio of the frame order"
+    )
     report.save_figure(fig, path)
 
 
-def run(args: Fig7Config) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig7")
-    res = run_fig7(args)
-    paths = report.write_report(
-        args.out,
-        "fig7",
-        results=res,
-        header=["source", "order", "monotonic_ratio", "accuracy"],
-        rows=[
-            [
-                q["source"],
-                " ".join(map(str, q["order"])),
-                f"{q['monotonic_ratio']:.4f}",
-                f"{q['accuracy']:.4f}",
-            ]
-            for q in res["points"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
-    )
-    print(
+#: ``fig7.csv``: (column, format) per row.
+FIELDS = (("source", ""), ("order", ""), ("monotonic_ratio", ".4f"), ("accuracy", ".4f"))
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return [
         f"{len(res['points'])} orders: Pearson {_corr(res['pearson'])},"
         f" Spearman {_corr(res['spearman'])}"
+    ]
+
+
+def run(args: Fig7Config) -> int:
+    return report.run_analysis(
+        args,
+        "fig7",
+        run_fig7,
+        table=lambda res: report.csv_table(
+            [{**q, "order": " ".join(map(str, q["order"]))} for q in res["points"]], FIELDS
+        ),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

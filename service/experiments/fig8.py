@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
 __all__ = ["Fig8Config", "run", "run_fig8"]
 
@@ -31,7 +31,7 @@ class Fig8Config(AnalysisConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig8")
 
-    out: str = opt("docs/results/fig8", "output directory", show="always")
+    out: str = out_opt("docs/results/fig8")
     chunk_sizes: list[int] | None = opt(None, "chunk sizes (default 1,2,4..)")
     draws: int = opt(3, "seeded draws per chunk size", show="always")
     seed: int = opt(0, "seed of the draws", show="always")
@@ -123,46 +123,27 @@ def plot(res: dict[str, Any], path: Any) -> None:
             capsize=3,
             label=label,
         )
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("chunk size N")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Fig. 8: chunk-wise frame randomization of attacked clips", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    report.style_axes(
+        ax, "Fig. 8: chunk-wise frame randomization of attacked clips", "chunk size N", logx=True
+    )
     report.save_figure(fig, path)
 
 
+#: ``fig8.csv``: (column, format) per row.
+FIELDS = report.series_fields("input", "chunk_size")
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return report.series_summary(res["rows"], "input", "chunk_size", ("clean", "ifgsm"))
+
+
 def run(args: Fig8Config) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig8")
-    res = run_fig8(args)
-    paths = report.write_report(
-        args.out,
+    return report.run_analysis(
+        args,
         "fig8",
-        results=res,
-        header=["input", "chunk_size", "accuracy_mean", "accuracy_std", "draws"],
-        rows=[
-            [
-                r["input"],
-                r["chunk_size"],
-                f"{r['accuracy_mean']:.4f}",
-                f"{r['accuracy_std']:.4f}",
-                r["draws"],
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+        run_fig8,
+        table=lambda res: report.csv_table(res["rows"], FIELDS),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    for kind in ("clean", "ifgsm"):
-        print(
-            kind
-            + ": "
-            + ", ".join(
-                f"N={r['chunk_size']}: {100 * r['accuracy_mean']:.1f}%"
-                for r in res["rows"]
-                if r["input"] == kind
-            )
-        )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

@@ -82,6 +82,13 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
+def reduced_banner(reduced: Sequence[str]) -> list[str]:
+    """Markdown lines that stamp a run below full attack strength (none when full)."""
+    if not reduced:
+        return []
+    return [f"**REDUCED STRENGTH -- a plumbing test, not a result:** {', '.join(reduced)}.", ""]
+
+
 def produced_by(command: str) -> list[str]:
     """Markdown lines that give the command which produced a report."""
     return ["Produced by:", "", "```", command, "```", ""]
@@ -125,3 +132,84 @@ def save_figure(fig: Any, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+#: ``(column, format spec)`` of a CSV column: ``format(row[column], spec)``.
+Fields = Sequence[tuple[str, str]]
+
+
+def csv_table(rows: Iterable[dict[str, Any]], fields: Fields) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows of a CSV from dict rows."""
+    return [k for k, _ in fields], [[format(r[k], f) for k, f in fields] for r in rows]
+
+
+def series_fields(group: str, size: str) -> Fields:
+    """CSV columns of accuracy series: ``group``, ``size``, mean, std, draws."""
+    return (
+        (group, ""), (size, ""), ("accuracy_mean", ".4f"), ("accuracy_std", ".4f"), ("draws", "")
+    )  # fmt: skip
+
+
+def series_summary(
+    rows: Sequence[dict[str, Any]], group: str, size: str, groups: Sequence[str]
+) -> list[str]:
+    """One line per group: ``kind: N=1: 90.0%, N=2: ...``."""
+    return [
+        g + ": " + ", ".join(
+            f"N={r[size]}: {100 * r['accuracy_mean']:.1f}%" for r in rows if r[group] == g
+        )
+        for g in groups
+    ]  # fmt: skip
+
+
+def style_axes(
+    ax: Any,
+    title: str,
+    xlabel: str | None = None,
+    ylabel: str = "accuracy (%)",
+    *,
+    logx: bool = False,
+    ylim: tuple[float, float] | None = (0, 105),
+    grid: str = "both",
+    legend: float | None = 8,
+) -> None:
+    """The axes chores every experiment figure shares."""
+    if logx:
+        ax.set_xscale("log", base=2)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if legend:
+        ax.legend(fontsize=legend)
+    ax.grid(True, axis=grid, alpha=0.3)  # type: ignore[arg-type]
+
+
+def run_analysis(
+    config: Any,
+    name: str,
+    compute: Callable[[Any], dict[str, Any]],
+    *,
+    table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+    summary: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """Run one analysis from its config and write its report: ``compute(config)`` gives
+    the results, ``table`` / ``markdown`` / ``plot`` render them, ``summary`` gives the
+    lines printed for the user."""
+    from service.experiments.common import prepare_torch
+
+    prepare_torch(config.device, config.threads, " ".join(config.COMMAND))
+    res = compute(config)
+    header, rows = table(res)
+    paths = write_report(
+        config.out, name, results=res, header=header, rows=rows,
+        markdown=markdown(res), plot=lambda p: plot(res, p),
+    )  # fmt: skip
+    for line in summary(res):
+        print(line)
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0

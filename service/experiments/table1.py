@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
 __all__ = ["Table1Config", "run", "run_table1"]
 
@@ -28,7 +28,7 @@ class Table1Config(AnalysisConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table1")
 
-    out: str = opt("docs/results/table1", "output directory", show="always")
+    out: str = out_opt("docs/results/table1")
     positions: list[int] | None = opt(None, "frames (default all)")
 
 
@@ -102,33 +102,30 @@ def plot(res: dict[str, Any], path: Any) -> None:
     )
     ax.axhline(100 * res["original_accuracy"], color="C1", linestyle="--", label="original clips")
     ax.axhline(100 / 8, color="gray", linestyle=":", linewidth=1, label="chance (8 classes)")
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("frame i")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 1: uniformized clips", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    report.style_axes(ax, "Table 1: uniformized clips", "frame i")
     report.save_figure(fig, path)
 
 
-def run(args: Table1Config) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze table1")
-    res = run_table1(args)
-    paths = report.write_report(
-        args.out,
-        "table1",
-        results=res,
-        header=["frame", "accuracy", "original_accuracy"],
-        rows=[
-            [r["frame"], f"{r['accuracy']:.4f}", f"{res['original_accuracy']:.4f}"]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
-    )
-    print(
+#: ``table1.csv``: (column, format) per row.
+FIELDS = (("frame", ""), ("accuracy", ".4f"), ("original_accuracy", ".4f"))  # fmt: skip
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return [
         f"original {100 * res['original_accuracy']:.1f}%, uniformized mean "
         f"{100 * res['uniformized_mean']:.1f}% (min {100 * res['uniformized_min']:.1f}%)"
+    ]
+
+
+def run(args: Table1Config) -> int:
+    return report.run_analysis(
+        args,
+        "table1",
+        run_table1,
+        table=lambda res: report.csv_table(
+            [{**r, "original_accuracy": res["original_accuracy"]} for r in res["rows"]], FIELDS
+        ),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
 __all__ = ["Table2Config", "run", "run_table2"]
 
@@ -40,7 +40,7 @@ class Table2Config(AnalysisConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table2")
 
-    out: str = opt("docs/results/table2", "output directory", show="always")
+    out: str = out_opt("docs/results/table2")
     attacks: list[str] = opt(list(ATTACKS[1:]), "perturbation kinds", choices=ATTACKS[1:])
     draws: int = opt(3, "seeded full permutations", show="always")
     seed: int = opt(0, "seed of the permutations", show="always")
@@ -180,50 +180,32 @@ def plot(res: dict[str, Any], path: Any) -> None:
         ax.bar(xs + (j - 1) * 0.27, [100 * r[key] for r in res["rows"]], width=0.27, label=label)
     ax.set_xticks(xs)
     ax.set_xticklabels(names)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 2: does the perturbation depend on time?", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
+    report.style_axes(ax, "Table 2: does the perturbation depend on time?", grid="y")
     report.save_figure(fig, path)
 
 
+#: ``table2.csv``: (column, format) per row.
+FIELDS = (
+    ("attack", ""), ("accuracy", ".4f"), ("permuted_mean", ".4f"), ("permuted_std", ".4f"),
+    ("shuffle_ensemble", ".4f"), ("linf_max", ".6f"), ("seconds_per_clip", ".3f"),
+)  # fmt: skip
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return [
+        f"{r['attack']:>10}: {100 * r['accuracy']:.1f}% as crafted,"
+        f" {100 * r['permuted_mean']:.1f}% permuted, {100 * r['shuffle_ensemble']:.1f}% ensemble"
+        for r in res["rows"]
+    ]
+
+
 def run(args: Table2Config) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze table2")
-    res = run_table2(args)
-    paths = report.write_report(
-        args.out,
+    return report.run_analysis(
+        args,
         "table2",
-        results=res,
-        header=[
-            "attack",
-            "accuracy",
-            "permuted_mean",
-            "permuted_std",
-            "shuffle_ensemble",
-            "linf_max",
-            "seconds_per_clip",
-        ],
-        rows=[
-            [
-                r["attack"],
-                f"{r['accuracy']:.4f}",
-                f"{r['permuted_mean']:.4f}",
-                f"{r['permuted_std']:.4f}",
-                f"{r['shuffle_ensemble']:.4f}",
-                f"{r['linf_max']:.6f}",
-                f"{r['seconds_per_clip']:.3f}",
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+        run_table2,
+        table=lambda res: report.csv_table(res["rows"], FIELDS),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    for r in res["rows"]:
-        print(
-            f"{r['attack']:>10}: {100 * r['accuracy']:.1f}% as crafted,"
-            f" {100 * r['permuted_mean']:.1f}%"
-            f" permuted, {100 * r['shuffle_ensemble']:.1f}% ensemble"
-        )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

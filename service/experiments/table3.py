@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
 __all__ = ["Table3Config", "run", "run_table3"]
 
@@ -28,7 +28,7 @@ class Table3Config(AnalysisConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table3")
 
-    out: str = opt("docs/results/table3", "output directory", show="always")
+    out: str = out_opt("docs/results/table3")
     positions: list[int] | None = opt(None, "frames (default all)")
     attack_batch: int = opt(8, "clips per attack batch", show="never")
 
@@ -112,47 +112,44 @@ def plot(res: dict[str, Any], path: Any) -> None:
     ax.axhline(
         100 * res["original"]["ifgsm"], color="C1", linestyle="--", label="I-FGSM, original order"
     )
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("frame i")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 3: attacked and uniformized", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    report.style_axes(ax, "Table 3: attacked and uniformized", "frame i")
     report.save_figure(fig, path)
 
 
-def run(args: Table3Config) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze table3")
-    res = run_table3(args)
-    paths = report.write_report(
-        args.out,
-        "table3",
-        results=res,
-        header=[
-            "frame",
-            "clean_uniformized",
-            "ifgsm_uniformized",
-            "clean_original",
-            "ifgsm_original",
-        ],
-        rows=[
-            [
-                r["frame"],
-                f"{r['clean']:.4f}",
-                f"{r['ifgsm']:.4f}",
-                f"{res['original']['clean']:.4f}",
-                f"{res['original']['ifgsm']:.4f}",
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
-    )
+#: ``table3.csv``: (column, format) per row.
+FIELDS = (
+    ("frame", ""), ("clean_uniformized", ".4f"), ("ifgsm_uniformized", ".4f"),
+    ("clean_original", ".4f"), ("ifgsm_original", ".4f"),
+)  # fmt: skip
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
     um = res["uniformized_mean"]
-    print(
+    return [
         f"I-FGSM: {100 * res['original']['ifgsm']:.1f}% as crafted,"
-        f" {100 * um['ifgsm']:.1f}% uniformized"
-        f" (clean uniformized {100 * um['clean']:.1f}%)"
+        f" {100 * um['ifgsm']:.1f}% uniformized (clean uniformized {100 * um['clean']:.1f}%)"
+    ]
+
+
+def run(args: Table3Config) -> int:
+    return report.run_analysis(
+        args,
+        "table3",
+        run_table3,
+        table=lambda res: report.csv_table(
+            [
+                {
+                    "frame": r["frame"],
+                    "clean_uniformized": r["clean"],
+                    "ifgsm_uniformized": r["ifgsm"],
+                    "clean_original": res["original"]["clean"],
+                    "ifgsm_original": res["original"]["ifgsm"],
+                }
+                for r in res["rows"]
+            ],
+            FIELDS,
+        ),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

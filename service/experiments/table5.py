@@ -63,6 +63,29 @@ def summary_of_run(p: Any, records: Sequence[dict[str, Any]], seconds: float) ->
     return summary
 
 
+def _summarize_cell(
+    row: str, col: str, recs: list[dict[str, Any]], seeds: Sequence[int], expected: int
+) -> dict[str, Any]:
+    """One cell of :func:`summarize` from its records."""
+    n = len(recs)
+    per_seed = []
+    for s in seeds:
+        rs = [r for r in recs if r["seed"] == s]
+        if rs:
+            per_seed.append(sum(bool(r["correct"]) for r in rs) / len(rs))
+    mean, half = stats.mean_ci(per_seed)
+    lo, hi = stats.wilson(sum(bool(r["correct"]) for r in recs), n)
+    return {
+        "defense": row, "attack": col, "accuracy": mean, "ci95_seeds": half,
+        "wilson_low": lo, "wilson_high": hi, "per_seed": per_seed, "n": n,
+        "complete": n == expected,
+        "abstain_rate": sum(bool(r.get("abstain")) for r in recs) / n,
+        "undefended_fooled": sum(r["undefended_pred"] != r["label"] for r in recs) / n,
+        **{f"{k}_mean": sum(r[k] for r in recs) / n
+           for k in ("linf", "l2", "attack_seconds", "defense_seconds")},
+    }  # fmt: skip
+
+
 def summarize(
     records: Sequence[dict[str, Any]],
     config: Any,
@@ -87,34 +110,7 @@ def summarize(
             recs = by_cell.get((row, col), [])
             if not recs:
                 continue
-            per_seed = []
-            for s in config.seeds:
-                rs = [r for r in recs if r["seed"] == s]
-                if rs:
-                    per_seed.append(sum(bool(r["correct"]) for r in rs) / len(rs))
-            mean, half = stats.mean_ci(per_seed)
-            correct = sum(bool(r["correct"]) for r in recs)
-            lo, hi = stats.wilson(correct, len(recs))
-            cells.append(
-                {
-                    "defense": row,
-                    "attack": col,
-                    "accuracy": mean,
-                    "ci95_seeds": half,
-                    "wilson_low": lo,
-                    "wilson_high": hi,
-                    "per_seed": per_seed,
-                    "n": len(recs),
-                    "complete": len(recs) == expected,
-                    "abstain_rate": sum(bool(r.get("abstain")) for r in recs) / len(recs),
-                    "undefended_fooled": sum(r["undefended_pred"] != r["label"] for r in recs)
-                    / len(recs),
-                    "linf_mean": sum(r["linf"] for r in recs) / len(recs),
-                    "l2_mean": sum(r["l2"] for r in recs) / len(recs),
-                    "attack_seconds_mean": sum(r["attack_seconds"] for r in recs) / len(recs),
-                    "defense_seconds_mean": sum(r["defense_seconds"] for r in recs) / len(recs),
-                }
-            )
+            cells.append(_summarize_cell(row, col, recs, config.seeds, expected))
     summary: dict[str, Any] = {
         "table": "table5",
         "command": config.command(),
@@ -272,19 +268,10 @@ def write_per_clip(records: Records, path: Path, summary: dict[str, Any]) -> Non
     report.write_csv(path, [name for name, _ in PER_CLIP], rows)
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    cfg = summary["config"]
-    n_seeds = len(cfg["seeds"])
-    cells = summary["cells"]
-    cols = summary["columns"]
+def _md_intro(summary: dict[str, Any]) -> list[str]:
+    n_seeds = len(summary["config"]["seeds"])
     lines = ["# Table 5: attacks x defenses", ""]
-    if summary["reduced_strength"]:
-        lines += [
-            "**REDUCED STRENGTH -- a plumbing test, not a result:** "
-            + ", ".join(summary["reduced_strength"])
-            + ".",
-            "",
-        ]
+    lines += report.reduced_banner(summary["reduced_strength"])
     n_clips = summary.get("data", {}).get("clips", "?")
     lines += [
         f"Top-1 accuracy (%) on {n_clips} class-stratified test clips"
@@ -298,12 +285,23 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         *report.produced_by(summary["command"]),
     ]
+    return lines
+
+
+def _md_table(summary: dict[str, Any]) -> list[str]:
+    n_seeds, cells, cols = len(summary["config"]["seeds"]), summary["cells"], summary["columns"]
+    lines: list[str] = []
     header = ["defense", *[column_title(c) for c in cols]]
     body = [
         [row_title(r), *[_fmt_cell(_cell(cells, r, c), n_seeds) for c in cols]]
         for r in summary["rows"]
     ]
     lines += [report.markdown_table(header, body), ""]
+    return lines
+
+
+def _md_checks(summary: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if summary.get("skipped_rows"):
         lines += [
             f"Rows not run (no `--denoiser` given): {', '.join(summary['skipped_rows'])}.",
@@ -319,6 +317,11 @@ def markdown(summary: dict[str, Any]) -> str:
             f" pairs; {len(check['ifgsm_only_fooled'])} fooled by I-FGSM only).",
             "",
         ]
+    return lines
+
+
+def _md_goals(summary: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     g = summary["goals"]
     if g:
         lines += [
@@ -342,6 +345,12 @@ def markdown(summary: dict[str, Any]) -> str:
             ),
             "",
         ]
+    return lines
+
+
+def _md_settings(summary: dict[str, Any]) -> list[str]:
+    cfg, cells = summary["config"], summary["cells"]
+    lines: list[str] = []
     preset = summary.get("preset", {})
     lines += [
         "Settings: shuffle preset h1 = {h1}, h2 = {h2}, ensemble = {ens} ({src}); RS sigma = {sig}"
@@ -373,6 +382,12 @@ def markdown(summary: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+    return lines
+
+
+def _md_footer(summary: dict[str, Any]) -> list[str]:
+    cfg = summary["config"]
+    lines: list[str] = []
     if cfg.get("report_only"):
         lines += [
             "Tabulated with `--report-only` from records computed on: "
@@ -388,8 +403,13 @@ def markdown(summary: dict[str, Any]) -> str:
             + f", {env.get('threads')} CPU threads.",
             "",
         ]
-    lines += ["![Table 5](table5.png)", ""]
-    return "\n".join(lines)
+    return [*lines, "![Table 5](table5.png)", ""]
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """``table5.md``: the table, the credibility check, the goals, settings and costs."""
+    parts = (_md_intro, _md_table, _md_checks, _md_goals, _md_settings, _md_footer)
+    return "\n".join(line for part in parts for line in part(summary))
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

@@ -39,7 +39,7 @@ from torch import nn
 
 from service.defense import ShufflePreset
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig, opt, out_opt
 from service.robustness.attacks import EOT
 from service.robustness.registry import DEFENSE_ROWS, RowContext
 
@@ -57,7 +57,7 @@ class TuneConfig(AnalysisConfig):
 
     split: str = opt("val", "clips to use (default val: the train clips training held out)",
                      choices=("test", "val", "train", "all"))  # fmt: skip
-    out: str = opt("docs/results/tune", "output directory", show="always")
+    out: str = out_opt("docs/results/tune")
     h1s: list[int] = opt([1, 2, 3, 4, 8, 16], "grid h1 values", show="always")
     h2s: list[int] = opt([1, 2, 4], "grid h2 values", show="always")
     ensembles: list[int] = opt([1, 3, 5, 10, 20], "ensemble sizes (Table 4)", show="always")
@@ -386,50 +386,21 @@ def plot_table4(res: dict[str, Any], path: Path) -> None:
         ax.plot(ns, [100 * r[key] for r in res["ensembles"]], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("ensemble size")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 4: ensemble size", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    report.style_axes(ax, "Table 4: ensemble size", "ensemble size")
     report.save_figure(fig, path)
 
 
 def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
-    attacks = res["attacks"]
+    """``fig10.{csv,json,md,png}`` (the grid) and ``table4.{...}`` (ensemble sizes)."""
+    scores = [(k, ".4f") for k in ("clean", *res["attacks"], "worst")]
+    header, rows = report.csv_table(res["cells"], [("h1", ""), ("h2", ""), *scores])
     paths = report.write_report(
-        out,
-        "fig10",
-        results=res,
-        header=["h1", "h2", "clean", *attacks, "worst"],
-        rows=[
-            [
-                c["h1"],
-                c["h2"],
-                f"{c['clean']:.4f}",
-                *[f"{c[a]:.4f}" for a in attacks],
-                f"{c['worst']:.4f}",
-            ]
-            for c in res["cells"]
-        ],
-        markdown=fig10_markdown(res),
-        plot=lambda p: plot_fig10(res, p),
-    )
+        out, "fig10", results=res, header=header, rows=rows,
+        markdown=fig10_markdown(res), plot=lambda p: plot_fig10(res, p),
+    )  # fmt: skip
+    header, rows = report.csv_table(res["ensembles"], [("ensemble", ""), *scores])
     paths += report.write_report(
-        out,
-        "table4",
-        results={k: v for k, v in res.items() if k != "cells"},
-        header=["ensemble", "clean", *attacks, "worst"],
-        rows=[
-            [
-                r["ensemble"],
-                f"{r['clean']:.4f}",
-                *[f"{r[a]:.4f}" for a in attacks],
-                f"{r['worst']:.4f}",
-            ]
-            for r in res["ensembles"]
-        ],
-        markdown=table4_markdown(res),
-        plot=lambda p: plot_table4(res, p),
-    )
+        out, "table4", results={k: v for k, v in res.items() if k != "cells"}, header=header,
+        rows=rows, markdown=table4_markdown(res), plot=lambda p: plot_table4(res, p),
+    )  # fmt: skip
     return paths

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +105,7 @@ class Attack:
     Args:
         model: classifier, ``[B, 3, T, H, W]`` float in ``[0, 1]`` -> logits ``[B, K]``.
         eps: L-inf radius in pixel units (``[0, 1]`` scale).
+        steps: iterations of the attack (>= 1; each subclass gives its default).
         seed: seeds a fresh ``torch.Generator`` at every call, so the same seed gives
             the same result; ``None`` draws fresh entropy (logged, so still
             reproducible).
@@ -120,10 +121,14 @@ class Attack:
         model: nn.Module,
         *,
         eps: float,
+        steps: int = 1,
         seed: int | None = 0,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = int(steps)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.model = model
@@ -211,12 +216,9 @@ class IFGSM(Attack):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(model, eps=eps, seed=seed, generator=generator, device=device)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        super().__init__(model, eps=eps, steps=steps, seed=seed, generator=generator, device=device)
         if loss not in ("ce", "cw"):
             raise ValueError(f"unknown loss {loss!r}; use 'ce' or 'cw'")
-        self.steps = int(steps)
         self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
         self.loss = loss
 
@@ -322,29 +324,8 @@ class OneFrameAttack(IFGSM):
 
     name = "one_frame"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        eps: float = 4 / 255,
-        steps: int = 30,
-        alpha: float | None = None,
-        loss: LossName = "ce",
-        frame: int | None = None,
-        seed: int | None = 0,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            loss=loss,
-            seed=seed,
-            generator=generator,
-            device=device,
-        )
+    def __init__(self, model: nn.Module, *, frame: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
         self.frame = frame
         self.last_frames: torch.Tensor | None = None
 
@@ -649,12 +630,9 @@ class Flickering(Attack):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(model, eps=eps, seed=seed, generator=generator, device=device)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        super().__init__(model, eps=eps, steps=steps, seed=seed, generator=generator, device=device)
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
-        self.steps = int(steps)
         self.lr = float(lr)
         self.margin = float(margin)
         self.reg_weight = float(reg_weight)

@@ -41,6 +41,7 @@ __all__ = [
     "ShuffleVote",
     "Smooth",
     "SmoothedDefense",
+    "VotingDefense",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class Defense(Protocol):
     ) -> torch.Tensor: ...
 
 
-class _Predicts:
+class VotingDefense:
     """``predict`` = the labels of ``vote``."""
 
     def vote(
@@ -261,7 +262,7 @@ class _Predicts:
         return self.vote(videos, generator)[0]
 
 
-class NoDefense(_Predicts):
+class NoDefense(VotingDefense):
     """Row "none": the undefended model's argmax."""
 
     name = "none"
@@ -277,7 +278,7 @@ class NoDefense(_Predicts):
             return self.model(videos).argmax(dim=1), None
 
 
-class ShuffleVote(_Predicts):
+class ShuffleVote(VotingDefense):
     """Row "shuffle": the paper's ensemble, :class:`service.defense.ShuffleEnsemble`,
     with the generator given per call (one set of ``preset.ensemble`` shuffles for the
     batch, majority vote, ties to the higher mean softmax)."""
@@ -300,7 +301,7 @@ class ShuffleVote(_Predicts):
             return ensemble.predict(videos)
 
 
-class SmoothedDefense(_Predicts):
+class SmoothedDefense(VotingDefense):
     """Rows "rs", "denoise", "shuffle+rs", "shuffle+denoise": :class:`Smooth` variants.
 
     * ``denoiser=None, preset=None`` -> "rs": Gaussian randomized smoothing of ``model``.
