@@ -103,5 +103,3 @@ def test_deployment_doc_names_every_alert() -> None:
     text = DEPLOYMENT_DOC.read_text()
     for name in EXPECTED_ALERTS:
         assert name in text, f"docs/deployment.md does not explain {name}"
-
-
