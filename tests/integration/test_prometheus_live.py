@@ -297,20 +297,25 @@ def test_alert_rules_load_and_evaluate(stack: Stack, prom_client: httpx.Client) 
         assert rule["health"] == "ok", rule
 
 
-def test_backend_down_alert_is_raised_for_the_dead_backend_only(
-    stack: Stack, prom_client: httpx.Client
-) -> None:
+def test_alerts_raised_by_the_traffic(stack: Stack, prom_client: httpx.Client) -> None:
+    """The gateway whose backend is down raises ShuffleGuardBackendDown (for it alone) and,
+    its 503s being a third or more of all classify answers, ShuffleGuardHigh5xxRate; every
+    target is up, so ShuffleGuardTargetDown stays quiet. (Pending, not firing: the rules'
+    ``for:`` is minutes long.)"""
     dead = authority(stack.dead_gateway.url)
 
-    def raised() -> set[str]:
-        alerts = stack.api(prom_client, "alerts")["alerts"]
-        return {
-            a["labels"]["instance"]
-            for a in alerts
-            if a["labels"]["alertname"] == "ShuffleGuardBackendDown"
-            and a["state"] in ("pending", "firing")
-        }
+    def raised(alertname: str) -> list[dict[str, str]]:
+        return [
+            a["labels"]
+            for a in stack.api(prom_client, "alerts")["alerts"]
+            if a["labels"]["alertname"] == alertname and a["state"] in ("pending", "firing")
+        ]
 
     with contextlib.suppress(AssertionError):
-        wait_until(lambda: bool(raised()), timeout_s=10)
-    assert raised() == {dead}
+        wait_until(
+            lambda: raised("ShuffleGuardBackendDown") and raised("ShuffleGuardHigh5xxRate"),
+            timeout_s=10,
+        )
+    assert [a["instance"] for a in raised("ShuffleGuardBackendDown")] == [dead]
+    assert [a["job"] for a in raised("ShuffleGuardHigh5xxRate")] == ["shuffleguard-gateway"]
+    assert raised("ShuffleGuardTargetDown") == []
