@@ -656,6 +656,9 @@ def test_kserve_predictor_is_what_the_torchserve_service_selects() -> None:
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert predictor["automountServiceAccountToken"] is False
+    pod = predictor["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0  # numeric: verifiable
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     ctx = predictor["model"]["securityContext"]
     assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
 
