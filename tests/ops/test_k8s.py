@@ -74,8 +74,8 @@ def load_docs(path: Path) -> list[Doc]:
 
 
 def key(doc: Doc) -> tuple[str, str, str]:
-    return (doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else "", doc["kind"],
-            doc["metadata"]["name"])  # fmt: skip
+    """(API group, kind, name): how kustomize matches a patch to its object."""
+    return (doc["apiVersion"].rpartition("/")[0], doc["kind"], doc["metadata"]["name"])
 
 
 #: list fields merged item by item (Kubernetes' patchMergeKey); other lists are replaced
