@@ -676,3 +676,14 @@ def test_kserve_torchserve_config_agrees_with_the_containers() -> None:
             continue
         assert mine.get(name) == value, f"{name}: {mine.get(name)!r} here, {value!r} in the image"
     assert set(mine) <= torchserve_config_keys()
+
+
+def test_deployment_doc_names_files_that_exist() -> None:
+    text = (REPO / "docs" / "deployment.md").read_text()
+    paths = set(re.findall(r"`((?:deploy|docker|scripts|docs|service|tests)/[\w./-]+)`", text))
+    assert len(paths) >= 10
+    missing = [p for p in sorted(paths) if not (REPO / p.rstrip("/")).exists()]
+    assert not missing, f"docs/deployment.md names missing files: {missing}"
+    for overlay in KUSTOMIZATIONS:
+        if overlay != "base":
+            assert f"deploy/k8s/overlays/{overlay}" in text, overlay
