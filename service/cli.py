@@ -6,8 +6,8 @@ its default, help and allowed values from the field, validation by the config; t
 command runs ``<module>.run(config)``. List fields take several values after one flag
 (``--seeds 0 1 2``), as they always have.
 
-The service commands (``serve``, ``classify``, ``toy-data``, ``train``, ``archive``,
-``bench``) keep their own option parsers (``service.commands.<name>``:
+``toy-data`` and ``train`` are config commands too. The service commands (``serve``,
+``classify``, ``archive``, ``bench``) keep their own option parsers (``service.commands.<name>``:
 ``add_arguments(parser)`` and ``run(args)``); typer hands them their arguments.
 Modules are imported only for the command that runs, so ``--help`` stays fast.
 """
@@ -31,14 +31,18 @@ import typer
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.commands.serve", "start TorchServe + the gateway in the foreground"),
     "classify": ("service.commands.classify", "send a clip to a running gateway"),
-    "toy-data": ("service.commands.toy_data", "write the paper's synthetic toy datasets"),
-    "train": ("service.commands.train", "train a 3D ResNet-18 on a toy dataset"),
     "archive": ("service.commands.archive", "export a checkpoint and build its TorchServe .mar"),
     "bench": ("service.commands.bench", "benchmarks: shuffle kernel, serving overhead"),
 }
 
-#: experiment commands: name -> (module, config class, one-line help)
+#: config commands: name -> (module, config class, one-line help)
 EXPERIMENTS: dict[str, tuple[str, str, str]] = {
+    "toy-data": (
+        "service.commands.toy_data", "ToyDataConfig", "write the paper's synthetic toy datasets"
+    ),
+    "train": (
+        "service.commands.train", "TrainCommandConfig", "train a 3D ResNet-18 on a toy dataset"
+    ),
     "evaluate": (
         "service.experiments.evaluate", "EvalConfig", "attacks x defenses table (paper Table 5)"
     ),
