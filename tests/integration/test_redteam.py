@@ -33,14 +33,15 @@ def write_clips(root: Path) -> Path:
     """Red-ish clips (red tied with green, or 1 level above: argmax breaks ties towards
     red) and a blue clip, labels.csv."""
     root.mkdir(parents=True, exist_ok=True)
-    t, s = TINY_META["clip_len"], TINY_META["crop_size"]
+    t, s = int(TINY_META["clip_len"]), int(TINY_META["crop_size"])  # type: ignore[call-overload]
+    names: list[str] = list(TINY_META["labels"])  # type: ignore[call-overload]
     rows = ["file,label_index,label,split"]
     for i, (rgb, label) in enumerate([((120, 120, 40), 0), ((121, 120, 40), 0),
                                       ((40, 40, 200), 2)]):  # fmt: skip
         clip = np.empty((t, s, s, 3), np.uint8)
         clip[:] = rgb
         np.save(root / f"c{i}.npy", clip)
-        rows.append(f"c{i}.npy,{label},{TINY_META['labels'][label]},test")
+        rows.append(f"c{i}.npy,{label},{names[label]},test")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -48,7 +49,7 @@ def write_clips(root: Path) -> Path:
 def classify_total(gateway: Gateway) -> float:
     """``shuffleguard_requests_total`` of tiny_color with status 200, from /metrics."""
     text = httpx.get(gateway.url + "/metrics", trust_env=False).text
-    pattern = r'shuffleguard_requests_total\{[^}]*model="%s"[^}]*status="200"[^}]*\} (\S+)' % TINY
+    pattern = rf'shuffleguard_requests_total{{[^}}]*model="{TINY}"[^}}]*status="200"[^}}]*}} (\S+)'
     return sum(float(v) for v in re.findall(pattern, text))
 
 
