@@ -363,14 +363,6 @@ def prepare_family(
         raise ArchiveError(str(exc.args[0])) from None
     if (config.checkpoint is None) == (not config.random_init):
         raise ArchiveError("give either --checkpoint FILE or --random-init (exactly one)")
-    if fam.fixed_input and (
-        config.clip_len not in (None, fam.spec.clip_len)
-        or config.crop_size not in (None, fam.spec.crop_size)
-    ):
-        raise ArchiveError(
-            f"{fam.name} takes only its own input {fam.spec.clip_len} x {fam.spec.crop_size}"
-            f" x {fam.spec.crop_size}; drop --clip-len/--crop-size"
-        )
     spec = fam.spec.scaled(config.clip_len, config.crop_size)
     if config.frame_interval is not None:
         spec = dataclasses.replace(spec, frame_interval=int(config.frame_interval))

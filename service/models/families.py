@@ -36,8 +36,10 @@ Input-size changes (``clip_len``/``crop_size`` smaller than the spec, for tests 
 smoke archives) keep every layer and parameter; fixed-size average pools in the
 heads (PyTorchVideo's ``AvgPool3d`` heads, S3D's) are shrunk to the feature map they
 see, which is what global pooling would do. torchvision's ``mvit_v2_s`` builder fixes
-its input at 16 x 224 x 224 (position handling is sized at construction), so MViT
-is built and served at that size only.
+its input at 16 x 224 x 224: its relative-position attention interpolates its tables
+to any token grid, but the model records the grid it starts from
+(``pos_encoding.temporal_size``/``spatial_size``), which is set here for a smaller
+input (the parameters and their shapes stay those of the 16 x 224 x 224 model).
 """
 
 from __future__ import annotations
@@ -147,8 +149,6 @@ class Family:
     note: str = ""
     #: where the real Kinetics checkpoint comes from (docs/models.md has the commands)
     checkpoint_source: str = ""
-    #: the builder fixes the input size (no smaller clip_len/crop_size)
-    fixed_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -328,8 +328,6 @@ def _torchvision_family(name: str) -> Family:
         head_weight=head,
         preset_arch=None,
         checkpoint_source=str(weights.url),
-        # torchvision's mvit_v2_s builder fixes spatial_size (224, 224) and temporal_size 16
-        fixed_input=name == "mvit_v2_s",
         extra={"weights_enum": f"{enum_name}.KINETICS400_V1"},
     )
 
@@ -385,6 +383,36 @@ class VideoClassifier(nn.Module):
             index = torch.linspace(0, t - 1, t // self.slowfast_alpha, device=x.device).long()
             return self.net([torch.index_select(x, 2, index), x])
         return self.net(x)
+
+
+def _replace_swish(net: nn.Module) -> None:
+    """Swap PyTorchVideo's ``Swish`` (a custom autograd function, which TorchScript
+    cannot save) for ``nn.SiLU``: the same ``x * sigmoid(x)``, no parameters."""
+    for parent in list(net.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__ == "Swish" and type(child).__module__.startswith(
+                "pytorchvideo"
+            ):
+                setattr(parent, child_name, nn.SiLU())
+
+
+def _set_mvit_grid(net: nn.Module, clip_len: int, crop_size: int) -> None:
+    """Point torchvision's MViT at the token grid of a ``clip_len x crop x crop`` input."""
+    conv = net.conv_proj
+    assert isinstance(conv, nn.Conv3d)
+    grid = [
+        (n + 2 * int(p) - int(k)) // int(st) + 1
+        for n, k, st, p in zip(
+            (clip_len, crop_size, crop_size),
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,  # type: ignore[arg-type]
+            strict=True,
+        )
+    ]
+    pos = net.get_submodule("pos_encoding")
+    pos.temporal_size = grid[0]
+    pos.spatial_size = (grid[1], grid[2])
 
 
 def _fit_avg_pools(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -447,19 +475,13 @@ def build_family(
     builder = getattr(importlib.import_module(module_name), fn_name)
     kwargs = dict(fam.builder_kwargs)
     kwargs[fam.num_classes_kwarg] = int(num_classes)
-    if fam.fixed_input and (spec.clip_len, spec.crop_size) != (
-        fam.spec.clip_len,
-        fam.spec.crop_size,
-    ):
-        raise ValueError(
-            f"{name} takes only its own input size {fam.spec.clip_len} x {fam.spec.crop_size}"
-            f" x {fam.spec.crop_size} (its builder fixes it), not {spec.clip_len} x"
-            f" {spec.crop_size} x {spec.crop_size}"
-        )
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         net = builder(**kwargs)
+    _replace_swish(net)
+    if name == "mvit_v2_s":
+        _set_mvit_grid(net, spec.clip_len, spec.crop_size)
     model = VideoClassifier(net, spec.mean, spec.std, slowfast_alpha=fam.slowfast_alpha).eval()
     if (spec.clip_len, spec.crop_size) != (fam.spec.clip_len, fam.spec.crop_size):
         example = torch.zeros(1, 3, spec.clip_len, spec.crop_size, spec.crop_size)
