@@ -400,19 +400,16 @@ def _set_mvit_grid(net: nn.Module, clip_len: int, crop_size: int) -> None:
     """Point torchvision's MViT at the token grid of a ``clip_len x crop x crop`` input."""
     conv = net.conv_proj
     assert isinstance(conv, nn.Conv3d)
+    padding = [int(v) for v in conv.padding]  # type: ignore[union-attr]
     grid = [
-        (n + 2 * int(p) - int(k)) // int(st) + 1
+        (n + 2 * p - int(k)) // int(st) + 1
         for n, k, st, p in zip(
-            (clip_len, crop_size, crop_size),
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,  # type: ignore[arg-type]
-            strict=True,
+            (clip_len, crop_size, crop_size), conv.kernel_size, conv.stride, padding, strict=True
         )
     ]
     pos = net.get_submodule("pos_encoding")
-    pos.temporal_size = grid[0]
-    pos.spatial_size = (grid[1], grid[2])
+    setattr(pos, "temporal_size", grid[0])  # noqa: B010 (plain attributes of the module)
+    setattr(pos, "spatial_size", (grid[1], grid[2]))  # noqa: B010
 
 
 def _fit_avg_pools(model: nn.Module, example: torch.Tensor) -> list[str]:
