@@ -233,3 +233,17 @@ def test_import_service_stays_light() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in FAMILY_NAMES if get_family(n).library == "pytorchvideo"]
+)
+def test_pytorchvideo_checkpoint_sources_are_the_hubs(name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(get_family(name).builder.split(":")[0])
+    paths = getattr(module, "checkpoint_paths", None)
+    if paths is None:  # pytorchvideo.models.hub re-exports the builders; read their modules
+        builder = getattr(module, name)
+        paths = importlib.import_module(builder.__module__).checkpoint_paths
+    assert paths[name] == get_family(name).checkpoint_source
