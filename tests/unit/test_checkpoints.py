@@ -301,3 +301,18 @@ def test_shipped_toy_meta_records_its_data_recipe() -> None:
         "contrast": 0.4,
     }
     assert meta["sha256"] == "8596662a964a7db431c3a1bc40417fc3e0bcd0b82c5bceed8c4ffab4a405494f"
+
+
+def test_serve_warns_about_random_init_archives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.commands.serve import warn_random_init
+
+    for name, weights in (("rand", "random"), ("real", "trained")):
+        with zipfile.ZipFile(tmp_path / f"{name}.mar", "w") as zf:
+            zf.writestr("meta.json", json.dumps({"name": name, "weights": weights}))
+    (tmp_path / "broken.mar").write_bytes(b"not a zip")
+    with caplog.at_level("WARNING", logger="service.commands.serve"):
+        assert warn_random_init(tmp_path, ["rand", "real", "broken", "absent"]) == ["rand"]
+    assert "model rand has random-init weights" in caplog.text
+    assert "real" not in caplog.text
