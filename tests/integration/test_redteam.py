@@ -180,3 +180,35 @@ def test_client_waits_out_429_retry_after_and_counts_it(throttling_server: str) 
     assert client.slept_s == 2.0
     gaps = np.diff(_Throttling.seen)
     assert len(gaps) == 2 and all(g >= 0.95 for g in gaps)  # it really waited
+
+
+def test_client_rides_out_a_real_gateways_429s(start_gateway: StartGateway) -> None:
+    """A gateway that runs one classify at a time and queues none: concurrent clients
+    get 429 + Retry-After, wait, retry, and every query is answered and counted."""
+    gw = start_gateway(max_inflight=1, max_queue=0)
+    clip = np.zeros((int(TINY_META["clip_len"]), 32, 32, 3), np.uint8)  # type: ignore[call-overload]
+    clip[:] = (200, 40, 40)
+    clients = [GatewayClient(gw.url, timeout=30) for _ in range(6)]
+    barrier = threading.Barrier(len(clients))
+    labels: list[int] = []
+
+    def work(client: GatewayClient) -> None:
+        barrier.wait()
+        for _ in range(3):
+            labels.append(client.classify(clip, {})["label_index"])
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for c in clients:
+        c.close()
+    assert labels == [0] * 18
+    throttled = sum(c.throttled for c in clients)
+    assert throttled >= 1  # six at once against one slot: someone was turned away
+    assert all(c.requests == c.answered + c.throttled and c.answered == 3 for c in clients)
+    assert all(c.slept_s == c.throttled * gw.settings.retry_after_s for c in clients)
+    text = httpx.get(gw.url + "/metrics", trust_env=False).text
+    pattern = r'shuffleguard_requests_total{[^}]*status="429"[^}]*} (\S+)'
+    assert sum(float(v) for v in re.findall(pattern, text)) == throttled
