@@ -670,6 +670,10 @@ class _VideoDecoder:
             raise BadVideoError(f"the container holds no streams; {_ACCEPTED}")
         stream = videos[0]
         ctx = stream.codec_context
+        if ctx is None:  # FFmpeg has no decoder for the stream's codec (or its id is garbage)
+            raise BadVideoError(
+                f"the video stream's codec is unknown or has no decoder here; {_ACCEPTED}"
+            )
         self.format_name = container.format.name
         self.codec_name = ctx.name
         if ctx.width and ctx.height:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from service.torchserve_proc import TorchServeProcess
+from service.video import NPY_MAGIC
 from tests import media
+from tests.fuzz import targets as fuzz_targets
 from tests.integration.helpers import (
     TINY,
     Blackhole,
@@ -315,3 +317,34 @@ def test_bad_batches_straight_to_torchserve_get_400_json_and_no_worker_restart(
     r = client.post(url, content=good, headers={"Content-Type": "application/x-npy"})
     assert r.status_code == 200
     assert _worker_pids(torchserve, client) == before  # the same worker(s), none restarted
+
+
+def _fuzz_findings() -> dict[str, tuple[bytes, str | None]]:
+    """The committed fuzz corpus as request bodies (and Content-Types) for the gateway."""
+    found: dict[str, tuple[bytes, str | None]] = {}
+    for path in sorted(fuzz_targets.CORPUS.glob("*/*")):
+        data, ctype = path.read_bytes(), None
+        if path.parent.name == "npy":
+            data = NPY_MAGIC + data
+        elif path.parent.name == "upload":
+            head, data = fuzz_targets.split_upload(data)
+            ctype, data = head.decode("latin-1"), b"".join(data)
+        elif path.parent.name != "video":
+            continue
+        found[f"{path.parent.name}/{path.name}"] = (data, ctype)
+    return found
+
+
+FINDINGS = _fuzz_findings()
+
+
+@pytest.mark.parametrize("name", list(FINDINGS))
+def test_fuzz_findings_get_a_4xx_through_the_gateway(
+    name: str, research_gateway: Gateway, client: httpx.Client
+) -> None:
+    body, ctype = FINDINGS[name]
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = client.post(f"{research_gateway.url}/v1/classify", content=body, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["message"]
+    assert client.get(f"{research_gateway.url}/readyz").status_code == 200
