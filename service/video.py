@@ -28,9 +28,11 @@ What is accepted, and which error a rejected upload gets
   decode: an empty body, random bytes, text (always 400, whatever it contains,
   so text never reaches FFmpeg's subtitle/playlist parsers), a truncated or
   corrupt file (unreadable container, an incomplete packet or a decoder error
-  before the last frame needed), an ``.npy``
-  with the wrong dtype/rank/channels or a header that does not match its
-  payload, a body declared ``application/x-npy`` that is not an ``.npy``.
+  before the last frame needed), a stream whose codec has no decoder, an
+  ``.npy`` with a malformed header (parsed here, not by numpy: see
+  :func:`_parse_npy_header`), the wrong dtype/rank/channels or a header that
+  does not match its payload, a body declared ``application/x-npy`` that is not
+  an ``.npy``.
 * 413 :class:`LimitExceededError` -- over one of :class:`DecodeLimits`; each is
   checked *before* its memory or time is spent (see the class).
 
