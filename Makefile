@@ -35,7 +35,7 @@ clean:
 # Coverage-guided fuzzing (atheris) of every parser that sees untrusted bytes:
 # FUZZ_SECONDS per target; a crash stops the run and names the input file.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= npy video upload handler
+FUZZ_TARGETS ?= npy video upload handler wire
 
 fuzz: venv
 	for t in $(FUZZ_TARGETS); do \

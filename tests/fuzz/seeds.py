@@ -93,4 +93,13 @@ def handler() -> dict[str, bytes]:
     }
 
 
-SEEDS = {"npy": npy, "video": video, "upload": upload, "handler": handler}
+def wire() -> dict[str, bytes]:
+    return {
+        "logits": _npy(np.linspace(-3, 3, 33, dtype=np.float32).reshape(11, 3)),
+        "clips": _npy(np.zeros((2, 8, 8, 8, 3), np.uint8)),
+        "float64": _npy(np.zeros((2, 3), np.float64)),
+        "scalar": _npy(np.float32(1.0)),
+    }
+
+
+SEEDS = {"npy": npy, "video": video, "upload": upload, "handler": handler, "wire": wire}

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from service import handler as handler_module
+from service import wire as wire_module
 from service.gateway import upload as upload_module
 from service.gateway.errors import GatewayError
 from service.video import NPY_MAGIC, DecodeLimits, VideoError, decode_clip
@@ -162,11 +163,31 @@ def handler(data: bytes) -> None:
             raise InvariantViolation(f"batch of {clips.nbytes} bytes")
 
 
+# --------------------------------------------------------------------------- #
+# service.wire (the gateway reading the backend's answer)
+# --------------------------------------------------------------------------- #
+def wire(data: bytes) -> None:
+    """:func:`service.wire.decode_logits` and ``decode_clips`` on a backend payload."""
+    for decode, ndim, dtype in (
+        (wire_module.decode_logits, 2, np.float32),
+        (wire_module.decode_clips, 5, np.uint8),
+    ):
+        try:
+            array = decode(data)
+        except wire_module.WireError as exc:
+            if not str(exc):
+                raise InvariantViolation("WireError without a message") from exc
+            continue
+        if array.ndim != ndim or array.dtype != dtype:
+            raise InvariantViolation(f"decoded {array.dtype} {array.shape}")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "npy": npy,
     "video": video,
     "upload": upload,
     "handler": handler,
+    "wire": wire,
 }
 
 
