@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import REPO, Gateway
+from tests.integration.helpers import Gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -61,7 +61,7 @@ def run_schemathesis(gateway: Gateway, workdir: Path) -> tuple[int, str]:
         "--report=junit",
         f"--report-dir={workdir}",
     ]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=540, env=None)
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=540)
     return proc.returncode, proc.stdout + proc.stderr
 
 
