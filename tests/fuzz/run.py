@@ -8,10 +8,12 @@ that also collects the new inputs of this run) plus the committed
 ``tests/fuzz/corpus/TARGET/``. A crash is written under ``-artifact_prefix``
 (default: ``artifacts/`` in that temporary directory) and makes the exit
 status non-zero. Defaults: ``-seed=1 -timeout=30 -rss_limit_mb=4096``.
+``SG_FUZZ_WORKDIR`` replaces the temporary directory (the tests use their own).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +37,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown target {name!r}; one of {', '.join(targets.TARGETS)}")
     given = {flag.split("=", 1)[0] for flag in flags}
     flags += [f"{k}={v}" for k, v in DEFAULTS.items() if k not in given]
-    work = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
+    given_work = os.environ.get("SG_FUZZ_WORKDIR")
+    work = Path(given_work) if given_work else Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
     if "-artifact_prefix" not in given:
         (work / "artifacts").mkdir()
         flags.append(f"-artifact_prefix={work / 'artifacts'}/")

@@ -46,6 +46,8 @@ def test_the_corpus_holds_the_bugs_found_so_far() -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("target", list(targets.TARGETS))
 def test_bounded_fuzz_run(target: str, tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "crashes").mkdir()
     proc = subprocess.run(
         [
             sys.executable,
@@ -53,15 +55,16 @@ def test_bounded_fuzz_run(target: str, tmp_path: Path) -> None:
             "tests.fuzz.run",
             target,
             f"-max_total_time={FUZZ_SECONDS}",
-            f"-artifact_prefix={tmp_path}/",
+            f"-artifact_prefix={tmp_path / 'crashes'}/",
         ],
         cwd=REPO,
+        env={**os.environ, "SG_FUZZ_WORKDIR": str(tmp_path / "work")},
         capture_output=True,
         text=True,
         timeout=240,
     )
     log = proc.stdout + proc.stderr
-    crashes = [p.name for p in tmp_path.iterdir()]
+    crashes = [p.name for p in (tmp_path / "crashes").iterdir()]
     assert proc.returncode == 0 and not crashes, f"{target}: {crashes}\n{log[-4000:]}"
     done = re.search(r"Done (\d+) runs in (\d+) second", log)
     assert done is not None, log[-2000:]
