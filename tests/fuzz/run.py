@@ -7,7 +7,7 @@ the generated seeds (:mod:`tests.fuzz.seeds`, written to a temporary directory
 that also collects the new inputs of this run) plus the committed
 ``tests/fuzz/corpus/TARGET/``. A crash is written under ``-artifact_prefix``
 (default: ``artifacts/`` in that temporary directory) and makes the exit
-status non-zero. Defaults: ``-seed=1 -timeout=30 -rss_limit_mb=4096``.
+status non-zero. Defaults: ``-seed=1 -timeout=30 -rss_limit_mb=2048``.
 ``SG_FUZZ_WORKDIR`` replaces the temporary directory (the tests use their own).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import atheris
 
-DEFAULTS = {"-seed": "1", "-timeout": "30", "-rss_limit_mb": "4096", "-print_final_stats": "1"}
+DEFAULTS = {"-seed": "1", "-timeout": "30", "-rss_limit_mb": "2048", "-print_final_stats": "1"}
 
 
 def main(argv: list[str]) -> None:
