@@ -84,7 +84,15 @@ def upload() -> dict[str, bytes]:
 
 
 def handler() -> dict[str, bytes]:
+    """Copy mode (one [B, T, S, S, 3] array) and index mode (a [T, S, S, 3] clip followed
+    by int64 [R, T] frame indices), right and wrong."""
+    clip = _npy(np.full((8, 32, 32, 3), 9, np.uint8))
+    rows = np.stack([np.random.default_rng(r).permutation(8) for r in range(4)])
     return {
+        "index_mode": clip + _npy(rows.astype("<i8")),
+        "index_mode_out_of_range": clip + _npy(np.full((2, 8), 8, "<i8")),
+        "index_mode_int32": clip + _npy(rows.astype("<i4")),
+        "index_mode_no_indices": clip,
         "batch": _npy(np.zeros((2, 8, 32, 32, 3), np.uint8)),
         "one": _npy(np.full((1, 8, 32, 32, 3), 7, np.uint8)),
         "wrong_shape": _npy(np.zeros((2, 8, 16, 16, 3), np.uint8)),
@@ -98,7 +106,7 @@ def wire() -> dict[str, bytes]:
         "logits": _npy(np.linspace(-3, 3, 33, dtype=np.float32).reshape(11, 3)),
         "clips": _npy(np.zeros((2, 8, 8, 8, 3), np.uint8)),
         "float64": _npy(np.zeros((2, 3), np.float64)),
-        "scalar": _npy(np.float32(1.0)),
+        "scalar": _npy(np.array(1.0, np.float32)),
     }
 
 

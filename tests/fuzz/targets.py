@@ -148,19 +148,42 @@ _HANDLER.meta = {"name": "fuzz", "clip_len": CLIP_LEN, "crop_size": CROP}
 _MAX_BATCH_BYTES = handler_module.MAX_REQUEST_CLIPS * CLIP_LEN * CROP * CROP * 3
 
 
+def _check_batch(parsed: object) -> None:
+    """A parsed request: copy mode's uint8 ``[B, T, S, S, 3]`` array, or (the handler's
+    ``ClipRequest``, once it parses index mode) ``frames`` with ``indices`` None, or one
+    uint8 ``[T, S, S, 3]`` clip with int64 ``[R, T]`` indices in ``[0, T)``."""
+    frames = getattr(parsed, "frames", parsed)
+    indices = getattr(parsed, "indices", None)
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        raise InvariantViolation(f"parsed frames {type(frames).__name__}")
+    if frames.nbytes > _MAX_BATCH_BYTES:
+        raise InvariantViolation(f"batch of {frames.nbytes} bytes")
+    if indices is None:
+        if frames.shape[1:] != (CLIP_LEN, CROP, CROP, 3) or frames.shape[0] < 1:
+            raise InvariantViolation(f"batch of {frames.dtype} {frames.shape}")
+        return
+    if frames.shape != (CLIP_LEN, CROP, CROP, 3):
+        raise InvariantViolation(f"index-mode clip of {frames.shape}")
+    rows = indices.shape[0] if indices.ndim == 2 else -1
+    if indices.dtype != np.int64 or indices.shape[1:] != (CLIP_LEN,):
+        raise InvariantViolation(f"indices of {indices.dtype} {indices.shape}")
+    if not 1 <= rows <= handler_module.MAX_REQUEST_CLIPS:
+        raise InvariantViolation(f"{rows} index rows")
+    if int(indices.min()) < 0 or int(indices.max()) >= CLIP_LEN:
+        raise InvariantViolation(f"indices {int(indices.min())}..{int(indices.max())}")
+
+
 def handler(data: bytes) -> None:
-    """The batch parser of the TorchServe handler, on a raw body and as TorchServe's dict."""
+    """The batch parser of the TorchServe handler (copy mode, and index mode where the
+    handler has it), on a raw body and as TorchServe's dict."""
     for payload in (data, {"body": bytearray(data)}):
         try:
-            clips = _HANDLER.parse(payload)
+            parsed = _HANDLER.parse(payload)
         except handler_module.RequestError as exc:
             if not str(exc):
                 raise InvariantViolation("RequestError without a message") from exc
             continue
-        if clips.dtype != np.uint8 or clips.shape[1:] != (CLIP_LEN, CROP, CROP, 3):
-            raise InvariantViolation(f"batch of {clips.dtype} {clips.shape}")
-        if clips.nbytes > _MAX_BATCH_BYTES:
-            raise InvariantViolation(f"batch of {clips.nbytes} bytes")
+        _check_batch(parsed)
 
 
 # --------------------------------------------------------------------------- #
