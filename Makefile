@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test lint test-slow clean
+.PHONY: venv serve test lint test-slow clean fuzz
 
 venv: $(STAMP)
 
@@ -31,3 +31,13 @@ test-slow: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Coverage-guided fuzzing (atheris) of every parser that sees untrusted bytes:
+# FUZZ_SECONDS per target; a crash stops the run and names the input file.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= npy video upload handler wire
+
+fuzz: venv
+	for t in $(FUZZ_TARGETS); do \
+		$(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

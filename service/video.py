@@ -30,9 +30,11 @@ What is accepted, and which error a rejected upload gets
   decode: an empty body, random bytes, text (always 400, whatever it contains,
   so text never reaches FFmpeg's subtitle/playlist parsers), a truncated or
   corrupt file (unreadable container, an incomplete packet or a decoder error
-  before the last frame needed), an ``.npy``
-  with the wrong dtype/rank/channels or a header that does not match its
-  payload, a body declared ``application/x-npy`` that is not an ``.npy``.
+  before the last frame needed), a stream whose codec has no decoder, an
+  ``.npy`` with a malformed header (parsed here, not by numpy: see
+  :func:`_parse_npy_header`), the wrong dtype/rank/channels or a header that
+  does not match its payload, a body declared ``application/x-npy`` that is not
+  an ``.npy``.
 * 413 :class:`LimitExceededError` -- over one of :class:`DecodeLimits`; each is
   checked *before* its memory or time is spent (see the class).
 
@@ -65,6 +67,7 @@ there (slightly off-centre); no container in the tests does that.
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import math
@@ -503,6 +506,107 @@ def decode_clip(
 # --------------------------------------------------------------------------- #
 # npy
 # --------------------------------------------------------------------------- #
+#: Largest .npy header accepted, in bytes (numpy's own reader defaults to the same
+#: bound; ``numpy.save`` writes under 128 bytes for a 4-d uint8 array).
+NPY_MAX_HEADER_BYTES = 10_000
+#: The spellings of uint8 a ``descr`` may use (byte order is meaningless for 1 byte).
+_NPY_UINT8_DESCRS = frozenset({"|u1", "<u1", ">u1", "=u1", "u1", "|B", "<B", ">B", "=B", "B"})
+_NPY_KEYS = ("descr", "fortran_order", "shape")
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    """A checked ``.npy`` header: uint8 data of ``shape`` starting at byte ``offset``."""
+
+    shape: tuple[int, ...]
+    fortran_order: bool
+    offset: int
+
+
+def _parse_npy_header(data: bytes) -> _NpyHeader:
+    """Parse and check an ``.npy`` header without numpy (nothing is allocated).
+
+    The layout (numpy's ``format`` module documentation): the magic ``\\x93NUMPY``,
+    a major and a minor version byte, the header length (little-endian uint16 for
+    version 1.0, uint32 for 2.0 and 3.0), then the header: a Python dict literal
+    (latin-1 for 1.0/2.0, UTF-8 for 3.0) with exactly the keys ``descr``,
+    ``fortran_order`` and ``shape``. The length is bounded by
+    :data:`NPY_MAX_HEADER_BYTES` before the header is read, the literal is read
+    with :func:`ast.literal_eval` (no code runs), and the dtype must be uint8:
+    other descriptors are refused by name, never handed to ``numpy.dtype``.
+
+    Raises:
+        BadVideoError: on anything malformed, with what is wrong.
+    """
+    prefix = len(NPY_MAGIC) + 2
+    if len(data) < prefix:
+        raise BadVideoError(
+            f"the .npy is truncated: {len(data)} bytes, not even the magic and version"
+        )
+    major, minor = data[len(NPY_MAGIC)], data[len(NPY_MAGIC) + 1]
+    if (major, minor) not in ((1, 0), (2, 0), (3, 0)):
+        raise BadVideoError(
+            f"unsupported .npy format version {major}.{minor} (1.0, 2.0 or 3.0); use numpy.save"
+        )
+    size_bytes = 2 if major == 1 else 4
+    if len(data) < prefix + size_bytes:
+        raise BadVideoError("the .npy is truncated inside its header length field")
+    header_len = int.from_bytes(data[prefix : prefix + size_bytes], "little")
+    if header_len > NPY_MAX_HEADER_BYTES:
+        raise BadVideoError(
+            f"malformed .npy header: the header length is {header_len} bytes, over"
+            f" {NPY_MAX_HEADER_BYTES}; write the clip with numpy.save"
+        )
+    offset = prefix + size_bytes + header_len
+    if len(data) < offset:
+        raise BadVideoError(
+            f"the .npy is truncated inside its header: {header_len} header bytes declared,"
+            f" {len(data) - prefix - size_bytes} present"
+        )
+    raw = data[prefix + size_bytes : offset]
+    try:
+        text = raw.decode("utf-8" if major == 3 else "latin-1")
+    except UnicodeDecodeError as exc:
+        raise BadVideoError(f"malformed .npy header: not UTF-8 ({exc.reason})") from exc
+    try:
+        header = ast.literal_eval(text.strip())
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:
+        reason = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+        raise BadVideoError(
+            f"malformed .npy header: it is not a Python dict literal ({reason}); write the clip"
+            " with numpy.save"
+        ) from exc
+    if not isinstance(header, dict):
+        raise BadVideoError(
+            f"malformed .npy header: expected a dict, got a {type(header).__name__}"
+        )
+    if sorted(header, key=repr) != sorted(_NPY_KEYS, key=repr):
+        keys = sorted(repr(k) for k in header)
+        raise BadVideoError(
+            f"malformed .npy header: the keys must be exactly descr, fortran_order and shape,"
+            f" got {', '.join(keys) or 'none'}"
+        )
+    descr, fortran_order, shape = (header[key] for key in _NPY_KEYS)
+    if not isinstance(fortran_order, bool):
+        raise BadVideoError(
+            f"malformed .npy header: fortran_order must be a bool, got {fortran_order!r:.40}"
+        )
+    if not isinstance(shape, tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in shape
+    ):
+        raise BadVideoError(
+            f"malformed .npy header: shape must be a tuple of ints, got {shape!r:.80}"
+        )
+    if any(v < 0 for v in shape):
+        raise BadVideoError(f"malformed .npy header: every dimension must be >= 0, got {shape}")
+    if not isinstance(descr, str) or descr not in _NPY_UINT8_DESCRS:
+        raise BadVideoError(
+            f"an .npy clip must be uint8 [T, H, W, 3] RGB 0..255, got dtype {descr!r:.60}:"
+            " wrong dtype (convert with array.astype(np.uint8))"
+        )
+    return _NpyHeader(shape=shape, fortran_order=fortran_order, offset=offset)
+
+
 def _decode_npy(
     data: bytes, clip_len: int, frame_interval: int, geometry: _Geometry, budget: _Budget
 ) -> DecodedClip:
@@ -510,22 +614,9 @@ def _decode_npy(
     passed through bit-exact or sampled/resized/cropped like a video."""
     limits = budget.limits
     crop_size = geometry.crop_size
-    stream = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise BadVideoError(f"unsupported .npy format version {version}; use numpy.save")
-    except VideoError:
-        raise
-    except (ValueError, EOFError, SyntaxError) as exc:
-        raise BadVideoError(f"malformed .npy header: {exc}") from exc
-    expected = f"an .npy clip must be uint8 [T, H, W, 3] RGB 0..255, got {dtype} {shape}"
-    if dtype != np.dtype(np.uint8):
-        raise BadVideoError(f"{expected}: wrong dtype (convert with array.astype(np.uint8))")
+    header = _parse_npy_header(data)
+    shape, fortran_order = header.shape, header.fortran_order
+    expected = f"an .npy clip must be uint8 [T, H, W, 3] RGB 0..255, got uint8 {shape}"
     if len(shape) != 4:
         raise BadVideoError(f"{expected}: wrong number of dimensions")
     if shape[-1] != 3:
@@ -542,7 +633,7 @@ def _decode_npy(
             f"the .npy holds {t} frames, over max_frames={limits.max_frames}; send at most"
             f" {limits.max_frames} frames",
         )
-    offset = stream.tell()
+    offset = header.offset
     declared = math.prod((t, h, w, 3))
     if declared != len(data) - offset:
         raise BadVideoError(
@@ -651,6 +742,10 @@ class _VideoDecoder:
             raise BadVideoError(f"the container holds no streams; {_ACCEPTED}")
         stream = videos[0]
         ctx = stream.codec_context
+        if ctx is None:  # FFmpeg has no decoder for the stream's codec (or its id is garbage)
+            raise BadVideoError(
+                f"the video stream's codec is unknown or has no decoder here; {_ACCEPTED}"
+            )
         self.format_name = container.format.name
         self.codec_name = ctx.name
         if ctx.width and ctx.height:

@@ -25,6 +25,7 @@ from service.gateway.metrics import GatewayMetrics
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.pipeline import Pipeline
 from service.gateway.routes import classify, health, models
+from service.gateway.schemas import CLASSIFY_RESPONSES, MODELS_RESPONSES
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    app.include_router(classify.router)
-    app.include_router(models.router)
+    # The routes' responses are documented in one place (schemas.py); the router-level
+    # entries fill in what a route leaves out.
+    app.include_router(classify.router, responses=CLASSIFY_RESPONSES)
+    app.include_router(models.router, responses=MODELS_RESPONSES)
     app.include_router(health.router)
     return app
 

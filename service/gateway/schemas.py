@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from service.gateway.pipeline import Verdict
@@ -98,3 +100,74 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- #
+# Documented responses (OpenAPI): the one place that lists what each operation answers
+# --------------------------------------------------------------------------- #
+#: Every error status the gateway answers, with its codes (body: :class:`ErrorBody`).
+ERROR_STATUSES: dict[int, str] = {
+    400: "Bad upload: `empty_upload`, `missing_file`, `bad_multipart`, `bad_video` (empty,"
+    " undecodable, corrupt or text body, malformed .npy header, wrong .npy dtype/shape).",
+    403: "`research_mode_required`: a research-only parameter (defense, ensemble, h1, h2,"
+    " seed) sent to a production gateway.",
+    404: "`model_not_found`: no served model has that name.",
+    408: "`upload_timeout`: the upload did not arrive within the upload timeout; the"
+    " connection is closed.",
+    413: "Over a limit: `upload_too_large` (the connection is closed), `video_too_large`,"
+    " `frame_too_large`, `too_many_frames`, `decode_timeout`.",
+    415: "`not_a_video`: a still image, or media without a video stream.",
+    422: "`invalid_parameter`: a query parameter out of range or of the wrong type. FastAPI's"
+    " own validation errors are rewritten to this body (not FastAPI's `detail` list); the"
+    " message names each offending parameter.",
+    429: "`overloaded` (the gateway's queue is full) or `backend_overloaded` (the backend's);"
+    " retry after `Retry-After` seconds.",
+    502: "`backend_error`: the model backend answered something the gateway cannot use.",
+    503: "`backend_unavailable` (classify, models) or `not_ready` (readyz): the backend is"
+    " unreachable or has no ready worker; retry after `Retry-After` seconds.",
+    504: "`backend_timeout`: the model backend did not answer in time.",
+}
+#: statuses always answered with a ``Retry-After`` header (seconds)
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+_RETRY_AFTER_HEADER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` entries for ``statuses``: the JSON :class:`ErrorBody`, what
+    each status means, and the ``Retry-After`` header where it is always sent."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
+        if status in RETRY_AFTER_STATUSES:
+            entry["headers"] = _RETRY_AFTER_HEADER
+        out[status] = entry
+    return out
+
+
+#: ``POST /v1/classify``: the answer of either mode, and every error it can get
+CLASSIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": ResearchClassifyResponse | ClassifyResponse,
+        "description": "Production mode returns only label, label_index, model, request_id"
+        " and timings_ms (ClassifyResponse); research mode returns every field"
+        " (ResearchClassifyResponse).",
+    },
+    **error_responses(400, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504),
+}
+#: ``GET /v1/models``: backend faults only (it takes no parameters)
+MODELS_RESPONSES = error_responses(502, 503, 504)
+#: ``GET /readyz``: not ready
+READYZ_RESPONSES = error_responses(503)
+#: ``GET /metrics``: Prometheus' text format, not JSON
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}

@@ -149,19 +149,25 @@ async def read_upload(
         if not boundary:
             raise BadMultipart("multipart/form-data without a boundary; let the client set it")
         collector = _FilePart(max_bytes)
-        parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": collector.on_part_begin,
-                "on_part_data": collector.on_part_data,
-                "on_part_end": collector.on_part_end,
-                "on_header_field": collector.on_header_field,
-                "on_header_value": collector.on_header_value,
-                "on_header_end": collector.on_header_end,
-                "on_headers_finished": collector.on_headers_finished,
-            },
-            max_size=body_limit,
-        )
+        try:
+            parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": collector.on_part_begin,
+                    "on_part_data": collector.on_part_data,
+                    "on_part_end": collector.on_part_end,
+                    "on_header_field": collector.on_header_field,
+                    "on_header_value": collector.on_header_value,
+                    "on_header_end": collector.on_header_end,
+                    "on_headers_finished": collector.on_headers_finished,
+                },
+                max_size=body_limit,
+            )
+        except FormParserError as exc:  # e.g. a boundary over python-multipart's 256 bytes
+            raise BadMultipart(
+                f"multipart/form-data with an unusable boundary ({exc}); RFC 2046 boundaries"
+                " are 1 to 70 characters, let the client set it"
+            ) from None
 
     raw = bytearray()
     received = 0

@@ -6,6 +6,7 @@ stays ready afterwards.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from service.torchserve_proc import TorchServeProcess
+from service.video import NPY_MAGIC
 from tests import media
+from tests.fuzz import targets as fuzz_targets
 from tests.integration.helpers import (
     TINY,
     Blackhole,
@@ -32,6 +35,12 @@ from tests.integration.helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MP4 = media.write_kind(None, color_frames("red", t=24, h=64, w=96), "mp4_h264")
+
+
+def _npy_with_header(header: str) -> bytes:
+    """A v1.0 .npy with ``header`` as its header text and a 16x64x64x3 payload."""
+    raw = (header + " " * (64 - (len(header) + 11) % 64) + "\n").encode("latin-1")
+    return b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + bytes(16 * 64 * 64 * 3)
 
 
 def _bad_inputs() -> dict[str, tuple[Callable[[], bytes], int, str]]:
@@ -71,6 +80,14 @@ def _bad_inputs() -> dict[str, tuple[Callable[[], bytes], int, str]]:
             400,
             "bad_video",
         ),
+        "npy header with an unclosed bracket": (  # was a 500 (numpy's tokenize.TokenError)
+            lambda: _npy_with_header(
+                "{'descr': '|u1', 'fortran_order': False, 'shape': (16, 64, 64, 3 }"
+            ),
+            400,
+            "bad_video",
+        ),
+        "npy header that is not a dict": (lambda: _npy_with_header("[1, 2"), 400, "bad_video"),
         "huge frame dimensions": (
             lambda: media.npy_header_only((16, 8000, 8000, 3)),
             413,
@@ -260,3 +277,74 @@ def test_gateway_recovers_by_itself_when_the_backend_comes_back(
     finally:
         inference.close()
         management.close()
+
+
+def _worker_pids(torchserve: TorchServeProcess, client: httpx.Client) -> list[int]:
+    described = client.get(f"{torchserve.management_url}/models/{TINY}").json()
+    return sorted(int(w["pid"]) for entry in described for w in entry["workers"])
+
+
+def _bad_batches() -> dict[str, bytes]:
+    good = media.npy_bytes(np.zeros((2, 8, 32, 32, 3), np.uint8))
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 8, 32, 32, 3 }"
+    return {
+        "empty": b"",
+        "not npy": b"hello, not an array",
+        "magic only": b"\x93NUMPY",
+        "unclosed bracket": _npy_with_header(header),
+        "truncated data": good[:-100],
+        "wrong dtype": media.npy_bytes(np.zeros((2, 8, 32, 32, 3), np.float32)),
+        "wrong shape": media.npy_bytes(np.zeros((2, 8, 16, 16, 3), np.uint8)),
+        "zero clips": media.npy_bytes(np.zeros((0, 8, 32, 32, 3), np.uint8)),
+        "huge declared shape": media.npy_header_only((10**6, 8, 32, 32, 3)),
+        "pickled objects": pickled.getvalue(),
+    }
+
+
+def test_bad_batches_straight_to_torchserve_get_400_json_and_no_worker_restart(
+    torchserve: TorchServeProcess, client: httpx.Client
+) -> None:
+    wait_until(lambda: len(_worker_pids(torchserve, client)) > 0, 60)
+    before = _worker_pids(torchserve, client)
+    url = f"{torchserve.inference_url}/predictions/{TINY}"
+    for name, body in _bad_batches().items():
+        r = client.post(url, content=body, headers={"Content-Type": "application/x-npy"})
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "bad_batch", (name, r.text)
+    good = media.npy_bytes(np.zeros((2, 8, 32, 32, 3), np.uint8))
+    r = client.post(url, content=good, headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 200
+    assert _worker_pids(torchserve, client) == before  # the same worker(s), none restarted
+
+
+def _fuzz_findings() -> dict[str, tuple[bytes, str | None]]:
+    """The committed fuzz corpus as request bodies (and Content-Types) for the gateway."""
+    found: dict[str, tuple[bytes, str | None]] = {}
+    for path in sorted(fuzz_targets.CORPUS.glob("*/*")):
+        data, ctype = path.read_bytes(), None
+        if path.parent.name == "npy":
+            data = NPY_MAGIC + data
+        elif path.parent.name == "upload":
+            head, data = fuzz_targets.split_upload(data)
+            ctype, data = head.decode("latin-1"), b"".join(data)
+        elif path.parent.name != "video":
+            continue
+        found[f"{path.parent.name}/{path.name}"] = (data, ctype)
+    return found
+
+
+FINDINGS = _fuzz_findings()
+
+
+@pytest.mark.parametrize("name", list(FINDINGS))
+def test_fuzz_findings_get_a_4xx_through_the_gateway(
+    name: str, research_gateway: Gateway, client: httpx.Client
+) -> None:
+    body, ctype = FINDINGS[name]
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = client.post(f"{research_gateway.url}/v1/classify", content=body, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["message"]
+    assert client.get(f"{research_gateway.url}/readyz").status_code == 200

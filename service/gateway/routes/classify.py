@@ -21,7 +21,7 @@ from service.gateway.errors import BackendError, ModelNotFound, ResearchModeRequ
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.middleware import CLASSIFY_PATH, RequestInfo, request_info
 from service.gateway.pipeline import MAX_SEED, ClassifyParams, Verdict
-from service.gateway.schemas import ErrorBody, ResearchClassifyResponse, classify_body
+from service.gateway.schemas import classify_body
 from service.gateway.upload import read_upload
 
 router = APIRouter(tags=["classify"])
@@ -66,17 +66,7 @@ def enforce_parameter_policy(request: Request, settings: SettingsDep) -> None:
     summary="Classify a clip with the temporal-shuffling ensemble",
     dependencies=[Depends(enforce_parameter_policy)],
     response_model=None,
-    responses={
-        200: {
-            "model": ResearchClassifyResponse,
-            "description": "Production mode returns only label, label_index, model, "
-            "request_id and timings_ms; research mode returns every field.",
-        },
-        **{
-            code: {"model": ErrorBody}
-            for code in (400, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504)
-        },
-    },
+    responses={},  # all documented by the app: schemas.CLASSIFY_RESPONSES
     openapi_extra=_BODY_DOC,
 )
 async def classify(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.gateway.deps import CatalogDep, MetricsDep, SettingsDep
 from service.gateway.errors import error_response
 from service.gateway.metrics import CONTENT_TYPE_LATEST
+from service.gateway.schemas import METRICS_RESPONSES, READYZ_RESPONSES
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +21,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="The backend is reachable and the default model has a ready worker",
-    responses={503: {"description": "not ready (Retry-After set)"}},
+    responses=READYZ_RESPONSES,
 )
 async def readyz(catalog: CatalogDep, settings: SettingsDep) -> JSONResponse:
     if await catalog.ready():
@@ -34,6 +35,11 @@ async def readyz(catalog: CatalogDep, settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics (text format)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=PlainTextResponse,
+    responses=METRICS_RESPONSES,
+)
 async def metrics(metrics: MetricsDep) -> Response:
     return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)

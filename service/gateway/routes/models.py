@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.gateway.deps import CatalogDep
-from service.gateway.schemas import ErrorBody, ModelList
+from service.gateway.schemas import ModelList
 
 router = APIRouter(tags=["models"])
 
@@ -14,7 +14,7 @@ router = APIRouter(tags=["models"])
     "/v1/models",
     response_model=ModelList,
     summary="List the served models",
-    responses={503: {"model": ErrorBody}, 504: {"model": ErrorBody}},
+    responses={},  # documented by the app: schemas.MODELS_RESPONSES
 )
 async def list_models(catalog: CatalogDep) -> dict[str, object]:
     metas = await catalog.all_models()
