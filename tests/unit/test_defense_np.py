@@ -132,9 +132,7 @@ def test_early_stop_gives_the_full_vote(
     """Random vote sequences (many ties: coarse logits) and thresholds: the stopped
     vote's label and suspected flag always equal the full vote's."""
     votes = data.draw(st.lists(st.integers(0, K - 1), min_size=N, max_size=N))
-    margins = data.draw(
-        st.lists(st.sampled_from([0.5, 1.0, 2.0, 4.0]), min_size=N, max_size=N)
-    )
+    margins = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, 4.0]), min_size=N, max_size=N))
     logits = np.zeros((N, K), np.float32)
     logits[np.arange(N), votes] = margins
     undefended = data.draw(st.integers(0, K - 1))
