@@ -23,8 +23,9 @@ copy), and every index is checked to lie in ``[0, T)``.
 
 * inference response body: one ``.npy`` float32 ``[B or R, K]`` of logits;
 * describe (``GET /models/{name}?customized=true``): ``customizedMetadata`` is
-  ``meta.json`` (TorchServe 0.12 parses the JSON string the handler returns and
-  embeds it as an object; older versions pass the string through).
+  ``meta.json`` plus ``wire_modes`` (``["copy", "index"]``: the layouts this
+  handler parses). TorchServe 0.12 parses the JSON string the handler returns and
+  embeds it as an object; older versions pass the string through.
 
 With server-side batching (``batchSize`` > 1 in the archive's model-config),
 TorchServe hands several requests to :meth:`ShuffleGuardHandler.handle` at once:
@@ -61,6 +62,8 @@ MAX_REQUEST_CLIPS = 128
 #: longest npy header accepted (numpy writes 64..128 bytes for these arrays)
 MAX_NPY_HEADER_BYTES = 1024
 NPY_CONTENT_TYPE = "application/x-npy"
+#: request body layouts this handler parses (see the module docstring)
+WIRE_MODES = ("copy", "index")
 #: threads for a CPU gather (default: torch's intra-op threads)
 GATHER_THREADS = int(os.environ.get("SHUFFLEGUARD_GATHER_THREADS", "0")) or None
 #: below this many output bytes a CPU gather runs on one thread
@@ -408,7 +411,9 @@ class ShuffleGuardHandler:
     # ---------------------------------------------------------------- entry
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         if context is not None and context.get_request_header(0, "describe") == "True":
-            return [json.dumps(self.meta)]
+            # wire_modes: what this handler parses (an archive built before index mode
+            # lacks it, and the gateway then sends copies)
+            return [json.dumps({**self.meta, "wire_modes": list(WIRE_MODES)})]
         start = time.perf_counter()
         parsed: list[ClipRequest | None] = []
         for idx, request in enumerate(data):

@@ -49,7 +49,7 @@ from service.gateway.schemas import MAX_SEED, ClassifyRequest
 from service.gateway.upload import Upload
 from service.video import DecodeLimits, VideoError, decode_clip
 
-__all__ = ["MAX_SEED", "Effective", "Pipeline", "Verdict", "build_batch"]
+__all__ = ["MAX_SEED", "Effective", "Pipeline", "Verdict", "build_batch", "index_mode_served"]
 
 R = TypeVar("R")
 
@@ -333,6 +333,13 @@ class Pipeline:
         ).frames
 
 
+def index_mode_served(meta: ModelMeta) -> bool:
+    """Whether the model's handler parses index-mode bodies (it says so in its
+    description); archives built before index mode are sent copies."""
+    modes = meta.extra.get("wire_modes")
+    return isinstance(modes, list) and "index" in modes
+
+
 class _Rounds:
     """The backend calls of one request: each sends rows of frame indices, in the
     pipeline's ``shuffle_mode``, and counts rounds, bytes and time."""
@@ -356,7 +363,7 @@ class _Rounds:
     async def send(self, rows: np.ndarray) -> np.ndarray:
         """Logits ``[R, K]`` of the clips ``frames[rows[r]]``; ``rows`` int64 ``[R, T]``."""
         backend, name = self.pipeline.backend, self.meta.name
-        if self.pipeline.settings.shuffle_mode == "index":
+        if self.pipeline.settings.shuffle_mode == "index" and index_mode_served(self.meta):
             t = time.perf_counter()
             logits = await backend.infer_indexed(name, self.frames, rows, headers=self.headers)
             self.bytes_sent += self.frames.nbytes + rows.nbytes

@@ -32,6 +32,7 @@ META = ModelMeta(
     crop_size=4,
     labels=("a", "b", "c"),
     preset=ShufflePreset(h1=2, h2=1, ensemble=10),
+    extra={"wire_modes": ["copy", "index"]},
 )
 
 
@@ -199,6 +200,20 @@ def test_unanimous_clip_takes_one_round_and_index_mode_sends_the_clip_once() -> 
     copy = _pipeline(backend, shuffle_mode="copy")
     verdict = _classify(copy, clip, params)
     assert verdict.backend_bytes == 7 * clip.nbytes  # type: ignore[attr-defined]
+
+
+def test_an_archive_without_index_mode_is_sent_copies() -> None:
+    backend = HandlerBackend(FrameNet(0), META)
+    old = ModelMeta(**{**META.__dict__, "extra": {}})
+    clip = np.full((8, 4, 4, 3), 200, np.uint8)
+    upload = Upload(data=media.npy_bytes(clip), content_type="application/x-npy")
+    params = Effective(ensemble=4, h1=2, h2=1, seed=1, defense=True, early_stop=False)
+
+    async def go() -> object:
+        return await _pipeline(backend).classify(upload, params, old)
+
+    verdict = anyio.run(go)
+    assert verdict.backend_bytes == 5 * clip.nbytes  # type: ignore[attr-defined]
 
 
 def test_index_and_copy_mode_agree_bit_for_bit() -> None:
