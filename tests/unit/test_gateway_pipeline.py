@@ -223,3 +223,11 @@ def test_index_and_copy_mode_agree_bit_for_bit() -> None:
     a = _classify(_pipeline(backend, shuffle_mode="index"), clip, params)
     b = _classify(_pipeline(backend, shuffle_mode="copy"), clip, params)
     assert a.votes == b.votes and a.confidence == b.confidence  # type: ignore[attr-defined]
+
+
+def test_the_gateway_imports_torch_only_through_video_decoding() -> None:
+    """Indices, wire, vote and HTTP need no torch: the one module of the gateway's that
+    imports it is service.video (its resize). Checked in a fresh interpreter."""
+    from service.bench.serve import torch_importers
+
+    assert torch_importers() == ["service.video"]
