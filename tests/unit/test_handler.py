@@ -139,3 +139,12 @@ def test_threaded_gather_equals_one_take(threads: int) -> None:
     np.testing.assert_array_equal(out.numpy(), clip[idx])
     tensor_out = gather_frames(torch.from_numpy(clip), idx, threads=threads)
     assert torch.equal(tensor_out, out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gather_on_the_gpu_equals_the_cpu_one() -> None:
+    clip = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    idx = ensemble_indices(16, 3, 2, 10, seed=2)
+    on_gpu = gather_frames(torch.from_numpy(clip).cuda(), idx)
+    assert on_gpu.device.type == "cuda"
+    np.testing.assert_array_equal(on_gpu.cpu().numpy(), clip[idx])
