@@ -11,7 +11,7 @@ One run, one machine, one TorchServe, two research-mode gateways in front of it
 * ``index_early`` -- index mode with early stopping (the default).
 
 Per size (``toy``: the shipped ``toy_r3d18.mar``, 16 x 64 x 64, on clean toy
-clips; ``full``: a random-init torchvision ``r3d_18`` archived at 32 x 224 x 224,
+clips; ``full``: the ``r3d_18`` family, random init, archived at 32 x 224 x 224,
 built here, on a synthetic clip):
 
 1. latency: ``--requests`` rounds, each sends one request per mode in a shuffled
@@ -274,38 +274,27 @@ def _dir_mb(path: Path) -> float:
 # models and clips
 # --------------------------------------------------------------------------- #
 def build_full_size_archive(store: Path) -> Path:
-    """A random-init torchvision ``r3d_18`` (Kinetics-400 head, pixel normalization
-    inside), archived for 32 x 224 x 224 clips. For speed measurements only."""
-    import torch
-    from torchvision.models.video import r3d_18
+    """The ``r3d_18`` family (torchvision's builder, :mod:`service.models.families`),
+    random init, archived for 32 x 224 x 224 clips with the I3D preset (h1 3, h2 4,
+    N 10; torchvision's families have no paper preset). For speed measurements only."""
+    from service.archive import FamilyArchiveConfig, archive_family
 
-    from service.archive import build_mar
-
-    class Normalized(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = r3d_18(weights=None)
-            self.register_buffer(
-                "mean", torch.tensor([0.43216, 0.394666, 0.37645]).view(3, 1, 1, 1)
-            )
-            self.register_buffer("std", torch.tensor([0.22803, 0.22145, 0.216989]).view(3, 1, 1, 1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean, std = self.get_buffer("mean"), self.get_buffer("std")
-            return self.net((x - mean) / std)
-
-    meta = {
-        "name": FULL_NAME,
-        "arch": "r3d_18",
-        "clip_len": 32,
-        "frame_interval": 1,
-        "crop_size": 224,
-        "labels": [f"class_{k}" for k in range(400)],
-        "preset": {"h1": 3, "h2": 4, "ensemble": 10},
-        "weights": "random",
-    }
-    return build_mar(Normalized().eval(), meta, store, batch_size=1, response_timeout_s=1800)
+    return archive_family(
+        FamilyArchiveConfig(
+            family="r3d_18",
+            name=FULL_NAME,
+            out=store,
+            random_init=True,
+            labels="kinetics400",
+            h1=3,
+            h2=4,
+            ensemble=10,
+            clip_len=32,
+            crop_size=224,
+            batch_size=1,
+            response_timeout_s=1800,
+        )
+    )
 
 
 def toy_clips(mar: Path, count: int, seed: int) -> tuple[list[np.ndarray], dict[str, Any]]:
