@@ -13,9 +13,8 @@ threshold outside [0, 1], a limit of zero.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import httpx
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -104,8 +103,19 @@ class Settings(BaseSettings):
     suspicion_threshold: float = Field(
         default=0.5, ge=0.0, le=1.0, description="vote share under this: suspected_adversarial"
     )
-    device: str = Field(
-        default="auto", description="where shuffles are gathered: auto (GPU if any), cpu, cuda[:N]"
+    shuffle_mode: Literal["index", "copy"] = Field(
+        default="index",
+        description="index: send the backend the clip once plus the [N + 1, T] frame indices "
+        "and let it gather the shuffled copies on its device; copy: gather the N + 1 copies "
+        "here and send them all (N + 1 times the bytes; see docs/benchmarks.md)",
+    )
+    early_stop: bool = Field(
+        default=True,
+        description="classify the shuffled copies in rounds and stop once the vote's label and "
+        "suspected flag cannot change (same result as the full vote, fewer copies)",
+    )
+    early_stop_max_rounds: int = Field(
+        default=3, ge=1, le=MAX_ENSEMBLE, description="backend rounds per request at most"
     )
 
     # ---------------------------------------------------------------- limits
@@ -125,7 +135,7 @@ class Settings(BaseSettings):
     max_frames: PositiveInt = Field(default=3000, description="frames decoded per upload")
     max_decode_seconds: PositiveFloat = Field(default=30.0, description="decode time per upload")
     decode_threads: PositiveInt = Field(
-        default=2, description="threads for blocking work (decoding, shuffling)"
+        default=2, description="threads for blocking work (decoding, copy-mode gathers)"
     )
 
     # ---------------------------------------------------------------- serve
@@ -146,13 +156,6 @@ class Settings(BaseSettings):
     @classmethod
     def _check_url(cls, value: str, info: ValidationInfo) -> str:
         return normalize_url(value, name=info.field_name or "url")
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
 
     @field_validator("log_level")
     @classmethod

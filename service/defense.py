@@ -1,7 +1,9 @@
 """Temporal-shuffling defense core (paper Sec. 5.1, Algorithm 1).
 
-Pure tensor maths: this module imports torch only, so it can be used from a
-notebook, the gateway, the TorchServe handler and the attack harness alike.
+Pure tensor maths: this module imports torch and numpy only, so it can be used
+from a notebook and the attack harness alike. Algorithm 1's index maths, the
+presets and the gateway's vote live in :mod:`service.defense_np` (numpy only, so
+the gateway needs no torch for them); :func:`shuffle_indices` wraps it.
 
 Conventions
 -----------
@@ -15,10 +17,17 @@ Conventions
 
 from __future__ import annotations
 
-import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
+
+from service.defense_np import (
+    ShufflePreset,
+    check_shuffle_args,
+    indices_from_uniforms,
+    num_groups,
+    source_window,
+)
 
 __all__ = [
     "PRESETS",
@@ -38,26 +47,6 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 # Presets (paper Sec. 5.2)
 # --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class ShufflePreset:
-    """Defense hyper-parameters: window ``h1``, group length ``h2``, ensemble size."""
-
-    h1: int
-    h2: int
-    ensemble: int = 10
-
-    def __post_init__(self) -> None:
-        if self.h1 < 0:
-            raise ValueError(f"h1 must be >= 0, got {self.h1}")
-        if self.h2 < 1:
-            raise ValueError(f"h2 must be >= 1, got {self.h2}")
-        if self.ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
 #: The paper's per-architecture presets (Sec. 5.2), all with an ensemble of 10.
 PRESETS: dict[str, ShufflePreset] = {
     "i3d": ShufflePreset(h1=3, h2=4, ensemble=10),
@@ -96,16 +85,6 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 # --------------------------------------------------------------------------- #
 # Algorithm 1
 # --------------------------------------------------------------------------- #
-def source_window(t: int, T: int, h1: int, h2: int) -> tuple[int, int]:
-    """Inclusive 0-based window ``[lo, hi]`` of source starts for the group at ``t``.
-
-    This is the paper's ``[max(t-h1, 1), min(t+h1, T-h2+1)]`` shifted to 0-based
-    indices; the group start ``t`` itself is excluded by the caller. ``hi < lo``
-    means the window is empty.
-    """
-    return max(t - h1, 0), min(t + h1, T - h2)
-
-
 def shuffle_indices(
     T: int,
     h1: int,
@@ -116,96 +95,31 @@ def shuffle_indices(
 ) -> torch.Tensor:
     """Draw ``n`` temporal shuffles of a ``T``-frame clip (paper Algorithm 1).
 
-    Walk the group starts ``t = 0, h2, 2*h2, ...``. For each, draw ``t'``
-    uniformly from ``[max(t-h1, 0), min(t+h1, T-h2)]`` without ``t`` itself, and
-    copy source frames ``t'..t'+h2-1`` to output positions ``t..t+h2-1``;
-    positions past ``T-1`` are dropped. Draws are independent across groups
-    and across the ``n`` shuffles (sources may repeat: it is a resampling, not
-    a permutation).
-
-    Defined edge cases (no loops, so nothing can spin forever):
-
-    * **Empty window** -- the window holds no start other than ``t`` (``h1 = 0``;
-      ``T < h2``; or, for the last group when ``T`` is not a multiple of ``h2``,
-      ``t - h1 > T - h2``): that group keeps its own frames ``t..t+h2-1`` (the
-      identity). With ``h1 = 0`` the whole shuffle is the identity.
-    * ``T`` not a multiple of ``h2``: the last group is cut at ``T``; its source
-      run is still a full in-bounds run of ``h2`` frames when the window is not
-      empty.
-
-    Every returned index lies in ``[0, T)``.
+    A thin torch wrapper of the one implementation,
+    :func:`service.defense_np.indices_from_uniforms` (its docstring states the
+    semantics and the edge cases): the ``n x ceil(T / h2)`` uniform draws come from
+    ``generator`` (``torch.rand``, float64), so a seeded generator gives the same
+    shuffles as it always has. Every returned index lies in ``[0, T)``.
 
     Args:
         T: number of frames (>= 1).
         h1: half-width of the source window (>= 0).
         h2: length of the copied run of consecutive frames (>= 1).
         n: number of independent shuffles (>= 1).
-        generator: source of randomness (CPU generator unless ``device`` matches it).
+        generator: source of randomness (torch's default generator when None).
         device: where the returned indices live (default: the generator's device).
 
     Returns:
         int64 tensor ``[n, T]``.
     """
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
-    if h1 < 0:
-        raise ValueError(f"h1 must be >= 0, got {h1}")
-    if h2 < 1:
-        raise ValueError(f"h2 must be >= 1, got {h2}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    check_shuffle_args(T, h1, h2, n)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     out_device = torch.device(device) if device is not None else gen_device
-
-    plan = _shuffle_plan(T, h1, h2, str(gen_device))
-    # One uniform draw per (shuffle, group). float64 keeps floor(u * count)
-    # unbiased for any window a clip can have; the clamp guards u*count rounding
-    # up to count.
     u = torch.rand(
-        (n, plan.count.numel()), generator=generator, dtype=torch.float64, device=gen_device
+        (n, num_groups(T, h2)), generator=generator, dtype=torch.float64, device=gen_device
     )
-    pick = torch.minimum((u * plan.count).long(), plan.last)
-    src = plan.table[plan.group_ids, pick]  # [n, G] source starts
-    idx = src[:, plan.group_of_pos] + plan.offset_in_group
-    return idx if out_device == gen_device else idx.to(out_device)
-
-
-@dataclass(frozen=True)
-class _ShufflePlan:
-    """Everything about Algorithm 1 that depends only on ``(T, h1, h2)``.
-
-    ``table[g, :count[g]]`` lists group ``g``'s candidate source starts (its
-    window minus ``t``); a group with an empty window has the single candidate
-    ``t`` (identity) and ``count = 1``.
-    """
-
-    table: torch.Tensor  # [G, W] int64
-    count: torch.Tensor  # [G] float64, >= 1
-    last: torch.Tensor  # [G] int64, count - 1
-    group_ids: torch.Tensor  # [1, G] int64
-    group_of_pos: torch.Tensor  # [T] int64
-    offset_in_group: torch.Tensor  # [T] int64
-
-
-@functools.lru_cache(maxsize=512)
-def _shuffle_plan(T: int, h1: int, h2: int, device: str) -> _ShufflePlan:
-    rows: list[list[int]] = []
-    for t in range(0, T, h2):
-        lo, hi = source_window(t, T, h1, h2)
-        rows.append([c for c in range(lo, hi + 1) if c != t] or [t])
-    width = max(len(r) for r in rows)
-    table = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.int64)
-    count = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    pos = torch.arange(T, dtype=torch.int64)
-    dev = torch.device(device)
-    return _ShufflePlan(
-        table=table.to(dev),
-        count=count.to(dev, torch.float64),
-        last=(count - 1).to(dev),
-        group_ids=torch.arange(len(rows), dtype=torch.int64).unsqueeze(0).to(dev),
-        group_of_pos=(pos // h2).to(dev),
-        offset_in_group=(pos % h2).to(dev),
-    )
+    idx = torch.from_numpy(indices_from_uniforms(T, h1, h2, u.cpu().numpy()))
+    return idx.to(out_device)
 
 
 def apply_shuffles(clip: torch.Tensor, indices: torch.Tensor, temporal_dim: int) -> torch.Tensor:

@@ -4,30 +4,50 @@ This file is packed into every ``.mar`` and runs inside TorchServe's Python
 worker, so it depends on torch and numpy only (never on the ``service``
 package): an archive loads on any TorchServe with torch installed.
 
-Protocol (see ``service/wire.py`` for the gateway's side):
+Protocol (``service/wire.py`` writes the gateway's side). An inference request
+body is one of:
 
-* inference request body: one ``.npy`` uint8 ``[B, T, H, W, 3]`` RGB 0..255;
-  ``T`` must equal ``meta.clip_len`` and ``H = W = meta.crop_size``;
-* inference response body: one ``.npy`` float32 ``[B, K]`` of logits;
+* **copy mode**: one ``.npy`` uint8 ``[B, T, H, W, 3]`` RGB 0..255, the clips
+  themselves;
+* **index mode**: two ``.npy`` arrays back to back, a uint8 ``[T, H, W, 3]`` clip
+  and little-endian int64 ``[R, T]`` frame indices; the handler gathers the ``R``
+  clips ``clip[indices[r]]`` on its device (the GPU when there is one) and
+  classifies them. This is the design's GPU-side temporal shuffling: the clip
+  crosses the wire once, not ``R`` times.
+
+In both, ``T`` must equal ``meta.clip_len`` and ``H = W = meta.crop_size``, and
+:meth:`ShuffleGuardHandler.parse` checks every declared dtype, shape and size
+against these and the request limits from the npy headers alone, before any
+memory is spent; the arrays are then read in place from the request body (no
+copy), and every index is checked to lie in ``[0, T)``.
+
+* inference response body: one ``.npy`` float32 ``[B or R, K]`` of logits;
 * describe (``GET /models/{name}?customized=true``): ``customizedMetadata`` is
-  ``meta.json`` (TorchServe 0.12 parses the JSON string the handler returns and
-  embeds it as an object; older versions pass the string through).
+  ``meta.json`` plus ``wire_modes`` (``["copy", "index"]``: the layouts this
+  handler parses). TorchServe 0.12 parses the JSON string the handler returns and
+  embeds it as an object; older versions pass the string through.
 
 With server-side batching (``batchSize`` > 1 in the archive's model-config),
 TorchServe hands several requests to :meth:`ShuffleGuardHandler.handle` at once:
 their clips are stacked into one forward pass (in chunks of at most
-``MAX_FORWARD_CLIPS``) and split back, one response per request. A malformed
-request gets a 400 of its own and does not fail its neighbours.
+``MAX_FORWARD_CLIPS``, gathered chunk by chunk) and split back, one response per
+request. A malformed request gets a 400 of its own and does not fail its
+neighbours.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import logging
 import os
+import threading
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,9 +57,17 @@ logger = logging.getLogger(__name__)
 
 #: clips per forward pass; bounds worker memory whatever the batch size
 MAX_FORWARD_CLIPS = int(os.environ.get("SHUFFLEGUARD_MAX_FORWARD_CLIPS", "64"))
-#: largest request accepted, in clips
+#: largest request accepted, in clips (copy mode) or index rows (index mode)
 MAX_REQUEST_CLIPS = 128
+#: longest npy header accepted (numpy writes 64..128 bytes for these arrays)
+MAX_NPY_HEADER_BYTES = 1024
 NPY_CONTENT_TYPE = "application/x-npy"
+#: request body layouts this handler parses (see the module docstring)
+WIRE_MODES = ("copy", "index")
+#: threads for a CPU gather (default: torch's intra-op threads)
+GATHER_THREADS = int(os.environ.get("SHUFFLEGUARD_GATHER_THREADS", "0")) or None
+#: below this many output bytes a CPU gather runs on one thread
+PARALLEL_GATHER_BYTES = 8 << 20
 
 
 class RequestError(ValueError):
@@ -64,6 +92,178 @@ def load_weights(path: str, fmt: str, device: torch.device) -> torch.nn.Module:
         # an exported program is already in inference form (eval() is unsupported on it)
         return torch.export.load(path).module().to(device)
     raise ValueError(f"unknown weights format {fmt!r} (torchscript or export)")
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """One validated inference request.
+
+    Copy mode: ``frames`` uint8 ``[B, T, H, W, 3]``, ``indices`` None. Index mode:
+    ``frames`` uint8 ``[T, H, W, 3]`` (one clip) and ``indices`` int64 ``[R, T]``
+    with every value in ``[0, T)``; row ``r`` of the request is
+    ``frames[indices[r]]``. Both arrays may be read-only views of the request body.
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        """Clips this request is answered for (rows of logits)."""
+        return int(self.frames.shape[0] if self.indices is None else self.indices.shape[0])
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """An npy array's header, read from the body without touching its data."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    start: int  # offset of the data in the body
+    end: int  # offset just past the data
+
+    def view(self, body: memoryview) -> np.ndarray:
+        """The array, read in place from ``body`` (no copy)."""
+        count = int(np.prod(self.shape, dtype=np.int64))
+        flat = np.frombuffer(body, dtype=self.dtype, count=count, offset=self.start)
+        return flat.reshape(self.shape)
+
+
+def read_npy_header(body: memoryview, offset: int) -> NpyHeader:
+    """Parse the npy header at ``body[offset:]``; RequestError on anything malformed.
+
+    Only the header's bytes are read (at most ``MAX_NPY_HEADER_BYTES``); the data
+    size it declares is checked against what the body holds, never allocated.
+    """
+    magic = bytes(body[offset : offset + 6])
+    if magic != b"\x93NUMPY":
+        where = "body" if offset == 0 else f"byte {offset} of the body"
+        raise RequestError(f"{where} is not an .npy array (no \\x93NUMPY magic)")
+    version = tuple(body[offset + 6 : offset + 8])
+    if version == (1, 0):
+        len_bytes = 2
+    elif version in ((2, 0), (3, 0)):
+        len_bytes = 4
+    else:
+        raise RequestError(f"unsupported .npy format version {version}")
+    raw_len = bytes(body[offset + 8 : offset + 8 + len_bytes])
+    if len(raw_len) != len_bytes:
+        raise RequestError("truncated .npy header")
+    header_len = int.from_bytes(raw_len, "little")
+    if header_len > MAX_NPY_HEADER_BYTES:
+        raise RequestError(f".npy header of {header_len} bytes (limit {MAX_NPY_HEADER_BYTES})")
+    start = offset + 8 + len_bytes + header_len
+    if start > len(body):
+        raise RequestError("truncated .npy header")
+    text = bytes(body[offset + 8 + len_bytes : start])
+    try:
+        header = ast.literal_eval(text.decode("latin1" if version != (3, 0) else "utf8"))
+    except Exception as exc:  # SyntaxError, ValueError, MemoryError, RecursionError, ...
+        raise RequestError(f"malformed .npy header: {type(exc).__name__}") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise RequestError("malformed .npy header: expected descr, fortran_order and shape")
+    shape = header["shape"]
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise RequestError(f"malformed .npy shape {shape!r}")
+    descr = header["descr"]
+    if not isinstance(descr, str) or descr not in ("|u1", "<u1", "<i8"):
+        raise RequestError(f"unsupported .npy dtype {descr!r} (expected |u1 or <i8)")
+    dtype = np.dtype(descr)
+    size = dtype.itemsize
+    for d in shape:
+        size *= d
+        if size > len(body):  # also keeps the product small
+            raise RequestError(
+                f".npy array {list(shape)} of {descr} needs more bytes than the body has"
+            )
+    if start + size > len(body):
+        raise RequestError(
+            f".npy array {list(shape)} of {descr} needs {size} bytes, the body has "
+            f"{len(body) - start} after its header"
+        )
+    return NpyHeader(dtype, tuple(shape), header["fortran_order"] is True, start, start + size)
+
+
+def check_npy(header: NpyHeader, dtype: np.dtype, what: str) -> None:
+    if header.dtype != dtype:
+        raise RequestError(f"{what} must be {dtype}, got {header.dtype}")
+    if header.fortran_order:
+        raise RequestError(f"{what} must be C-ordered (fortran_order False)")
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (a read-only request body is only read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array"
+        return torch.from_numpy(array)
+
+
+_pools_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _gather_pool(threads: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="gather")
+        return pool
+
+
+def gather_frames(
+    clip: np.ndarray | torch.Tensor, indices: np.ndarray, *, threads: int | None = None
+) -> torch.Tensor:
+    """Rows of whole frames: ``out[r, t] = clip[indices[r, t]]``.
+
+    Args:
+        clip: ``[T, *frame]`` (e.g. uint8 ``[T, H, W, 3]``), C-contiguous; a numpy
+            array (gathered on the CPU) or a tensor (gathered on its device).
+        indices: int64 ``[R, T]`` with values in ``[0, T)`` (checked by the caller).
+        threads: CPU threads (default ``SHUFFLEGUARD_GATHER_THREADS``, else torch's
+            intra-op threads); outputs under ``PARALLEL_GATHER_BYTES`` use one.
+
+    Returns:
+        ``[R, T, *frame]`` of ``clip``'s dtype, on ``clip``'s device.
+
+    Each frame moves as one contiguous block. On the CPU that is ``np.take`` on the
+    ``[T, frame bytes]`` view (a ``memcpy`` per frame), split into contiguous row
+    ranges over a thread pool, so it scales with threads like a plain copy does;
+    torch's element-wise ``index_select`` on uint8 did not (2.83x a bare copy on
+    16 threads, docs/benchmarks.md). On a GPU it is ``index_select`` on dim 0 of
+    the same 2-D view, which runs at copy speed there.
+    """
+    R, T = indices.shape
+    if isinstance(clip, torch.Tensor):
+        flat_idx = torch.from_numpy(np.ascontiguousarray(indices).reshape(-1))
+        if clip.device.type != "cpu":
+            flat_idx = flat_idx.to(clip.device, non_blocking=True)
+            rows = clip.reshape(T, -1).index_select(0, flat_idx)
+            return rows.view(R, *clip.shape)
+        clip = clip.numpy()
+    src = np.ascontiguousarray(clip).reshape(T, -1)
+    flat = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+    out = np.empty((flat.size, src.shape[1]), dtype=src.dtype)
+    n_threads = threads or GATHER_THREADS or torch.get_num_threads()
+    # mode="clip": the indices are already checked, and mode="raise" would copy
+    # through a temporary buffer
+    if n_threads <= 1 or out.nbytes < PARALLEL_GATHER_BYTES:
+        np.take(src, flat, axis=0, out=out, mode="clip")
+    else:
+        bounds = np.linspace(0, flat.size, n_threads + 1).astype(int)
+        pool = _gather_pool(n_threads)
+        jobs = [
+            pool.submit(np.take, src, flat[a:b], 0, out[a:b], "clip")
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            if b > a
+        ]
+        for job in jobs:
+            job.result()  # numpy's take releases the GIL while it copies
+    return torch.from_numpy(out).view(R, *clip.shape)
 
 
 class ShuffleGuardHandler:
@@ -102,53 +302,120 @@ class ShuffleGuardHandler:
         )
 
     # -------------------------------------------------------------- helpers
-    def parse(self, payload: Any) -> np.ndarray:
-        """Request payload -> uint8 ``[b, T, H, W, 3]`` checked against the model's meta."""
+    def parse(self, payload: Any) -> ClipRequest:
+        """Request bytes -> a validated :class:`ClipRequest` (RequestError: a 400).
+
+        The one entry from untrusted bytes to a request: dtypes, shapes, sizes and
+        index bounds are checked here, from the npy headers first, so nothing is
+        allocated for a body that would be refused.
+        """
         if isinstance(payload, dict):
             payload = payload.get("data") or payload.get("body")
-        if isinstance(payload, bytearray):
-            payload = bytes(payload)
-        if not isinstance(payload, bytes) or not payload:
-            raise RequestError("empty body: send an .npy uint8 [B, T, H, W, 3] array")
-        if not payload.startswith(b"\x93NUMPY"):
-            raise RequestError("body is not an .npy array (no \\x93NUMPY magic)")
-        try:
-            clips = np.load(io.BytesIO(payload), allow_pickle=False)
-        except Exception as exc:
-            raise RequestError(f"body is not a valid .npy array: {exc}") from exc
-        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
-        if clips.dtype != np.uint8 or clips.ndim != 5:
-            raise RequestError(f"expected uint8 [B, T, H, W, 3], got {clips.dtype} {clips.shape}")
-        if clips.shape[1:] != (T, S, S, 3):
-            raise RequestError(f"expected clips of shape [B, {T}, {S}, {S}, 3], got {clips.shape}")
-        if not 1 <= clips.shape[0] <= MAX_REQUEST_CLIPS:
+        if not isinstance(payload, (bytes, bytearray, memoryview)) or not len(payload):
             raise RequestError(
-                f"a request holds 1..{MAX_REQUEST_CLIPS} clips, got {clips.shape[0]}"
+                "empty body: send an .npy uint8 [B, T, H, W, 3] array, or an .npy uint8 "
+                "[T, H, W, 3] clip followed by an .npy int64 [R, T] of frame indices"
             )
-        return clips
+        body = memoryview(payload).cast("B")
+        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
+        first = read_npy_header(body, 0)
+        if len(first.shape) == 5:  # copy mode: the clips themselves
+            check_npy(first, np.dtype(np.uint8), "clips")
+            if first.shape[1:] != (T, S, S, 3):
+                raise RequestError(
+                    f"expected clips of shape [B, {T}, {S}, {S}, 3], got {list(first.shape)}"
+                )
+            if not 1 <= first.shape[0] <= MAX_REQUEST_CLIPS:
+                raise RequestError(
+                    f"a request holds 1..{MAX_REQUEST_CLIPS} clips, got {first.shape[0]}"
+                )
+            if first.end != len(body):
+                raise RequestError(
+                    f"body is {len(body)} bytes, the clips array declares {first.end}"
+                )
+            return ClipRequest(frames=first.view(body), indices=None)
+        if len(first.shape) == 4:  # index mode: one clip + frame indices
+            check_npy(first, np.dtype(np.uint8), "clip")
+            if first.shape != (T, S, S, 3):
+                raise RequestError(
+                    f"expected a clip of shape [{T}, {S}, {S}, 3], got {list(first.shape)}"
+                )
+            if first.end >= len(body):
+                raise RequestError("index mode: the clip must be followed by an .npy of indices")
+            second = read_npy_header(body, first.end)
+            check_npy(second, np.dtype("<i8"), "indices")
+            if len(second.shape) != 2 or second.shape[1] != T:
+                raise RequestError(f"expected indices of shape [R, {T}], got {list(second.shape)}")
+            if not 1 <= second.shape[0] <= MAX_REQUEST_CLIPS:
+                raise RequestError(
+                    f"a request holds 1..{MAX_REQUEST_CLIPS} index rows, got {second.shape[0]}"
+                )
+            if second.end != len(body):
+                raise RequestError(
+                    f"body is {len(body)} bytes, the clip and indices declare {second.end}"
+                )
+            indices = second.view(body)
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi >= T:
+                raise RequestError(f"frame indices must lie in [0, {T}), got {lo}..{hi}")
+            return ClipRequest(frames=first.view(body), indices=indices)
+        raise RequestError(
+            "expected an .npy uint8 [B, T, H, W, 3] (copy mode) or uint8 [T, H, W, 3] "
+            f"followed by int64 [R, T] (index mode); got a {len(first.shape)}-d array"
+        )
 
-    def forward(self, clips: np.ndarray) -> np.ndarray:
-        """uint8 ``[B, T, H, W, 3]`` -> float32 logits ``[B, K]``.
+    def forward(self, requests: list[ClipRequest]) -> np.ndarray:
+        """Every row of ``requests`` -> float32 logits ``[sum of rows, K]``.
 
-        The uint8 bytes move to the device first and become float ``[B, 3, T, H, W]``
-        in ``[0, 1]`` there (4x less host-to-device traffic than floats).
+        Rows are formed chunk by chunk (at most ``MAX_FORWARD_CLIPS`` at once, so
+        memory is bounded whatever the batch): copy mode moves its clips to the
+        device; index mode moves its one clip there once and gathers the rows on
+        the device. The uint8 clips become float ``[B, 3, T, H, W]`` in ``[0, 1]``
+        on the device (4x less host-to-device traffic than floats).
         """
         assert self.model is not None
+        rows = [(r, i) for r in requests for i in range(r.rows)]
+        on_device: dict[int, torch.Tensor] = {}
         out = []
         with torch.inference_mode():
-            for start in range(0, clips.shape[0], MAX_FORWARD_CLIPS):
-                chunk = torch.from_numpy(clips[start : start + MAX_FORWARD_CLIPS])
-                x = chunk.to(self.device, non_blocking=True)
+            for start in range(0, len(rows), MAX_FORWARD_CLIPS):
+                chunk = rows[start : start + MAX_FORWARD_CLIPS]
+                parts = []
+                # consecutive rows of one request become one slice or one gather
+                i = 0
+                while i < len(chunk):
+                    req, first = chunk[i]
+                    j = i
+                    while j + 1 < len(chunk) and chunk[j + 1][0] is req:
+                        j += 1
+                    parts.append(self._rows(req, first, chunk[j][1] + 1, on_device))
+                    i = j + 1
+                x = parts[0] if len(parts) == 1 else torch.cat(parts)
                 x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)
                 out.append(self.model(x).float().cpu())
         return torch.cat(out).numpy()
 
+    def _rows(
+        self, req: ClipRequest, start: int, stop: int, on_device: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """uint8 ``[stop - start, T, H, W, 3]`` on the device: rows ``start..stop-1``."""
+        if req.indices is None:
+            return _as_tensor(req.frames[start:stop]).to(self.device, non_blocking=True)
+        if self.device.type == "cpu":
+            return gather_frames(req.frames, req.indices[start:stop])
+        clip = on_device.get(id(req))
+        if clip is None:
+            clip = on_device[id(req)] = _as_tensor(req.frames).to(self.device)
+        return gather_frames(clip, req.indices[start:stop])
+
     # ---------------------------------------------------------------- entry
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         if context is not None and context.get_request_header(0, "describe") == "True":
-            return [json.dumps(self.meta)]
+            # wire_modes: what this handler parses (an archive built before index mode
+            # lacks it, and the gateway then sends copies)
+            return [json.dumps({**self.meta, "wire_modes": list(WIRE_MODES)})]
         start = time.perf_counter()
-        parsed: list[np.ndarray | None] = []
+        parsed: list[ClipRequest | None] = []
         for idx, request in enumerate(data):
             try:
                 parsed.append(self.parse(request))
@@ -159,15 +426,15 @@ class ShuffleGuardHandler:
                     context.set_response_content_type(idx, "application/json")
                 data[idx] = json.dumps({"error": {"code": "bad_batch", "message": str(exc)}})
         good = [p for p in parsed if p is not None]
-        logits = self.forward(np.concatenate(good)) if good else np.zeros((0, 0), np.float32)
+        logits = self.forward(good) if good else np.zeros((0, 0), np.float32)
         responses: list[Any] = []
         offset = 0
-        for idx, clips in enumerate(parsed):
-            if clips is None:
+        for idx, req in enumerate(parsed):
+            if req is None:
                 responses.append(data[idx])
                 continue
-            rows = logits[offset : offset + clips.shape[0]]
-            offset += clips.shape[0]
+            rows = logits[offset : offset + req.rows]
+            offset += req.rows
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(rows, dtype=np.float32), allow_pickle=False)
             responses.append(buf.getvalue())
@@ -176,7 +443,7 @@ class ShuffleGuardHandler:
         logger.debug(
             "batch of %d requests, %d clips in %.1f ms",
             len(data),
-            sum(len(c) for c in good),
+            sum(r.rows for r in good),
             (time.perf_counter() - start) * 1e3,
         )
         return responses

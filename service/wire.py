@@ -1,8 +1,18 @@
 """The binary batch protocol between the gateway and the model backend.
 
-Request body (``Content-Type: application/x-npy``): one ``.npy`` array, uint8
-``[B, T, H, W, 3]`` RGB 0..255 -- the N shuffled copies and the unshuffled clip
-of one classify call. Pixels travel as bytes, never as JSON floats.
+Request body (``Content-Type: application/x-npy``), one of two modes:
+
+* **copy mode**: one ``.npy`` array, uint8 ``[B, T, H, W, 3]`` RGB 0..255 -- the
+  clips themselves (e.g. the unshuffled clip and its N shuffled copies);
+* **index mode**: two ``.npy`` arrays back to back, the clip once as uint8
+  ``[T, H, W, 3]`` and int64 (little-endian) ``[R, T]`` frame indices; the backend
+  classifies the ``R`` clips ``clip[indices[r]]``, gathered on its own device. The
+  body is one clip plus ``8 R T`` bytes, whatever ``R``.
+
+Pixels travel as bytes, never as JSON floats. The receiver
+(:meth:`service.handler.ShuffleGuardHandler.parse`) reads each npy header,
+checks dtype, shape and size against its limits before any memory is spent, and
+reads the data in place.
 
 Response body (``application/x-npy``): one ``.npy`` float32 array ``[B, K]`` of
 logits, row ``b`` for clip ``b`` of the request.
@@ -50,6 +60,15 @@ def encode_clips(clips: np.ndarray) -> bytes:
     if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
         raise WireError(f"clips must be uint8 [B, T, H, W, 3], got {clips.dtype} {clips.shape}")
     return encode_array(clips)
+
+
+def encode_indexed(clip: np.ndarray, indices: np.ndarray) -> bytes:
+    """Index-mode request body: uint8 ``[T, H, W, 3]`` clip + int64 ``[R, T]`` indices."""
+    if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
+        raise WireError(f"clip must be uint8 [T, H, W, 3], got {clip.dtype} {clip.shape}")
+    if indices.ndim != 2 or indices.shape[1] != clip.shape[0]:
+        raise WireError(f"indices must be [R, {clip.shape[0]}], got shape {indices.shape}")
+    return encode_array(clip) + encode_array(np.asarray(indices, dtype="<i8"))
 
 
 def decode_clips(payload: bytes) -> np.ndarray:

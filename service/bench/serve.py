@@ -1,24 +1,28 @@
-"""Serving overhead: defended request latency through the gateway vs a direct call.
+"""What a defended request costs through the real stack, four ways, interleaved.
 
-One run, one machine, one clip, interleaved request by request:
+One run, one machine, one TorchServe, two research-mode gateways in front of it
+(``shuffle_mode=index`` and ``shuffle_mode=copy``), the same clips and seeds:
 
-* **proxy** -- ``POST /v1/classify?ensemble=N&seed=i`` to the gateway with the
-  encoded clip (the gateway decodes, shuffles, calls TorchServe once with the
-  ``N + 1`` clips, votes, answers JSON);
-* **direct** -- the same work without the gateway, in this process: decode the
-  same bytes (:func:`service.video.decode_clip`), build the same batch
-  (:func:`service.gateway.pipeline.build_batch`, same seed), one
-  ``POST /predictions/{model}`` to TorchServe, vote.
+* ``undefended`` -- ``defense=false``: one clip to the backend;
+* ``copy`` -- the gateway gathers the ``N + 1`` clips and sends them all
+  (``early_stop=false``);
+* ``index`` -- the clip once plus the ``[N + 1, T]`` frame indices; the backend's
+  handler gathers (``early_stop=false``);
+* ``index_early`` -- index mode with early stopping (the default).
 
-Both paths end in the same TorchServe with the same batch, so the difference is
-what the proxy adds: an HTTP hop with the upload, admission, a thread hop for
-decoding, JSON. The order of the two alternates every round so drift (other
-load, turbo) hits both alike. Reported: p50 and p95 of each, their ratio, and the
-target (proxy adds <= 5 %).
+Per size (``toy``: the shipped ``toy_r3d18.mar``, 16 x 64 x 64, on clean toy
+clips; ``full``: the ``r3d_18`` family, random init, archived at 32 x 224 x 224,
+built here, on a synthetic clip):
 
-By default this starts TorchServe on ``model_store/`` and a research-mode gateway
-(``shuffleguard serve --backend-url ...``) on free loopback ports, and stops
-both at the end; ``--backend-url`` uses a running TorchServe instead.
+1. latency: ``--requests`` rounds, each sends one request per mode in a shuffled
+   order (seed = round): p50/p95 latency, array bytes sent to the backend (from
+   the gateway's ``shuffleguard_backend_sent_bytes_total``), copies classified,
+   and whether the early-stopped label and flag equal the full vote's;
+2. saturation: a bounded closed loop per mode (``--concurrency`` clients,
+   ``--saturation`` requests), modes in a forward then reverse order: requests/s;
+3. gateway memory: each gateway's RSS at rest and after the run, plus what
+   importing torch costs a gateway process (RSS, start-up), measured in fresh
+   subprocesses, and which gateway modules import torch.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ import json
 import logging
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from fractions import Fraction
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,121 +48,141 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-TARGET_OVERHEAD = 0.05
+MODES = ("undefended", "copy", "index", "index_early")
+FULL_NAME = "r3d18_random_224"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-store", type=Path, default=Path("model_store"))
-    parser.add_argument("--model", help="model to call (default: the gateway's default model)")
-    parser.add_argument("--backend-url", help="a running TorchServe's inference URL")
-    parser.add_argument("--backend-management-url", help="its management URL")
-    parser.add_argument("--ensemble", type=int, default=10, help="N shuffled copies (default 10)")
-    parser.add_argument("--requests", type=int, default=100, help="measured rounds (default 100)")
-    parser.add_argument("--warmup", type=int, default=5, help="unmeasured rounds (default 5)")
-    parser.add_argument("--clip", type=Path, help="video to send (default: a synthetic mp4)")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        choices=("toy", "full"),
+        default=["toy", "full"],
+        help="toy: the shipped toy_r3d18.mar; full: random-init r3d_18 at 32x224x224",
+    )
+    parser.add_argument("--ensemble", type=int, default=10, help="N shuffled copies (10)")
+    parser.add_argument("--requests", type=int, default=30, help="latency rounds, toy (30)")
+    parser.add_argument("--full-requests", type=int, default=1, help="latency rounds, full (1)")
+    parser.add_argument("--saturation", type=int, default=40, help="closed-loop requests, toy")
+    parser.add_argument(
+        "--full-saturation",
+        type=int,
+        default=0,
+        help="closed-loop requests per mode, full (default 0: not run; one 32x224x224 clip "
+        "takes ~35 s through r3d_18 on 2 CPU threads)",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients (4)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds, toy (1)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the mode order and clips")
     parser.add_argument(
         "--out", type=Path, default=Path("runs/bench_serve"), help="where results are written"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def synthetic_mp4(frames: int = 64, height: int = 240, width: int = 320) -> bytes:
-    """An H.264 mp4 of a moving colour gradient (what a phone clip costs to decode, roughly)."""
-    import io
-
-    import av
-
-    y, x = np.mgrid[0:height, 0:width]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=25, options={"preset": "veryfast", "crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for t in range(frames):
-            image = np.stack(
-                [(x + 4 * t) % 256, (y + 2 * t) % 256, (x + y + 3 * t) % 256], axis=-1
-            ).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = t, Fraction(1, 25)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return buf.getvalue()
-
-
+# --------------------------------------------------------------------------- #
+# statistics and report
+# --------------------------------------------------------------------------- #
 def percentiles(values_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(values_ms, dtype=np.float64)
     return {
         "p50": float(np.percentile(arr, 50)),
         "p95": float(np.percentile(arr, 95)),
         "mean": float(arr.mean()),
-        "min": float(arr.min()),
-        "max": float(arr.max()),
         "n": int(arr.size),
     }
 
 
-def summarize(proxy_ms: list[float], direct_ms: list[float]) -> dict[str, Any]:
-    """Percentiles of each path, their ratios, and paired per-round statistics.
-
-    Rounds are paired (proxy and direct back to back), so the per-round difference
-    cancels slow drift of the machine's load; its median comes with a bootstrap
-    95 % interval.
-    """
-    proxy, direct = percentiles(proxy_ms), percentiles(direct_ms)
-    ratio = {k: proxy[k] / direct[k] for k in ("p50", "p95")}
-    diff = np.asarray(proxy_ms) - np.asarray(direct_ms)
-    rel = np.asarray(proxy_ms) / np.asarray(direct_ms)
-    rng = np.random.default_rng(0)
-    boot = np.median(rng.choice(diff, size=(2000, diff.size), replace=True), axis=1)
+def summarize_mode(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency percentiles, mean bytes and copies of one mode's latency records."""
     return {
-        "proxy_ms": proxy,
-        "direct_ms": direct,
-        "ratio": ratio,
-        "overhead_ms": {k: proxy[k] - direct[k] for k in ("p50", "p95")},
-        "paired": {
-            "median_diff_ms": float(np.median(diff)),
-            "median_diff_ci95_ms": [
-                float(np.percentile(boot, 2.5)),
-                float(np.percentile(boot, 97.5)),
-            ],
-            "median_ratio": float(np.median(rel)),
-        },
-        "target_overhead": TARGET_OVERHEAD,
-        "meets_target": {k: ratio[k] <= 1 + TARGET_OVERHEAD for k in ("p50", "p95")},
+        "latency_ms": percentiles([r["ms"] for r in records]),
+        "bytes_per_request": float(np.mean([r["bytes"] for r in records])),
+        "copies_per_request": float(np.mean([r["votes_cast"] for r in records])),
     }
 
 
+def agreement(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Fraction of rounds where a mode gave the full index-mode vote's label and flag."""
+    full = by_mode["index"]
+    out = {}
+    for mode in ("copy", "index_early"):
+        same = [
+            a["label"] == b["label"] and a["suspected"] == b["suspected"]
+            for a, b in zip(by_mode[mode], full, strict=True)
+        ]
+        out[mode] = float(np.mean(same))
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
-    p, d, r = result["proxy_ms"], result["direct_ms"], result["ratio"]
-    o, pr = result["overhead_ms"], result["paired"]
     env = result["environment"]
-    lines = [
-        f"# bench serve: {result['model']}, N={result['ensemble']}, {p['n']} requests",
+    lines = [f"# bench serve: N = {result['ensemble']}", ""]
+    for size, res in result["sizes"].items():
+        clip_bytes = res["clip_bytes"]
+        lines += [
+            f"## {size}: {res['model']} ({res['clip']}; one clip = {clip_bytes / 1e6:.3f} MB)",
+            "",
+            "| mode | p50 ms | p95 ms | bytes to backend / request | x one clip "
+            "| copies classified | req/s at saturation |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for mode in MODES:
+            m = res["modes"][mode]
+            lat = m["latency_ms"]
+            lines.append(
+                f"| {mode} | {lat['p50']:.1f} | {lat['p95']:.1f} | {m['bytes_per_request']:,.0f} "
+                f"| {m['bytes_per_request'] / clip_bytes:.3f} | {m['copies_per_request']:.2f} "
+                f"| {res['throughput_rps'][mode]:.3f} |"
+            )
+        t = res["targets"]
+        lines += [
+            "",
+            f"Latency: {res['requests']} interleaved rounds; saturation: {res['saturation']} "
+            f"requests per mode, {res['concurrency']} clients, closed loop"
+            + (" (not run: nan)." if not res["saturation"] else "."),
+            f"Same label and flag as the full vote: copy {res['agreement']['copy']:.0%}, "
+            f"index_early {res['agreement']['index_early']:.0%}.",
+            f"Targets: index-mode bytes {t['index_bytes_over_clip']:.3f}x one clip (<= 1.1): "
+            f"{_met(t['index_bytes_over_clip'] <= 1.1)}; early stop "
+            f"{t['early_copies_over_n']:.2f} N copies (<= 0.6 on clean clips): "
+            f"{_met(t['early_copies_over_n'] <= 0.6)}; defended throughput "
+            f"{t['throughput_over_copy']:.2f}x copy mode (>= 1.5): "
+            f"{_met(t['throughput_over_copy'] >= 1.5)}.",
+            "",
+        ]
+    g = result["gateway"]
+    lines += [
+        "## gateway process",
         "",
-        "| path | p50 (ms) | p95 (ms) | mean (ms) |",
-        "| --- | ---: | ---: | ---: |",
-        f"| proxy (gateway) | {p['p50']:.1f} | {p['p95']:.1f} | {p['mean']:.1f} |",
-        f"| direct (decode + TorchServe) | {d['p50']:.1f} | {d['p95']:.1f} | {d['mean']:.1f} |",
-        f"| proxy / direct | {r['p50']:.3f} | {r['p95']:.3f} | |",
-        f"| proxy - direct (ms) | {o['p50']:.1f} | {o['p95']:.1f} | |",
+        "| gateway | RSS at rest (MB) | RSS after the run (MB) |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, rss in g["rss_mb"].items():
+        lines.append(f"| {name} | {rss['rest']:.0f} | {rss['after']:.0f} |")
+    imp = g["imports"]
+    lines += [
         "",
-        f"Paired by round: median proxy - direct {pr['median_diff_ms']:.1f} ms "
-        f"(95 % CI {pr['median_diff_ci95_ms'][0]:.1f} .. {pr['median_diff_ci95_ms'][1]:.1f}),"
-        f" median proxy / direct {pr['median_ratio']:.3f}.",
+        "Importing the gateway's third-party stack without torch: "
+        f"{imp['without_torch']['rss_mb']:.0f} MB peak RSS, "
+        f"{imp['without_torch']['seconds']:.2f} s; with torch: "
+        f"{imp['with_torch']['rss_mb']:.0f} MB, {imp['with_torch']['seconds']:.2f} s; "
+        f"`import service.gateway.app`: {imp['gateway_app']['rss_mb']:.0f} MB, "
+        f"{imp['gateway_app']['seconds']:.2f} s (best of 3 fresh processes each).",
+        f"Gateway modules that import torch: {', '.join(imp['torch_importers']) or 'none'}.",
+        f"torch's installed size here: {g['torch_install_mb']:.0f} MB ({g['torch_build']}).",
         "",
-        f"Target: proxy adds <= {TARGET_OVERHEAD:.0%}: p50 "
-        f"{'met' if result['meets_target']['p50'] else 'NOT met'}, p95 "
-        f"{'met' if result['meets_target']['p95'] else 'NOT met'}.",
-        "",
-        f"Clip: {result['clip']}. Gateway stage medians (ms): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in result["gateway_stage_p50_ms"].items())
-        + " (unstaged = gateway total minus its stages; http_hop = client latency minus"
-        " gateway total).",
         f"Machine: {env['cpu']} ({env['cpus']} CPUs), Python {env['python']}, "
         f"torch {env['torch']}, {env['device']}.",
         f"Command: `{result['command']}`",
         "",
     ]
     return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def _environment() -> dict[str, Any]:
@@ -178,160 +206,411 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------- #
+# the gateway's imports
+# --------------------------------------------------------------------------- #
+_STACK = "fastapi, uvicorn, httpx, av, numpy, pydantic_settings, prometheus_client, multipart"
+
+
+def _import_cost(statement: str) -> dict[str, float]:
+    """Best of 3 fresh interpreters: seconds to run ``statement``, and peak RSS (MB).
+
+    The peak is the process's ``VmHWM`` (``ru_maxrss`` would carry over the
+    benchmark's own RSS from the fork)."""
+    code = (
+        "import time\n"
+        f"t = time.perf_counter()\n{statement}\n"
+        "dt = time.perf_counter() - t\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(dt, hwm.split()[1])"
+    )
+    runs = []
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+        runs.append((float(out[0]), int(out[1]) / 1024))
+    return {"seconds": min(r[0] for r in runs), "rss_mb": min(r[1] for r in runs)}
+
+
+def torch_importers() -> list[str]:
+    """The ``service`` modules whose own import statements pull in torch when the
+    gateway app is imported (in a fresh interpreter)."""
+    code = (
+        "import builtins, sys\n"
+        "seen = set()\n"
+        "orig = builtins.__import__\n"
+        "def hook(name, globals=None, locals=None, fromlist=(), level=0):\n"
+        "    if name.split('.')[0] == 'torch' and 'torch' not in sys.modules:\n"
+        "        seen.add((globals or {}).get('__name__', '?'))\n"
+        "    return orig(name, globals, locals, fromlist, level)\n"
+        "builtins.__import__ = hook\n"
+        "import service.gateway.app\n"
+        "print('\\n'.join(sorted(seen)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.split() if line]
+
+
+def gateway_imports() -> dict[str, Any]:
+    return {
+        "without_torch": _import_cost(f"import {_STACK}"),
+        "with_torch": _import_cost(f"import {_STACK}, torch"),
+        "gateway_app": _import_cost("import service.gateway.app"),
+        "torch_importers": torch_importers(),
+    }
+
+
+def _dir_mb(path: Path) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total / 1e6
+
+
+# --------------------------------------------------------------------------- #
+# models and clips
+# --------------------------------------------------------------------------- #
+def build_full_size_archive(store: Path) -> Path:
+    """The ``r3d_18`` family (torchvision's builder, :mod:`service.models.families`),
+    random init, archived for 32 x 224 x 224 clips with the I3D preset (h1 3, h2 4,
+    N 10; torchvision's families have no paper preset). For speed measurements only."""
+    from service.archive import FamilyArchiveConfig, archive_family
+
+    return archive_family(
+        FamilyArchiveConfig(
+            family="r3d_18",
+            name=FULL_NAME,
+            out=store,
+            random_init=True,
+            labels="kinetics400",
+            h1=3,
+            h2=4,
+            ensemble=10,
+            clip_len=32,
+            crop_size=224,
+            batch_size=1,
+            response_timeout_s=1800,
+        )
+    )
+
+
+def toy_clips(mar: Path, count: int, seed: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Clean clips of the toy model's dataset at its exact shape (uint8 [T, S, S, 3])."""
+    import zipfile
+
+    from service.toy.contrast import blend_towards_background
+    from service.toy.data import generate_toy_dataset
+
+    with zipfile.ZipFile(mar) as z:
+        meta = json.loads(z.read("meta.json"))
+    data = generate_toy_dataset(
+        int(meta.get("dataset") or 1),
+        count=count,
+        frames=int(meta["clip_len"]),
+        size=int(meta["crop_size"]),
+        seed=seed,
+    )
+    clips = blend_towards_background(data, float(meta.get("contrast", 0.4)))
+    return [np.ascontiguousarray(c) for c in clips], meta
+
+
+def synthetic_clip(T: int, size: int) -> np.ndarray:
+    """A moving colour gradient, uint8 ``[T, size, size, 3]``."""
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack(
+        [
+            np.stack([(x + 4 * t) % 256, (y + 2 * t) % 256, (x + y + 3 * t) % 256], axis=-1)
+            for t in range(T)
+        ]
+    ).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- #
+# the stack
+# --------------------------------------------------------------------------- #
+@contextmanager
+def gateway_process(
+    name: str, inference_url: str, management_url: str, env: dict[str, str], log: Path
+) -> Iterator[tuple[str, int]]:
+    """A research-mode ``shuffleguard serve`` in front of a running TorchServe."""
     import httpx
-    import torch
-    from tqdm import tqdm
 
-    from service import wire
-    from service.defense import majority_vote
-    from service.gateway.backend import ModelMeta
-    from service.gateway.pipeline import build_batch, resolve_device
-    from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
-    from service.video import decode_clip
+    from service.torchserve_proc import free_ports
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    args.out.mkdir(parents=True, exist_ok=True)
-    server: TorchServeProcess | None = None
-    gateway: subprocess.Popen[bytes] | None = None
+    port = free_ports(1)[0]
+    cmd = [
+        sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+        "--backend-url", inference_url, "--backend-management-url", management_url,
+        "--research-mode",
+    ]  # fmt: skip
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
     try:
-        if args.backend_url:
-            inference_url = args.backend_url.rstrip("/")
-            from service.commands.serve import management_url_for
-
-            management_url = args.backend_management_url or management_url_for(inference_url)
-        else:
-            ports = free_ports(3)
-            server = TorchServeProcess(
-                TorchServeOptions(
-                    model_store=args.model_store,
-                    inference_port=ports[0],
-                    management_port=ports[1],
-                    metrics_port=ports[2],
-                )
-            )
-            server.start()
-            print(f"starting TorchServe on {args.model_store} ...", file=sys.stderr)
-            server.wait_ready()
-            inference_url, management_url = server.inference_url, server.management_url
-
-        port = free_ports(1)[0]
-        gateway_url = f"http://127.0.0.1:{port}"
-        cmd = [
-            sys.executable, "-m", "service.cli", "serve", "--port", str(port),
-            "--backend-url", inference_url, "--backend-management-url", management_url,
-            "--research-mode",
-        ]  # fmt: skip
-        if args.model:
-            cmd += ["--default-model", args.model]
-        with (args.out / "gateway.log").open("wb") as log:
-            gateway = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        client = httpx.Client(timeout=300, trust_env=False)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             try:
-                if client.get(f"{gateway_url}/readyz").status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=5, trust_env=False).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            if gateway.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not get ready; see {args.out / 'gateway.log'}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway {name} did not get ready; see {log}")
             time.sleep(0.2)
-
-        listed = client.get(f"{gateway_url}/v1/models").json()["models"]
-        entry = next(m for m in listed if (m["name"] == args.model if args.model else m["default"]))
-        meta = ModelMeta.from_dict(entry)
-        clip = args.clip.read_bytes() if args.clip else synthetic_mp4()
-        clip_desc = (
-            f"{args.clip} ({len(clip) / 1e6:.2f} MB)"
-            if args.clip
-            else f"synthetic H.264 mp4, 64 frames 320x240 ({len(clip) / 1e6:.2f} MB)"
-        )
-        h1, h2, n = meta.preset.h1, meta.preset.h2, args.ensemble
-        device = resolve_device("auto")
-
-        def proxy(seed: int) -> tuple[float, dict[str, float]]:
-            t0 = time.perf_counter()
-            r = client.post(
-                f"{gateway_url}/v1/classify",
-                params={"model": meta.name, "ensemble": n, "h1": h1, "h2": h2, "seed": seed},
-                content=clip,
-                headers={"Content-Type": "video/mp4"},
-            )
-            elapsed = (time.perf_counter() - t0) * 1e3
-            if r.status_code != 200:
-                raise RuntimeError(f"gateway answered {r.status_code}: {r.text}")
-            return elapsed, r.json()["timings_ms"]
-
-        def direct(seed: int) -> float:
-            t0 = time.perf_counter()
-            frames = decode_clip(
-                clip,
-                clip_len=meta.clip_len,
-                frame_interval=meta.frame_interval,
-                crop_size=meta.crop_size,
-            ).frames
-            batch, _ = build_batch(frames, n=n, h1=h1, h2=h2, seed=seed, device=device)
-            r = client.post(
-                f"{inference_url}/predictions/{meta.name}",
-                content=wire.encode_clips(batch),
-                headers={"Content-Type": wire.CONTENT_TYPE},
-            )
-            if r.status_code != 200:
-                raise RuntimeError(f"TorchServe answered {r.status_code}: {r.text}")
-            logits = torch.from_numpy(wire.decode_logits(r.content))
-            majority_vote(logits[1:])
-            return (time.perf_counter() - t0) * 1e3
-
-        proxy_ms: list[float] = []
-        direct_ms: list[float] = []
-        stages: dict[str, list[float]] = {}
-        rounds = args.warmup + args.requests
-        for i in tqdm(range(rounds), desc="bench serve", disable=args.no_progress):
-            order = (True, False) if i % 2 == 0 else (False, True)
-            for via_proxy in order:
-                if via_proxy:
-                    ms, timings = proxy(i)
-                    if i >= args.warmup:
-                        proxy_ms.append(ms)
-                        for k, v in timings.items():
-                            stages.setdefault(k, []).append(v)
-                        work = sum(timings[k] for k in ("decode", "shuffle", "backend", "vote"))
-                        # inside the gateway but in no stage: upload, queueing, thread hop, JSON
-                        stages.setdefault("unstaged", []).append(timings["total"] - work)
-                        # outside the gateway's clock: client, loopback HTTP, uvicorn
-                        stages.setdefault("http_hop", []).append(ms - timings["total"])
-                else:
-                    ms = direct(i)
-                    if i >= args.warmup:
-                        direct_ms.append(ms)
-
-        result = summarize(proxy_ms, direct_ms)
-        result.update(
-            model=meta.name,
-            ensemble=n,
-            h1=h1,
-            h2=h2,
-            clip=clip_desc,
-            warmup=args.warmup,
-            gateway_stage_p50_ms={k: float(np.median(v)) for k, v in stages.items()},
-            environment=_environment(),
-            command="shuffleguard bench serve " + " ".join(sys.argv[3:]),
-            raw={"proxy_ms": proxy_ms, "direct_ms": direct_ms},
-        )
-        (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
-        table = markdown(result)
-        (args.out / "bench_serve.md").write_text(table)
-        print(table)
-        print(f"results: {args.out / 'bench_serve.json'}, {args.out / 'bench_serve.md'}")
-        client.close()
-        return 0
+        yield url, proc.pid
     finally:
-        if gateway is not None and gateway.poll() is None:
-            gateway.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                gateway.wait(timeout=30)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                gateway.kill()
-        if server is not None:
+                proc.kill()
+
+
+def _sent_bytes(client: Any, url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get(f"{url}/metrics").text
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "shuffleguard_backend_sent_bytes_total"
+    )
+
+
+def _params(mode: str, model: str, n: int, seed: int) -> dict[str, Any]:
+    if mode == "undefended":
+        return {"model": model, "defense": "false", "seed": seed}
+    early = "true" if mode == "index_early" else "false"
+    return {"model": model, "ensemble": n, "seed": seed, "early_stop": early}
+
+
+def _npy(clip: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, clip, allow_pickle=False)
+    return buf.getvalue()
+
+
+def run_size(
+    *,
+    model: str,
+    clips: list[np.ndarray],
+    urls: dict[str, str],
+    args: argparse.Namespace,
+    requests: int,
+    saturation: int,
+    concurrency: int,
+    desc: str,
+) -> dict[str, Any]:
+    """Latency rounds, then the closed loops, for one model (see the module docstring)."""
+    import httpx
+    from tqdm import tqdm
+
+    n = args.ensemble
+    bodies = [_npy(c) for c in clips]
+    gateway_of = {m: urls["copy" if m == "copy" else "index"] for m in MODES}
+    client = httpx.Client(timeout=3600, trust_env=False)
+    headers = {"Content-Type": "application/x-npy"}
+
+    def call(mode: str, seed: int, c: httpx.Client = client) -> tuple[float, dict[str, Any]]:
+        t0 = time.perf_counter()
+        r = c.post(
+            f"{gateway_of[mode]}/v1/classify",
+            params=_params(mode, model, n, seed),
+            content=bodies[seed % len(bodies)],
+            headers=headers,
+        )
+        ms = (time.perf_counter() - t0) * 1e3
+        if r.status_code != 200:
+            raise RuntimeError(f"{mode}: gateway answered {r.status_code}: {r.text}")
+        return ms, r.json()
+
+    order_rng = random.Random(args.seed)
+    by_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    warmup = args.warmup if desc == "toy" else 0
+    if desc != "toy":  # TorchScript's first calls optimize the graph: one clip, twice
+        for seed in (-2, -1):
+            call("undefended", seed + 2**20)
+    rounds = warmup + requests
+    for i in tqdm(range(rounds), desc=f"{desc} latency", disable=args.no_progress):
+        order = list(MODES)
+        order_rng.shuffle(order)
+        for mode in order:
+            before = _sent_bytes(client, gateway_of[mode])
+            ms, body = call(mode, i)
+            sent = _sent_bytes(client, gateway_of[mode]) - before
+            if i >= warmup:
+                by_mode[mode].append(
+                    {
+                        "seed": i,
+                        "ms": ms,
+                        "bytes": sent,
+                        "votes_cast": body["votes_cast"] if mode != "undefended" else 1,
+                        "label": body["label"],
+                        "suspected": body["suspected_adversarial"],
+                        "timings_ms": body["timings_ms"],
+                    }
+                )
+
+    def closed_loop(mode: str, total: int) -> float:
+        """Requests/s of ``concurrency`` clients sending ``total`` requests back to back."""
+        counter = iter(range(10_000, 10_000 + total))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            with httpx.Client(timeout=3600, trust_env=False) as c:
+                while True:
+                    with lock:
+                        seed = next(counter, None)
+                    if seed is None:
+                        return
+                    call(mode, seed, c)
+
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return total / (time.perf_counter() - t0)
+
+    # forward then reverse order, half the requests each: drift hits every mode alike
+    half = saturation // 2
+    rps: dict[str, list[float]] = {m: [] for m in MODES}
+    for order in (list(MODES), list(reversed(MODES))) if half else ():
+        for mode in tqdm(order, desc=f"{desc} saturation", disable=args.no_progress):
+            rps[mode].append(closed_loop(mode, half))
+    client.close()
+
+    modes = {m: summarize_mode(by_mode[m]) for m in MODES}
+    throughput = {m: float(np.mean(v)) if v else float("nan") for m, v in rps.items()}
+    clip_bytes = int(clips[0].nbytes)
+    return {
+        "model": model,
+        "clip_bytes": clip_bytes,
+        "requests": requests,
+        "saturation": 2 * half,
+        "concurrency": concurrency,
+        "modes": modes,
+        "throughput_rps": throughput,
+        "agreement": agreement(by_mode),
+        "targets": {
+            "index_bytes_over_clip": modes["index"]["bytes_per_request"] / clip_bytes,
+            "early_bytes_over_clip": modes["index_early"]["bytes_per_request"] / clip_bytes,
+            "early_copies_over_n": modes["index_early"]["copies_per_request"] / n,
+            "throughput_over_copy": throughput["index_early"] / throughput["copy"],
+            "index_throughput_over_copy": throughput["index"] / throughput["copy"],
+        },
+        "raw": by_mode,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import psutil
+    import torch
+
+    from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    toy_mar = (args.model_store / "toy_r3d18.mar").resolve()
+    result: dict[str, Any] = {"ensemble": args.ensemble, "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="sg-bench-serve-") as tmp_str:
+        store = Path(tmp_str) / "store"
+        store.mkdir()
+        if "toy" in args.sizes:
+            (store / toy_mar.name).symlink_to(toy_mar)
+        if "full" in args.sizes:
+            print("building the 32x224x224 random-init r3d_18 archive ...", file=sys.stderr)
+            build_full_size_archive(store)
+        ports = free_ports(3)
+        server = TorchServeProcess(
+            TorchServeOptions(
+                model_store=store,
+                inference_port=ports[0],
+                management_port=ports[1],
+                metrics_port=ports[2],
+                base_config=args.model_store / "config.properties",
+                extra={"default_response_timeout": "1800"},
+                start_timeout_s=600,
+            )
+        )
+        server.start()
+        try:
+            print("starting TorchServe ...", file=sys.stderr)
+            server.wait_ready()
+            env = {"SHUFFLEGUARD_BACKEND_TIMEOUT_S": "1800", "SHUFFLEGUARD_QUEUE_TIMEOUT_S": "3600"}
+            with (
+                gateway_process(
+                    "index",
+                    server.inference_url,
+                    server.management_url,
+                    {**env, "SHUFFLEGUARD_SHUFFLE_MODE": "index"},
+                    args.out / "gateway_index.log",
+                ) as (index_url, index_pid),
+                gateway_process(
+                    "copy",
+                    server.inference_url,
+                    server.management_url,
+                    {**env, "SHUFFLEGUARD_SHUFFLE_MODE": "copy"},
+                    args.out / "gateway_copy.log",
+                ) as (copy_url, copy_pid),
+            ):
+                pids = {"index": index_pid, "copy": copy_pid}
+                rss = {
+                    k: {"rest": psutil.Process(p).memory_info().rss / 1e6} for k, p in pids.items()
+                }
+                urls = {"index": index_url, "copy": copy_url}
+                if "toy" in args.sizes:
+                    clips, meta = toy_clips(toy_mar, count=16, seed=args.seed + 777)
+                    res = run_size(
+                        model=meta["name"],
+                        clips=clips,
+                        urls=urls,
+                        args=args,
+                        requests=args.requests,
+                        saturation=args.saturation,
+                        concurrency=args.concurrency,
+                        desc="toy",
+                    )
+                    res["clip"] = f"clean toy clips (dataset {meta.get('dataset')}), npy"
+                    result["sizes"]["toy"] = res
+                if "full" in args.sizes:
+                    clip = synthetic_clip(32, 224)
+                    res = run_size(
+                        model=FULL_NAME,
+                        clips=[clip],
+                        urls=urls,
+                        args=args,
+                        requests=args.full_requests,
+                        saturation=args.full_saturation,
+                        concurrency=min(args.concurrency, 2),
+                        desc="full",
+                    )
+                    res["clip"] = "synthetic moving gradient, npy 32x224x224"
+                    result["sizes"]["full"] = res
+                for k, p in pids.items():
+                    rss[k]["after"] = psutil.Process(p).memory_info().rss / 1e6
+        finally:
             server.close()
+    torch_dir = Path(torch.__file__).parent
+    result["gateway"] = {
+        "rss_mb": rss,
+        "imports": gateway_imports(),
+        "torch_install_mb": _dir_mb(torch_dir),
+        "torch_build": "CUDA build" if torch.version.cuda else "CPU build",
+    }
+    result["environment"] = _environment()
+    result["command"] = "shuffleguard bench serve " + " ".join(sys.argv[3:])
+    (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (args.out / "bench_serve.md").write_text(table)
+    print(table)
+    print(f"results: {args.out / 'bench_serve.json'}, {args.out / 'bench_serve.md'}")
+    return 0

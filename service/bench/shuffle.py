@@ -1,20 +1,27 @@
-"""Benchmark the shuffle: one gather vs a per-frame Python loop vs a bare copy.
+"""Benchmark the shuffle: frame-block gather vs index_select vs a per-frame loop vs a copy.
 
-For each frame size, one uint8 ``[T, H, W, 3]`` clip is turned into ``N``
-shuffled copies three ways, on the same device, interleaved round by round in
-one process so that drift (turbo, other load) hits all three alike:
+For each frame size (and each ``--threads`` count), one uint8 ``[T, H, W, 3]``
+clip is turned into ``N`` shuffled copies four ways, on the same device,
+interleaved round by round in one process so that drift (turbo, other load)
+hits all alike:
 
+* ``blocks`` -- what the TorchServe handler runs in index mode:
+  :func:`service.defense.shuffle_indices` + :func:`service.handler.gather_frames`
+  (each frame one contiguous block: ``np.take`` on the ``[T, frame bytes]`` view
+  split over ``threads`` threads on the CPU, ``index_select`` on dim 0 of that
+  view on a GPU);
 * ``vectorized`` -- :func:`service.defense.shuffle_indices` on the host +
   :func:`service.defense.apply_shuffles` on the clip's device (index maths + one
-  ``index_select``);
+  ``index_select`` on the 4-d clip: the research harness's differentiable path);
 * ``per_frame`` -- a plain Python implementation of Algorithm 1
   (:func:`shuffle_per_frame`): ``random`` draws and one frame copy at a time;
 * ``bare_copy`` -- the same ``N * T`` frames copied with no shuffling at all
   (the memory-bandwidth floor).
 
 Each number is the median of ``--repeats`` rounds after ``--warmup`` rounds.
-Printed ratios: vectorized / bare copy (target <= 1.5 at 224x224) and
-per-frame / vectorized (target >= 20 at the small size, and on a GPU at 224).
+Printed ratios: blocks / bare copy and vectorized / bare copy (target <= 1.5 at
+224x224) and per-frame / vectorized (target >= 20 at the small size, and on a GPU
+at 224).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 import torch
 
 from service.defense import apply_shuffles, make_generator, shuffle_indices
+from service.handler import gather_frames
 
 
 def shuffle_per_frame(
@@ -78,7 +86,15 @@ def bench_size(
     warmup: int,
     device: torch.device,
     seed: int,
+    threads: int | None = None,
 ) -> dict[str, Any]:
+    """One size: median seconds of each method and their ratios.
+
+    ``threads``: torch's intra-op threads and the block gather's threads for this
+    run (default: leave torch's setting, and use it)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    n_threads = torch.get_num_threads()
     gen_cpu = torch.Generator().manual_seed(seed)
     clip = torch.randint(0, 256, (T, size, size, 3), dtype=torch.uint8, generator=gen_cpu)
     clip = clip.to(device)
@@ -92,13 +108,22 @@ def bench_size(
         idx = shuffle_indices(T, h1, h2, n, generator=gen)
         return apply_shuffles(clip, idx, temporal_dim=0)
 
+    def blocks() -> torch.Tensor:
+        idx = shuffle_indices(T, h1, h2, n, generator=gen)
+        return gather_frames(clip, idx.numpy(), threads=n_threads)
+
     def per_frame() -> torch.Tensor:
         return shuffle_per_frame(clip, h1, h2, n, rng)
 
     def bare_copy() -> torch.Tensor:
         return clip.unsqueeze(0).expand(n, *clip.shape).contiguous()
 
-    fns = {"vectorized": vectorized, "per_frame": per_frame, "bare_copy": bare_copy}
+    fns = {
+        "blocks": blocks,
+        "vectorized": vectorized,
+        "per_frame": per_frame,
+        "bare_copy": bare_copy,
+    }
     timer = _timer(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns)
@@ -117,8 +142,10 @@ def bench_size(
         "h1": h1,
         "h2": h2,
         "device": str(device),
+        "threads": n_threads,
         "bytes_out": n * clip.numel(),
         "median_s": med,
+        "blocks_over_bare_copy": med["blocks"] / med["bare_copy"],
         "vectorized_over_bare_copy": med["vectorized"] / med["bare_copy"],
         "per_frame_over_vectorized": med["per_frame"] / med["vectorized"],
         "vectorized_GBps": n * clip.numel() / med["vectorized"] / 1e9,
@@ -138,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="CPU thread counts to run (default: torch's current setting)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
 
 
@@ -146,33 +180,37 @@ def run(args: argparse.Namespace) -> int:
     results = []
     print(
         f"shuffle bench: T={args.frames} N={args.n} h1={args.h1} h2={args.h2} "
-        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-        f"median of {args.repeats}"
+        f"device={device} torch={torch.__version__} median of {args.repeats}"
     )
     header = (
-        f"{'size':>5} {'vectorized ms':>14} {'per-frame ms':>13} {'bare copy ms':>13} "
-        f"{'vec/copy':>9} {'loop/vec':>9} {'GB/s':>7}"
+        f"{'size':>5} {'threads':>7} {'blocks ms':>10} {'vectorized ms':>14} "
+        f"{'per-frame ms':>13} {'bare copy ms':>13} {'blocks/copy':>11} {'vec/copy':>9} "
+        f"{'loop/vec':>9}"
     )
     print(header)
-    for size in args.sizes:
-        res = bench_size(
-            T=args.frames,
-            size=size,
-            n=args.n,
-            h1=args.h1,
-            h2=args.h2,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            device=device,
-            seed=args.seed,
-        )
-        m = res["median_s"]
-        print(
-            f"{size:>5} {m['vectorized'] * 1e3:>14.3f} {m['per_frame'] * 1e3:>13.3f} "
-            f"{m['bare_copy'] * 1e3:>13.3f} {res['vectorized_over_bare_copy']:>9.2f} "
-            f"{res['per_frame_over_vectorized']:>9.1f} {res['vectorized_GBps']:>7.2f}"
-        )
-        results.append(res)
+    for threads in args.threads or [None]:
+        for size in args.sizes:
+            res = bench_size(
+                T=args.frames,
+                size=size,
+                n=args.n,
+                h1=args.h1,
+                h2=args.h2,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                device=device,
+                seed=args.seed,
+                threads=threads,
+            )
+            m = res["median_s"]
+            print(
+                f"{size:>5} {res['threads']:>7} {m['blocks'] * 1e3:>10.3f} "
+                f"{m['vectorized'] * 1e3:>14.3f} {m['per_frame'] * 1e3:>13.3f} "
+                f"{m['bare_copy'] * 1e3:>13.3f} {res['blocks_over_bare_copy']:>11.2f} "
+                f"{res['vectorized_over_bare_copy']:>9.2f} "
+                f"{res['per_frame_over_vectorized']:>9.1f}"
+            )
+            results.append(res)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

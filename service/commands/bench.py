@@ -6,8 +6,8 @@ import argparse
 import importlib
 
 BENCHES: dict[str, tuple[str, str]] = {
-    "shuffle": ("service.bench.shuffle", "vectorized shuffle vs per-frame loop vs bare copy"),
-    "serve": ("service.bench.serve", "defended request latency vs direct TorchServe call"),
+    "shuffle": ("service.bench.shuffle", "frame-block gather, index_select, loop, bare copy"),
+    "serve": ("service.bench.serve", "undefended, copy, index and early-stop serving, two sizes"),
 }
 
 

@@ -61,28 +61,31 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             ttl_s=settings.metadata_ttl_s,
             readiness_ttl_s=settings.readiness_ttl_s,
         )
+        admission = Admission(
+            settings.max_inflight,
+            settings.max_queue,
+            queue_timeout_s=settings.queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
         app.state.gateway = GatewayState(
             settings=settings,
             backend=client,
             catalog=catalog,
             metrics=metrics,
-            admission=Admission(
-                settings.max_inflight,
-                settings.max_queue,
-                queue_timeout_s=settings.queue_timeout_s,
-                retry_after_s=settings.retry_after_s,
-            ),
-            pipeline=Pipeline(settings, client, catalog),
+            admission=admission,
+            pipeline=Pipeline(settings, client, catalog, metrics=metrics, admission=admission),
         )
         logger.info(
             "gateway up: backend %s (management %s), default model %s, %s mode, "
-            "max_inflight=%d max_queue=%d",
+            "max_inflight=%d max_queue=%d, shuffle_mode=%s, early_stop=%s",
             settings.backend_url,
             settings.backend_management_url,
             settings.default_model,
             "RESEARCH" if settings.research_mode else "production",
             settings.max_inflight,
             settings.max_queue,
+            settings.shuffle_mode,
+            settings.early_stop,
         )
         try:
             yield

@@ -7,9 +7,11 @@ process) can replace it by implementing them.
 
 Wire contract with TorchServe (see :mod:`service.wire` and :mod:`service.handler`):
 
-* inference: ``POST {inference_url}/predictions/{model}``, body = npy uint8
-  ``[B, T, H, W, 3]``, ``Content-Type: application/x-npy``; answer = npy float32
-  ``[B, K]`` logits;
+* inference: ``POST {inference_url}/predictions/{model}``,
+  ``Content-Type: application/x-npy``, body = npy uint8 ``[B, T, H, W, 3]`` (copy
+  mode, :meth:`Backend.infer`) or npy uint8 ``[T, H, W, 3]`` + npy int64 ``[R, T]``
+  frame indices (index mode, :meth:`Backend.infer_indexed`: the backend gathers
+  the ``R`` clips on its device); answer = npy float32 ``[B or R, K]`` logits;
 * metadata: ``GET {management_url}/models/{model}?customized=true``; the first
   element's ``customizedMetadata`` is the archive's ``meta.json`` (an object in
   TorchServe 0.12, a JSON string in older versions);
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
@@ -35,7 +37,7 @@ import httpx
 import numpy as np
 
 from service import wire
-from service.defense import ShufflePreset
+from service.defense_np import ShufflePreset
 from service.gateway.errors import (
     BackendError,
     BackendOverloaded,
@@ -186,6 +188,18 @@ class Backend(Protocol):
         """uint8 ``[B, T, H, W, 3]`` -> float32 logits ``[B, K]``."""
         ...
 
+    async def infer_indexed(
+        self,
+        model: str,
+        clip: np.ndarray,
+        indices: np.ndarray,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> np.ndarray:
+        """uint8 ``[T, H, W, 3]`` + int64 ``[R, T]`` -> float32 logits ``[R, K]`` of the
+        clips ``clip[indices[r]]``."""
+        ...
+
     async def list_models(self) -> list[str]:
         """Names of the models the server holds."""
         ...
@@ -300,10 +314,29 @@ class TorchServeBackend:
     async def infer(
         self, model: str, clips: np.ndarray, *, headers: Mapping[str, str] | None = None
     ) -> np.ndarray:
-        if clips.nbytes > _INLINE_ENCODE_BYTES:  # tens of MB: copy them off the event loop
-            body = await asyncio.to_thread(wire.encode_clips, clips)
-        else:  # a millisecond or two: cheaper than a thread hop
-            body = wire.encode_clips(clips)
+        body = await self._encode(wire.encode_clips, clips.nbytes, clips)
+        return await self._predict(model, body, clips.shape[0], headers)
+
+    async def infer_indexed(
+        self,
+        model: str,
+        clip: np.ndarray,
+        indices: np.ndarray,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> np.ndarray:
+        body = await self._encode(wire.encode_indexed, clip.nbytes, clip, indices)
+        return await self._predict(model, body, indices.shape[0], headers)
+
+    @staticmethod
+    async def _encode(encode: Callable[..., bytes], nbytes: int, *arrays: np.ndarray) -> bytes:
+        if nbytes > _INLINE_ENCODE_BYTES:  # megabytes: copy them off the event loop
+            return await asyncio.to_thread(encode, *arrays)
+        return encode(*arrays)  # a millisecond or two: cheaper than a thread hop
+
+    async def _predict(
+        self, model: str, body: bytes, rows: int, headers: Mapping[str, str] | None
+    ) -> np.ndarray:
         send_headers = {"Content-Type": wire.CONTENT_TYPE, "Accept": wire.CONTENT_TYPE}
         send_headers.update(forwardable_headers(headers or {}))
         response = await self._request(
@@ -317,9 +350,9 @@ class TorchServeBackend:
             logits = wire.decode_logits(response.content)
         except wire.WireError as exc:
             raise BackendProtocolError(f"the model backend sent unusable logits: {exc}") from exc
-        if logits.shape[0] != clips.shape[0]:
+        if logits.shape[0] != rows:
             raise BackendProtocolError(
-                f"the model backend returned {logits.shape[0]} rows for {clips.shape[0]} clips"
+                f"the model backend returned {logits.shape[0]} rows for {rows} clips"
             )
         return logits
 

@@ -49,6 +49,8 @@ DURATION_BUCKETS = (
     30.0,
     60.0,
 )
+#: shuffled copies classified per defended request (1 .. MAX_ENSEMBLE)
+COPIES_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 #: vote share of the winning label, 1/N .. 1
 AGREEMENT_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -96,6 +98,21 @@ class GatewayMetrics:
             "backend_errors_total",
             "Backend faults by kind: unavailable, timeout, queue_full, bad_response.",
             ["kind"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.copies_classified = Histogram(
+            "copies_classified",
+            "Shuffled copies classified per defended request (below the ensemble size when "
+            "early stopping found the vote decided).",
+            namespace=ns,
+            buckets=COPIES_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_bytes = Counter(
+            "backend_sent_bytes_total",
+            "Array bytes sent to the model backend (clips, and frame indices in index mode).",
+            ["model"],
             namespace=ns,
             registry=self.registry,
         )

@@ -1,163 +1,113 @@
-"""The defended classify path: decode -> shuffle -> backend -> vote.
+"""The classify path, one way through: admission -> upload -> model -> parameters ->
+decode -> indices -> backend rounds -> vote -> metrics.
 
-One request becomes one backend call: the unshuffled clip (row 0, the
-undefended prediction) and its ``N`` shuffled copies (rows 1..N) travel as a
-single uint8 batch ``[N + 1, T, H, W, 3]``, so TorchServe sees one request and
-can batch it with others. The vote (:func:`service.defense.majority_vote`) runs
-on the ``N`` shuffled rows.
+The route hands over a validated :class:`~service.gateway.schemas.ClassifyRequest`
+and gets a :class:`Verdict` back; everything in between happens here, in
+:meth:`Pipeline.run`.
 
-Blocking work (decoding, the gather, encoding) runs on a bounded thread pool so
-the event loop keeps serving other requests meanwhile.
+The backend sees the clip and its frame indices (``[N + 1, T]``, row 0 the
+identity: the undefended prediction; rows 1..N Algorithm 1's shuffles, drawn by
+:func:`service.defense_np.ensemble_indices` from the request's seed). Two ways to
+send them (the ``shuffle_mode`` setting):
+
+* ``index`` (default): the uint8 clip once plus the indices; the backend
+  gathers the copies on its own device (the GPU when there is one);
+* ``copy``: the gateway gathers the copies and sends them all.
+
+With early stopping (the ``early_stop`` setting, or ``early_stop=false`` per
+request in research mode) the copies are classified in rounds
+(:class:`service.defense_np.EarlyStop`): a round's rows are the next copies in
+index order, and the vote stops as soon as its label and ``suspected_adversarial``
+flag equal what the full ``N``-copy vote would give. ``votes`` then sum to
+``votes_cast`` (< ``ensemble``); ``ensemble`` stays the requested ``N``.
+
+The gateway does no tensor work: decoding aside (:mod:`service.video`), this
+module imports numpy only.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import numpy as np
-import torch
 
 from service.config import Settings
-from service.defense import apply_shuffles, majority_vote, make_generator, shuffle_indices
+from service.defense_np import EarlyStop, ensemble_indices, suspected, vote
+from service.gateway.admission import Admission
 from service.gateway.backend import Backend, ModelMeta
 from service.gateway.catalog import ModelCatalog
-from service.gateway.errors import InvalidParameter, VideoRejected
+from service.gateway.errors import BackendError, InvalidParameter, ModelNotFound, VideoRejected
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.middleware import RequestInfo
+from service.gateway.schemas import MAX_SEED, ClassifyRequest
 from service.gateway.upload import Upload
 from service.video import DecodeLimits, VideoError, decode_clip
 
-__all__ = [
-    "MAX_SEED",
-    "ClassifyParams",
-    "Pipeline",
-    "Verdict",
-    "build_batch",
-    "resolve_device",
-    "summarize",
-]
-
-#: seeds are drawn from, and accepted in, [0, MAX_SEED]
-MAX_SEED = 2**63 - 1
+__all__ = ["MAX_SEED", "Effective", "Pipeline", "Verdict", "build_batch", "index_mode_served"]
 
 R = TypeVar("R")
 
+#: copy-mode gathers over this many bytes run in the thread pool
+_INLINE_GATHER_BYTES = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
-class ClassifyParams:
-    """What a request asked for; None means "the model's preset" (or a drawn seed)."""
+class Effective:
+    """The parameters a request runs with: its own, else the server's, else the preset."""
 
-    model: str | None = None
-    ensemble: int | None = None
-    h1: int | None = None
-    h2: int | None = None
-    seed: int | None = None
-    defense: bool = True
+    ensemble: int  # 0 with defense=false
+    h1: int
+    h2: int
+    seed: int
+    defense: bool
+    early_stop: bool
 
 
 @dataclass
 class Verdict:
-    """The outcome of one classify request (every field of SPEC §4)."""
+    """The outcome of one classify request: the attributes of the response models
+    (:class:`~service.gateway.schemas.ResearchClassifyResponse`), plus what only
+    metrics and the log see."""
 
     model: str
+    request_id: str
     label: str
     label_index: int
     confidence: float
     votes: dict[str, int]
     ensemble: int
+    votes_cast: int
     h1: int | None
     h2: int | None
     seed: int
     undefended_label: str
     undefended_index: int
     suspected_adversarial: bool
+    backend_bytes: int = 0
+    backend_rounds: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_device(setting: str) -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def build_batch(
-    frames: np.ndarray,
-    *,
-    n: int,
-    h1: int,
-    h2: int,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> tuple[np.ndarray, torch.Tensor]:
-    """The backend batch for one clip: itself, then ``n`` shuffled copies.
+def build_batch(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Copy mode's backend batch: uint8 ``[R, T, H, W, 3]`` with ``out[r] =
+    frames[indices[r]]`` (whole frames, one contiguous block each).
 
     Args:
         frames: uint8 ``[T, H, W, 3]`` RGB 0..255.
-        n: shuffled copies (>= 1); h1, h2: Algorithm 1's window and group length.
-        seed: seeds the CPU generator that draws the indices, so a seed gives the same
-            shuffles on any device.
-        device: where the gather runs (the clip is copied there and back).
-
-    Returns:
-        ``(batch, indices)``: uint8 ``[n + 1, T, H, W, 3]`` (row 0 is ``frames``
-        unchanged) and the int64 ``[n + 1, T]`` frame indices used (row 0 the identity).
+        indices: int64 ``[R, T]``, values in ``[0, T)`` (e.g. rows of
+            :func:`service.defense_np.ensemble_indices`).
     """
-    T = frames.shape[0]
-    # h1 beyond T widens nothing (the window is clamped to the clip) and keeps
-    # huge request values away from int64 arithmetic.
-    shuffles = shuffle_indices(T, min(h1, T), h2, n, generator=make_generator(seed))
-    indices = torch.cat([torch.arange(T, dtype=torch.int64).unsqueeze(0), shuffles])
-    clip = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    batch = apply_shuffles(clip, indices, temporal_dim=0)  # one gather: [n + 1, T, H, W, 3]
-    return batch.cpu().numpy(), indices
-
-
-def summarize(
-    logits: np.ndarray,
-    meta: ModelMeta,
-    *,
-    defense: bool,
-    threshold: float,
-) -> dict[str, Any]:
-    """Vote over the backend's logits ``[1 + n, K]`` (row 0: the unshuffled clip).
-
-    Returns the verdict fields: ``label_index``, ``label``, ``confidence``, ``votes``,
-    ``undefended_index``, ``undefended_label``, ``suspected_adversarial``.
-    """
-    scores = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-    undefended = int(scores[0].argmax())
-    if not defense:
-        prob = float(scores[0].softmax(dim=-1)[undefended])
-        return {
-            "label_index": undefended,
-            "label": meta.label(undefended),
-            "confidence": prob,
-            "votes": {},
-            "undefended_index": undefended,
-            "undefended_label": meta.label(undefended),
-            "suspected_adversarial": False,
-        }
-    vote = majority_vote(scores[1:])
-    counts = vote.counts.tolist()
-    votes = {meta.label(k): int(c) for k, c in enumerate(counts) if c > 0}
-    return {
-        "label_index": vote.label,
-        "label": meta.label(vote.label),
-        "confidence": vote.share,
-        "votes": votes,
-        "undefended_index": undefended,
-        "undefended_label": meta.label(undefended),
-        "suspected_adversarial": undefended != vote.label or vote.share < threshold,
-    }
+    return np.take(np.ascontiguousarray(frames), indices, axis=0)
 
 
 class Pipeline:
-    """decode -> shuffle -> backend -> vote, for one request at a time per slot."""
+    """Runs classify requests: see the module docstring."""
 
     def __init__(
         self,
@@ -165,12 +115,20 @@ class Pipeline:
         backend: Backend,
         catalog: ModelCatalog,
         *,
+        metrics: GatewayMetrics | None = None,
+        admission: Admission | None = None,
         threads: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.catalog = catalog
-        self.device = resolve_device(settings.device)
+        self.metrics = metrics or GatewayMetrics()
+        self.admission = admission or Admission(
+            settings.max_inflight,
+            settings.max_queue,
+            queue_timeout_s=settings.queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
         self.threads = threads or anyio.CapacityLimiter(settings.decode_threads)
         self.limits = DecodeLimits(
             max_bytes=settings.max_upload_bytes,
@@ -182,63 +140,190 @@ class Pipeline:
     async def _in_thread(self, fn: Callable[..., R], *args: Any) -> R:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.threads)
 
-    def effective(self, params: ClassifyParams, meta: ModelMeta) -> tuple[int, int, int]:
-        """``(ensemble, h1, h2)``: the request's values, else the server's, else the preset."""
-        ensemble = params.ensemble or self.settings.ensemble or meta.preset.ensemble
-        h1 = meta.preset.h1 if params.h1 is None else params.h1
-        h2 = meta.preset.h2 if params.h2 is None else params.h2
+    # ------------------------------------------------------------ parameters
+    def effective(self, request: ClassifyRequest, meta: ModelMeta) -> Effective:
+        """The request's values, else the server's, else the model's preset.
+
+        The one check that needs the model (``h2 <= clip_len``) is here; the
+        request's own ranges were checked by :class:`ClassifyRequest`.
+        """
+        h2 = meta.preset.h2 if request.h2 is None else request.h2
         if h2 > meta.clip_len:
             raise InvalidParameter(
                 f"h2={h2} exceeds the clip length {meta.clip_len} of model {meta.name!r}; "
                 f"use 1..{meta.clip_len}"
             )
-        return ensemble, h1, h2
+        ensemble = request.ensemble or self.settings.ensemble or meta.preset.ensemble
+        return Effective(
+            ensemble=ensemble if request.defense else 0,
+            h1=meta.preset.h1 if request.h1 is None else request.h1,
+            h2=h2,
+            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            defense=request.defense,
+            early_stop=self.settings.early_stop
+            if request.early_stop is None
+            else request.early_stop,
+        )
 
+    # ------------------------------------------------------------------ run
+    async def run(
+        self,
+        request: ClassifyRequest,
+        *,
+        receive: Callable[[], Awaitable[Upload]],
+        info: RequestInfo,
+        headers: Mapping[str, str] | None = None,
+    ) -> Verdict:
+        """One classify request, from admission to metrics.
+
+        ``receive`` reads the upload (called once a place is admitted); ``info``
+        is the request's log record (its model and fields are filled in here);
+        ``headers`` are the allow-listed ones forwarded to the backend.
+        """
+        forward = dict(headers or {})
+        forward["x-request-id"] = info.request_id
+        with self.metrics.inflight.track_inprogress():
+            async with self.admission.admit():
+                upload = await receive()
+                try:
+                    meta = await self.catalog.resolve(request.model)
+                    info.model = meta.name
+                    params = self.effective(request, meta)  # bad h2 -> 422 before queueing
+                    async with self.admission.run_slot():
+                        verdict = await self.classify(
+                            upload, params, meta, request_id=info.request_id, headers=forward
+                        )
+                except ModelNotFound:
+                    if info.model is not None:  # it was served a moment ago: re-list models
+                        self.catalog.invalidate(info.model)
+                        info.model = None
+                    raise
+                except BackendError as exc:
+                    self.metrics.backend_errors.labels(kind=exc.kind).inc()
+                    raise
+        verdict.timings_ms["total"] = (time.perf_counter() - info.started) * 1e3
+        verdict.timings_ms = {k: round(v, 3) for k, v in verdict.timings_ms.items()}
+        self._observe(verdict, info)
+        return verdict
+
+    def _observe(self, verdict: Verdict, info: RequestInfo) -> None:
+        m = self.metrics
+        m.observe_stages(verdict.timings_ms)
+        m.backend_bytes.labels(model=verdict.model).inc(verdict.backend_bytes)
+        if verdict.ensemble:
+            m.vote_agreement.observe(verdict.confidence)
+            m.copies_classified.observe(verdict.votes_cast)
+            if verdict.suspected_adversarial:
+                m.suspected_adversarial.labels(model=verdict.model).inc()
+        # The log is the operator's: it keeps the flag and the vote even in production.
+        info.fields.update(
+            label=verdict.label,
+            undefended_label=verdict.undefended_label,
+            suspected_adversarial=verdict.suspected_adversarial,
+            confidence=round(verdict.confidence, 4),
+            ensemble=verdict.ensemble,
+            votes_cast=verdict.votes_cast,
+            h1=verdict.h1,
+            h2=verdict.h2,
+            seed=verdict.seed,
+            backend_rounds=verdict.backend_rounds,
+            timings_ms=verdict.timings_ms,
+        )
+
+    # ------------------------------------------------------------- classify
     async def classify(
         self,
         upload: Upload,
-        params: ClassifyParams,
+        params: Effective,
+        meta: ModelMeta,
         *,
-        meta: ModelMeta | None = None,
+        request_id: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> Verdict:
-        meta = meta or await self.catalog.resolve(params.model)
-        ensemble, h1, h2 = self.effective(params, meta)
-        seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
-
-        # Decoding and the gather are blocking: one trip to the thread pool for both.
+        """Decode, then the backend rounds and the vote (no admission, no metrics)."""
+        t0 = time.perf_counter()
         try:
-            batch, timings = await self._in_thread(
-                self._prepare, upload, meta, ensemble if params.defense else 0, h1, h2, seed
-            )
+            frames = await self._in_thread(self._decode, upload, meta)
         except VideoError as exc:
             raise VideoRejected(exc.message, status_code=exc.status_code, code=exc.code) from exc
-        t2 = time.perf_counter()
+        timings = {"decode": (time.perf_counter() - t0) * 1e3, "shuffle": 0.0}
+        timings["backend"] = timings["vote"] = 0.0
+        session = _Rounds(self, meta, frames, timings, headers)
 
-        logits = await self.backend.infer(meta.name, batch, headers=headers)
-        t3 = time.perf_counter()
-        timings["backend"] = (t3 - t2) * 1e3
+        if not params.defense:
+            logits = await session.send(np.arange(meta.clip_len, dtype=np.int64)[None, :])
+            t = time.perf_counter()
+            undefended = int(logits[0].argmax())
+            z = logits[0].astype(np.float64)
+            prob = float(np.exp(z[undefended] - z.max()) / np.exp(z - z.max()).sum())
+            timings["vote"] += (time.perf_counter() - t) * 1e3
+            return Verdict(
+                model=meta.name,
+                request_id=request_id,
+                label=meta.label(undefended),
+                label_index=undefended,
+                confidence=prob,
+                votes={},
+                ensemble=0,
+                votes_cast=0,
+                h1=None,
+                h2=None,
+                seed=params.seed,
+                undefended_label=meta.label(undefended),
+                undefended_index=undefended,
+                suspected_adversarial=False,
+                backend_bytes=session.bytes_sent,
+                backend_rounds=session.rounds,
+                timings_ms=timings,
+            )
 
-        fields = summarize(
-            logits, meta, defense=params.defense, threshold=self.settings.suspicion_threshold
-        )
-        timings["vote"] = (time.perf_counter() - t3) * 1e3
+        N, threshold = params.ensemble, self.settings.suspicion_threshold
+        t = time.perf_counter()
+        indices = ensemble_indices(meta.clip_len, params.h1, params.h2, N, params.seed)
+        timings["shuffle"] += (time.perf_counter() - t) * 1e3
+        stop = EarlyStop(N, threshold, self.settings.early_stop_max_rounds)
+
+        # round 1 carries row 0 (the unshuffled clip) with the first copies
+        first = stop.first_round() if params.early_stop else N
+        logits = await session.send(indices[: 1 + first])
+        undefended = int(logits[0].argmax())
+        copies = logits[1:]
+        t = time.perf_counter()
+        outcome = vote(copies)
+        while params.early_stop and not stop.decided(outcome.counts, undefended):
+            k = stop.next_round(outcome.counts, session.rounds)
+            timings["vote"] += (time.perf_counter() - t) * 1e3
+            cast = copies.shape[0]
+            more = await session.send(indices[1 + cast : 1 + cast + k])
+            t = time.perf_counter()
+            copies = np.concatenate([copies, more])
+            outcome = vote(copies)
+        label = outcome.label
+        votes_for = int(outcome.counts[label])
+        flag = suspected(undefended, label, votes_for, N, threshold)
+        timings["vote"] += (time.perf_counter() - t) * 1e3
         return Verdict(
             model=meta.name,
-            ensemble=ensemble if params.defense else 0,
-            h1=h1 if params.defense else None,
-            h2=h2 if params.defense else None,
-            seed=seed,
+            request_id=request_id,
+            label=meta.label(label),
+            label_index=label,
+            confidence=outcome.share,
+            votes={meta.label(k): int(c) for k, c in enumerate(outcome.counts.tolist()) if c},
+            ensemble=N,
+            votes_cast=outcome.cast,
+            h1=params.h1,
+            h2=params.h2,
+            seed=params.seed,
+            undefended_label=meta.label(undefended),
+            undefended_index=undefended,
+            suspected_adversarial=flag,
+            backend_bytes=session.bytes_sent,
+            backend_rounds=session.rounds,
             timings_ms=timings,
-            **fields,
         )
 
-    def _prepare(
-        self, upload: Upload, meta: ModelMeta, n: int, h1: int, h2: int, seed: int
-    ) -> tuple[np.ndarray, dict[str, float]]:
-        """Decode, then the backend batch (``n = 0``: the clip alone); runs in a thread."""
-        t0 = time.perf_counter()
-        frames = decode_clip(
+    def _decode(self, upload: Upload, meta: ModelMeta) -> np.ndarray:
+        return decode_clip(
             upload.data,
             clip_len=meta.clip_len,
             frame_interval=meta.frame_interval,
@@ -248,10 +333,52 @@ class Pipeline:
             limits=self.limits,
             content_type=upload.content_type,
         ).frames
-        t1 = time.perf_counter()
-        if n:
-            batch, _ = build_batch(frames, n=n, h1=h1, h2=h2, seed=seed, device=self.device)
+
+
+def index_mode_served(meta: ModelMeta) -> bool:
+    """Whether the model's handler parses index-mode bodies (it says so in its
+    description); archives built before index mode are sent copies."""
+    modes = meta.extra.get("wire_modes")
+    return isinstance(modes, list) and "index" in modes
+
+
+class _Rounds:
+    """The backend calls of one request: each sends rows of frame indices, in the
+    pipeline's ``shuffle_mode``, and counts rounds, bytes and time."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        meta: ModelMeta,
+        frames: np.ndarray,
+        timings: dict[str, float],
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.meta = meta
+        self.frames = np.ascontiguousarray(frames)
+        self.timings = timings
+        self.headers = headers
+        self.rounds = 0
+        self.bytes_sent = 0
+
+    async def send(self, rows: np.ndarray) -> np.ndarray:
+        """Logits ``[R, K]`` of the clips ``frames[rows[r]]``; ``rows`` int64 ``[R, T]``."""
+        backend, name = self.pipeline.backend, self.meta.name
+        if self.pipeline.settings.shuffle_mode == "index" and index_mode_served(self.meta):
+            t = time.perf_counter()
+            logits = await backend.infer_indexed(name, self.frames, rows, headers=self.headers)
+            self.bytes_sent += self.frames.nbytes + rows.nbytes
         else:
-            batch = frames[None]
-        t2 = time.perf_counter()
-        return batch, {"decode": (t1 - t0) * 1e3, "shuffle": (t2 - t1) * 1e3}
+            t0 = time.perf_counter()
+            if rows.shape[0] * self.frames.nbytes > _INLINE_GATHER_BYTES:
+                batch = await self.pipeline._in_thread(build_batch, self.frames, rows)
+            else:
+                batch = build_batch(self.frames, rows)
+            t = time.perf_counter()
+            self.timings["shuffle"] += (t - t0) * 1e3
+            logits = await backend.infer(name, batch, headers=self.headers)
+            self.bytes_sent += batch.nbytes
+        self.timings["backend"] += (time.perf_counter() - t) * 1e3
+        self.rounds += 1
+        return logits

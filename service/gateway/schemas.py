@@ -4,21 +4,59 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.gateway.pipeline import Verdict
+from service.config import MAX_ENSEMBLE, MODEL_NAME_PATTERN
+
+#: seeds are drawn from, and accepted in, [0, MAX_SEED]
+MAX_SEED = 2**63 - 1
+
+
+class ClassifyRequest(BaseModel):
+    """The query of ``POST /v1/classify``, validated once here and carried under the
+    same names to the backend. None means "the model's preset" (or a drawn seed, or
+    the server's early-stop setting). Everything but ``model`` is research mode only."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model: str | None = Field(
+        default=None,
+        pattern=MODEL_NAME_PATTERN,
+        description="served model (default: the default model)",
+    )
+    ensemble: int | None = Field(
+        default=None, ge=1, le=MAX_ENSEMBLE, description="shuffled copies N (research mode)"
+    )
+    h1: int | None = Field(default=None, ge=0, description="shuffle window (research mode)")
+    h2: int | None = Field(
+        default=None, ge=1, description="group length, <= clip_len (research mode)"
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="shuffle seed (research mode)"
+    )
+    defense: bool = Field(default=True, description="false: undefended (research mode)")
+    early_stop: bool | None = Field(
+        default=None,
+        description="false: classify all N copies even when the vote is decided earlier "
+        "(research mode; default: the server's setting, on)",
+    )
 
 
 class Timings(BaseModel):
     decode: float = Field(description="ms decoding the upload into a clip")
-    shuffle: float = Field(description="ms drawing and gathering the shuffled copies")
-    backend: float = Field(description="ms in the model backend (one batched call)")
-    vote: float = Field(description="ms voting")
+    shuffle: float = Field(
+        description="ms drawing the shuffles' frame indices (and, in copy mode, gathering the "
+        "copies on the gateway)"
+    )
+    backend: float = Field(description="ms in the model backend (all rounds)")
+    vote: float = Field(description="ms voting (all rounds)")
     total: float = Field(description="ms from request arrival to the answer")
 
 
 class ClassifyResponse(BaseModel):
     """Production answer: the label only (no oracle for attackers)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     label: str = Field(description="the ensemble's majority vote")
     label_index: int
@@ -31,10 +69,17 @@ class ResearchClassifyResponse(ClassifyResponse):
     """Research-mode answer (``SHUFFLEGUARD_RESEARCH_MODE=1``): every field."""
 
     confidence: float = Field(
-        description="winning vote share (defense=false: softmax probability of the label)"
+        description="winning vote share among the votes cast (defense=false: softmax "
+        "probability of the label)"
     )
-    votes: dict[str, int] = Field(description="label -> votes, summing to ensemble")
-    ensemble: int
+    votes: dict[str, int] = Field(
+        description="label -> votes, summing to votes_cast (= ensemble without early stop)"
+    )
+    ensemble: int = Field(description="shuffled copies N requested (0 with defense=false)")
+    votes_cast: int = Field(
+        description="shuffled copies classified: fewer than ensemble when early stopping "
+        "found the vote decided; label and suspected_adversarial equal the full vote's"
+    )
     h1: int | None
     h2: int | None
     seed: int = Field(description="seed of the shuffles; send it back to reproduce")
@@ -42,28 +87,11 @@ class ResearchClassifyResponse(ClassifyResponse):
     suspected_adversarial: bool
 
 
-def classify_body(verdict: Verdict, *, request_id: str, research: bool) -> dict[str, object]:
-    """The JSON body for ``verdict``: label-only in production, everything in research mode."""
-    timings = {k: round(v, 3) for k, v in verdict.timings_ms.items()}
-    body: dict[str, object] = {
-        "label": verdict.label,
-        "label_index": verdict.label_index,
-        "model": verdict.model,
-        "request_id": request_id,
-        "timings_ms": timings,
-    }
-    if research:
-        body.update(
-            confidence=verdict.confidence,
-            votes=verdict.votes,
-            ensemble=verdict.ensemble,
-            h1=verdict.h1,
-            h2=verdict.h2,
-            seed=verdict.seed,
-            undefended_label=verdict.undefended_label,
-            suspected_adversarial=verdict.suspected_adversarial,
-        )
-    return body
+def classify_body(verdict: Any, *, research: bool) -> dict[str, Any]:
+    """The JSON body for a verdict (any object with the response's attributes):
+    the production model, or in research mode the full one."""
+    model = ResearchClassifyResponse if research else ClassifyResponse
+    return model.model_validate(verdict, from_attributes=True).model_dump(mode="json")
 
 
 class Preset(BaseModel):
@@ -110,7 +138,7 @@ ERROR_STATUSES: dict[int, str] = {
     400: "Bad upload: `empty_upload`, `missing_file`, `bad_multipart`, `bad_video` (empty,"
     " undecodable, corrupt or text body, malformed .npy header, wrong .npy dtype/shape).",
     403: "`research_mode_required`: a research-only parameter (defense, ensemble, h1, h2,"
-    " seed) sent to a production gateway.",
+    " seed, early_stop) sent to a production gateway.",
     404: "`model_not_found`: no served model has that name.",
     408: "`upload_timeout`: the upload did not arrive within the upload timeout; the"
     " connection is closed.",

@@ -29,8 +29,9 @@ def test_bench_size_reports_ratios() -> None:
     res = bench_size(
         T=8, size=8, n=3, h1=2, h2=1, repeats=2, warmup=1, device=torch.device("cpu"), seed=0
     )
-    assert set(res["median_s"]) == {"vectorized", "per_frame", "bare_copy"}
+    assert set(res["median_s"]) == {"blocks", "vectorized", "per_frame", "bare_copy"}
     assert res["vectorized_over_bare_copy"] > 0 and res["per_frame_over_vectorized"] > 0
+    assert res["blocks_over_bare_copy"] > 0 and res["threads"] == torch.get_num_threads()
 
 
 def test_bench_cli_writes_json(tmp_path: Path) -> None:
@@ -47,9 +48,13 @@ def test_bench_cli_writes_json(tmp_path: Path) -> None:
             "2",
             "--device",
             "cpu",
+            "--threads",
+            "1",
+            "2",
             "--out",
             str(out),
         ]
     )
     assert rc == 0
-    assert json.loads(out.read_text())[0]["size"] == 8
+    rows = json.loads(out.read_text())
+    assert [(r["size"], r["threads"]) for r in rows] == [(8, 1), (8, 2)]

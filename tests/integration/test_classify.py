@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from service import wire
+from service.defense_np import ensemble_indices
 from service.gateway.pipeline import build_batch
 from service.torchserve_proc import TorchServeProcess
 from service.video import decode_clip
@@ -76,7 +77,8 @@ def test_encoded_videos_agree_with_the_model(
     # ... and so does TorchServe called directly on the same decoded clip
     clip = decode_clip(data, clip_len=8, frame_interval=1, crop_size=32).frames
     assert _direct_prediction(torchserve, clip) == body["label_index"]
-    assert body["votes"] == {color: 10} and body["ensemble"] == 10
+    assert body["votes"] == {color: 6} and body["ensemble"] == 10  # decided in one round
+    assert body["votes_cast"] == 6
     assert (body["h1"], body["h2"]) == (2, 1)
     assert set(body["timings_ms"]) == {"decode", "shuffle", "backend", "vote", "total"}
     assert body["timings_ms"]["total"] >= body["timings_ms"]["backend"] > 0
@@ -112,12 +114,12 @@ def test_npy_at_model_shape_reaches_the_model_bit_exact(
     frames[0], frames[1], frames[2] = COLORS["red"], COLORS["green"], COLORS["blue"]
     model = ColorNet()
     for seed in (1, 2, 3):
-        batch, _ = build_batch(frames, n=16, h1=2, h2=1, seed=seed)
+        batch = build_batch(frames, ensemble_indices(8, 2, 1, 16, seed))
         x = torch.from_numpy(batch).permute(0, 4, 1, 2, 3).float() / 255.0
         preds = model(x).argmax(dim=1).tolist()
         expected = {TINY_META["labels"][k]: preds[1:].count(k) for k in set(preds[1:])}
         r = client.post(
-            f"{research_gateway.url}/v1/classify?ensemble=16&seed={seed}",
+            f"{research_gateway.url}/v1/classify?ensemble=16&seed={seed}&early_stop=false",
             content=media.npy_bytes(frames),
             headers={"Content-Type": "application/x-npy"},
         )
@@ -127,7 +129,7 @@ def test_npy_at_model_shape_reaches_the_model_bit_exact(
         assert body["votes"] == expected
         assert body["undefended_label"] == TINY_META["labels"][preds[0]] == "red"
         again = client.post(
-            f"{research_gateway.url}/v1/classify?ensemble=16&seed={seed}",
+            f"{research_gateway.url}/v1/classify?ensemble=16&seed={seed}&early_stop=false",
             files={"file": ("clip.npy", media.npy_bytes(frames), "application/x-npy")},
         )
         assert again.json()["votes"] == body["votes"]  # the seed reproduces the result
@@ -139,7 +141,9 @@ def test_first_frame_attack_is_caught(research_gateway: Gateway, client: httpx.C
     )
     body = r.json()
     assert body["undefended_label"] == "blue"  # the perturbation fools the bare model
-    assert body["label"] == "red" and body["votes"] == {"red": 10}  # the shuffles do not
+    assert body["label"] == "red"  # the shuffles do not
+    # a flip is suspected whatever the rest votes: one round (a strict majority) decides
+    assert body["votes"] == {"red": 6} and body["votes_cast"] == 6 and body["ensemble"] == 10
     assert body["suspected_adversarial"] is True
     undefended = client.post(
         f"{research_gateway.url}/v1/classify?defense=false",
@@ -147,6 +151,7 @@ def test_first_frame_attack_is_caught(research_gateway: Gateway, client: httpx.C
     ).json()
     assert undefended["label"] == "blue" and undefended["votes"] == {}
     assert (undefended["ensemble"], undefended["h1"], undefended["h2"]) == (0, None, None)
+    assert undefended["votes_cast"] == 0
     assert undefended["suspected_adversarial"] is False
     assert 0.33 < undefended["confidence"] <= 1.0
 
@@ -159,8 +164,14 @@ def test_ensemble_bounds(ensemble: int, research_gateway: Gateway, client: httpx
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert sum(body["votes"].values()) == body["ensemble"] == ensemble
+    assert body["ensemble"] == ensemble
+    assert sum(body["votes"].values()) == body["votes_cast"] == ensemble // 2 + 1  # unanimous
     assert body["seed"] >= 0  # drawn, and returned so the result can be reproduced
+    r = client.post(
+        f"{research_gateway.url}/v1/classify?ensemble={ensemble}&h1=0&h2=8&early_stop=false",
+        content=media.npy_bytes(color_frames("green", t=8, h=32, w=32)),
+    )
+    assert sum(r.json()["votes"].values()) == r.json()["votes_cast"] == ensemble
 
 
 def test_request_id_is_echoed_in_header_and_body(
@@ -218,3 +229,82 @@ def test_default_model_agrees_with_itself_on_clean_toy_clips(
         assert body["undefended_label"] == meta["labels"][own]
         agree += body["label_index"] == own
     assert agree >= len(clips) - 1, f"ensemble agreed with the model on {agree}/{len(clips)}"
+
+
+def test_index_and_copy_mode_give_the_same_votes(
+    research_gateway: Gateway, start_gateway: StartGateway, client: httpx.Client
+) -> None:
+    copy_gateway = start_gateway(shuffle_mode="copy")
+    frames = np.empty((8, 32, 32, 3), np.uint8)
+    frames[:] = 128
+    frames[0], frames[1], frames[3] = COLORS["blue"], COLORS["green"], COLORS["blue"]
+    for seed in (4, 5):
+        bodies = [
+            client.post(
+                f"{g.url}/v1/classify?ensemble=12&seed={seed}&early_stop=false",
+                content=media.npy_bytes(frames),
+            ).json()
+            for g in (research_gateway, copy_gateway)
+        ]
+        for key in ("votes", "label", "confidence", "undefended_label", "suspected_adversarial"):
+            assert bodies[0][key] == bodies[1][key], key
+
+
+def test_handler_refuses_bad_index_payloads_with_400(
+    torchserve: TorchServeProcess, client: httpx.Client
+) -> None:
+    clip = np.zeros((8, 32, 32, 3), np.uint8)
+    url = f"{torchserve.inference_url}/predictions/{TINY}"
+    headers = {"Content-Type": wire.CONTENT_TYPE}
+    good = np.tile(np.arange(8), (3, 1))
+    bad = {
+        "index out of range": wire.encode_indexed(clip, np.full((3, 8), 8)),
+        "negative index": wire.encode_indexed(clip, np.full((3, 8), -1)),
+        "indices missing": wire.encode_array(clip),
+        "indices for another T": wire.encode_array(clip)
+        + wire.encode_array(np.zeros((3, 7), np.int64)),
+        "trailing bytes": wire.encode_indexed(clip, good) + b"x",
+        "truncated": wire.encode_indexed(clip, good)[:-1],
+        "too many rows": wire.encode_indexed(clip, np.zeros((129, 8), np.int64)),
+    }
+    for why, body in bad.items():
+        r = client.post(url, content=body, headers=headers)
+        assert r.status_code == 400, why
+    r = client.post(url, content=wire.encode_indexed(clip, good), headers=headers)
+    assert r.status_code == 200 and wire.decode_logits(r.content).shape == (3, 3)
+
+
+@pytest.mark.skipif(
+    not DEFAULT_MAR.is_file(), reason="model_store/toy_r3d18.mar is not built in this checkout"
+)
+def test_early_stop_equals_the_full_vote_with_the_real_model(
+    start_gateway: StartGateway, client: httpx.Client
+) -> None:
+    """The shipped model on clean and first-frame-attacked toy clips: for each seed, the
+    early-stopped vote gives the full vote's label and flag, with fewer copies."""
+    from service.toy.contrast import blend_towards_background
+    from service.toy.data import generate_toy_dataset
+
+    with zipfile.ZipFile(DEFAULT_MAR) as mar:
+        meta = json.loads(mar.read("meta.json"))
+    gateway = start_gateway(default_model=meta["name"])
+    data = generate_toy_dataset(
+        int(meta.get("dataset") or 1),
+        count=8,
+        frames=int(meta["clip_len"]),
+        size=int(meta["crop_size"]),
+        seed=777,
+    )
+    clips = list(blend_towards_background(data, float(meta.get("contrast", 0.4))))
+    attacked = clips[0].copy()
+    attacked[0] = clips[1][0]  # another class's first frame: a crude temporal attack
+    cast = []
+    for i, clip in enumerate([*clips, attacked]):
+        url = f"{gateway.url}/v1/classify?seed={i}&ensemble=10"
+        early = client.post(url, content=media.npy_bytes(clip)).json()
+        full = client.post(f"{url}&early_stop=false", content=media.npy_bytes(clip)).json()
+        for key in ("label", "suspected_adversarial", "undefended_label"):
+            assert early[key] == full[key], (i, key, early, full)
+        assert full["votes_cast"] == 10 and sum(early["votes"].values()) == early["votes_cast"]
+        cast.append(early["votes_cast"])
+    assert min(cast) < 10  # some votes were decided early

@@ -53,6 +53,12 @@ def test_metrics_move(research_gateway: Gateway, client: httpx.Client) -> None:
     assert _delta(after, before, "shuffleguard_vote_agreement_count") == 2
     assert _delta(after, before, "shuffleguard_vote_agreement_sum") == pytest.approx(2.0)
     assert _delta(after, before, "shuffleguard_suspected_adversarial_total", model=TINY) == 1
+    # both defended clips are unanimous: one round of a strict majority (6 of 10) each
+    assert _delta(after, before, "shuffleguard_copies_classified_count") == 2
+    assert _delta(after, before, "shuffleguard_copies_classified_sum") == 12
+    # index mode: the 8 x 32 x 32 clip once + [7, 8] int64 indices, per request
+    sent = _delta(after, before, "shuffleguard_backend_sent_bytes_total", model=TINY)
+    assert sent == 2 * (8 * 32 * 32 * 3 + 7 * 8 * 8)
     assert after[("shuffleguard_inflight_requests", ())] == 0
 
 

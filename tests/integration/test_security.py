@@ -17,6 +17,7 @@ RESEARCH_FIELDS = PRODUCTION_FIELDS | {
     "confidence",
     "votes",
     "ensemble",
+    "votes_cast",
     "h1",
     "h2",
     "seed",
@@ -43,7 +44,8 @@ def test_production_accepts_the_model_parameter(
 
 
 @pytest.mark.parametrize(
-    "query", ["defense=false", "ensemble=1", "h1=0", "h2=8", "seed=1", "ensemble=1000"]
+    "query",
+    ["defense=false", "ensemble=1", "h1=0", "h2=8", "seed=1", "ensemble=1000", "early_stop=false"],
 )
 def test_production_refuses_the_defense_knobs(
     query: str, prod_gateway: Gateway, client: httpx.Client
@@ -86,6 +88,6 @@ def test_research_mode_opens_every_field(research_gateway: Gateway, client: http
     body = r.json()
     assert set(body) == RESEARCH_FIELDS
     assert (body["ensemble"], body["h1"], body["h2"], body["seed"]) == (5, 1, 2, 9)
-    assert sum(body["votes"].values()) == 5
+    assert sum(body["votes"].values()) == body["votes_cast"] <= 5
     assert isinstance(body["suspected_adversarial"], bool)
     assert 0.0 < body["confidence"] <= 1.0

@@ -480,10 +480,10 @@ def test_gateway_argv_env_and_ports(compose: dict[str, Any], name: str) -> None:
     settings = Settings(**{n.removeprefix("SHUFFLEGUARD_").lower(): v for n, v in env.items()})
     assert settings.research_mode is False
     assert env["SHUFFLEGUARD_RESEARCH_MODE"] == "0"
-    assert settings.device == "cpu"
+    assert settings.shuffle_mode == "index"
     # compose passes these names through too
     compose_env = {e.split("=", 1)[0] for e in compose["services"]["gateway"]["environment"]}
-    assert set(env) - {"SHUFFLEGUARD_DEVICE"} <= compose_env
+    assert set(env) - {"SHUFFLEGUARD_SHUFFLE_MODE"} <= compose_env
 
 
 def torchserve_config_keys() -> set[str]:

@@ -143,5 +143,5 @@ def test_unknown_route_and_docs(prod: TestClient) -> None:
     assert prod.get("/docs").status_code == 200
     spec = prod.get("/openapi.json").json()
     params = {p["name"] for p in spec["paths"]["/v1/classify"]["post"]["parameters"]}
-    assert params == {"model", "ensemble", "h1", "h2", "seed", "defense"}
+    assert params == {"model", "ensemble", "h1", "h2", "seed", "defense", "early_stop"}
     assert {"/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])

@@ -1,16 +1,28 @@
-"""The pipeline's pure pieces: the backend batch, the vote summary, effective parameters."""
+"""The pipeline: copy-mode batches, effective parameters, and the backend rounds of
+early stopping against the real handler run in-process (a :class:`Backend` that
+parses the wire bytes with :class:`ShuffleGuardHandler` and runs a real model)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import anyio
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from service import wire
 from service.config import Settings
-from service.defense import ShufflePreset, make_generator, shuffle_indices
+from service.defense_np import ShufflePreset, ensemble_indices
 from service.gateway.backend import ModelMeta
 from service.gateway.errors import InvalidParameter
-from service.gateway.pipeline import ClassifyParams, Pipeline, build_batch, summarize
+from service.gateway.pipeline import Effective, Pipeline, build_batch
+from service.gateway.schemas import ClassifyRequest
+from service.gateway.upload import Upload
+from service.handler import ShuffleGuardHandler
+from tests import media
 
 META = ModelMeta(
     name="m",
@@ -20,6 +32,7 @@ META = ModelMeta(
     crop_size=4,
     labels=("a", "b", "c"),
     preset=ShufflePreset(h1=2, h2=1, ensemble=10),
+    extra={"wire_modes": ["copy", "index"]},
 )
 
 
@@ -30,85 +43,29 @@ def _frames(T: int = 8, size: int = 4) -> np.ndarray:
     ).copy()
 
 
-def test_batch_is_clip_then_its_shuffles() -> None:
+def test_copy_batch_is_the_frames_its_indices_name() -> None:
     frames = _frames()
-    batch, indices = build_batch(frames, n=5, h1=2, h2=1, seed=3)
+    indices = ensemble_indices(8, 2, 1, 5, seed=3)
+    batch = build_batch(frames, indices)
     assert batch.shape == (6, 8, 4, 4, 3) and batch.dtype == np.uint8
-    assert indices.shape == (6, 8)
     np.testing.assert_array_equal(batch[0], frames)  # row 0: the clip, unshuffled
-    assert indices[0].tolist() == list(range(8))
-    expected = shuffle_indices(8, 2, 1, 5, generator=make_generator(3))
-    assert torch.equal(indices[1:], expected)
-    # every copied frame is the source frame its index names
-    np.testing.assert_array_equal(batch[1:, :, 0, 0, 0], expected.numpy().astype(np.uint8))
-
-
-def test_batch_is_reproducible_from_its_seed() -> None:
-    frames = _frames()
-    a, _ = build_batch(frames, n=10, h1=3, h2=2, seed=42)
-    b, _ = build_batch(frames, n=10, h1=3, h2=2, seed=42)
-    c, _ = build_batch(frames, n=10, h1=3, h2=2, seed=43)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-
-
-def test_huge_h1_is_clamped_not_overflowed() -> None:
-    frames = _frames()
-    batch, indices = build_batch(frames, n=4, h1=10**30, h2=1, seed=0)
-    assert int(indices.min()) >= 0 and int(indices.max()) < 8
-    assert batch.shape[0] == 5
-
-
-def _logits(rows: list[int], k: int = 3) -> np.ndarray:
-    out = np.zeros((len(rows), k), np.float32)
-    out[np.arange(len(rows)), rows] = 5.0
-    return out
-
-
-def test_summary_votes_and_suspicion() -> None:
-    # undefended says c; shuffled copies vote a, a, a, b
-    fields = summarize(_logits([2, 0, 0, 0, 1]), META, defense=True, threshold=0.5)
-    assert fields["label"] == "a" and fields["label_index"] == 0
-    assert fields["votes"] == {"a": 3, "b": 1}
-    assert sum(fields["votes"].values()) == 4
-    assert fields["confidence"] == pytest.approx(0.75)
-    assert fields["undefended_label"] == "c"
-    assert fields["suspected_adversarial"] is True  # the label flipped under shuffling
-
-
-def test_low_agreement_is_suspected_even_without_a_flip() -> None:
-    rows = [0, 0, 1, 2, 0, 1, 2, 0]  # undefended a; copies vote a 3, b 2, c 2
-    fields = summarize(_logits(rows), META, defense=True, threshold=0.5)
-    assert fields["label"] == "a" and fields["undefended_label"] == "a"
-    assert fields["confidence"] == pytest.approx(3 / 7)
-    assert fields["suspected_adversarial"] is True
-    calm = summarize(_logits(rows), META, defense=True, threshold=0.4)
-    assert calm["suspected_adversarial"] is False
-
-
-def test_summary_without_defense_is_the_softmax_of_the_clip() -> None:
-    logits = np.array([[1.0, 3.0, 0.0]], np.float32)
-    fields = summarize(logits, META, defense=False, threshold=0.5)
-    assert fields["label"] == "b" and fields["votes"] == {}
-    assert fields["confidence"] == pytest.approx(float(torch.tensor(logits[0]).softmax(0)[1]))
-    assert fields["suspected_adversarial"] is False
-
-
-def test_unknown_class_index_gets_a_numeric_label() -> None:
-    fields = summarize(_logits([4, 4], k=5), META, defense=True, threshold=0.5)
-    assert fields["label"] == "4"
+    np.testing.assert_array_equal(batch[:, :, 0, 0, 0], indices.astype(np.uint8))
 
 
 def test_effective_parameters() -> None:
     pipe = Pipeline.__new__(Pipeline)
     pipe.settings = Settings()
-    assert pipe.effective(ClassifyParams(), META) == (10, 2, 1)
-    assert pipe.effective(ClassifyParams(ensemble=3, h1=0, h2=8), META) == (3, 0, 8)
+    eff = pipe.effective(ClassifyRequest(seed=1), META)
+    assert (eff.ensemble, eff.h1, eff.h2, eff.seed, eff.early_stop) == (10, 2, 1, 1, True)
+    eff = pipe.effective(ClassifyRequest(ensemble=3, h1=0, h2=8, early_stop=False), META)
+    assert (eff.ensemble, eff.h1, eff.h2, eff.early_stop) == (3, 0, 8, False)
+    assert pipe.effective(ClassifyRequest(defense=False), META).ensemble == 0
     with pytest.raises(InvalidParameter, match="h2=9"):
-        pipe.effective(ClassifyParams(h2=9), META)
-    pipe.settings = Settings(ensemble=20)  # the operator's ensemble beats the preset
-    assert pipe.effective(ClassifyParams(), META)[0] == 20
-    assert pipe.effective(ClassifyParams(ensemble=5), META)[0] == 5
+        pipe.effective(ClassifyRequest(h2=9), META)
+    pipe.settings = Settings(ensemble=20, early_stop=False)  # the operator's beat the preset
+    assert pipe.effective(ClassifyRequest(), META).ensemble == 20
+    assert pipe.effective(ClassifyRequest(ensemble=5), META).ensemble == 5
+    assert pipe.effective(ClassifyRequest(), META).early_stop is False
 
 
 def test_model_meta_validation() -> None:
@@ -136,10 +93,141 @@ def test_model_meta_validation() -> None:
             ModelMeta.from_dict(broken)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_batch_gathered_on_the_gpu_equals_the_cpu_one() -> None:
-    frames = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
-    on_cpu, idx_cpu = build_batch(frames, n=10, h1=3, h2=2, seed=11, device="cpu")
-    on_gpu, idx_gpu = build_batch(frames, n=10, h1=3, h2=2, seed=11, device="cuda")
-    assert torch.equal(idx_cpu, idx_gpu)  # indices come from the CPU generator either way
-    np.testing.assert_array_equal(on_cpu, on_gpu)
+# --------------------------------------------------------------------------- #
+# Rounds against the real handler, in-process
+# --------------------------------------------------------------------------- #
+class FrameNet(torch.nn.Module):
+    """float ``[B, 3, T, H, W]`` -> logits ``[B, 3]`` from a fixed random projection of
+    the first frames' mean colours: the label depends on the frame order, so
+    shuffles disagree on some clips and agree on others."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(3 * 3, 3, generator=g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = x[:, :, :3].mean(dim=(3, 4)).flatten(1)  # [B, 3 * 3]
+        return 20.0 * (first - 0.5) @ self.w
+
+
+class HandlerBackend:
+    """A :class:`Backend` that answers with :class:`ShuffleGuardHandler` in this process,
+    from the same wire bytes TorchServe would pass it."""
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta) -> None:
+        self.handler = ShuffleGuardHandler()
+        self.handler.meta = {"clip_len": meta.clip_len, "crop_size": meta.crop_size}
+        self.handler.model = model
+        self.handler.initialized = True
+        self.bodies: list[int] = []
+
+    def _answer(self, body: bytes) -> np.ndarray:
+        self.bodies.append(len(body))
+        (out,) = self.handler.handle([{"body": bytearray(body)}], None)
+        return wire.decode_logits(out)
+
+    async def infer(
+        self, model: str, clips: np.ndarray, *, headers: Mapping[str, str] | None = None
+    ) -> np.ndarray:
+        return self._answer(wire.encode_clips(clips))
+
+    async def infer_indexed(
+        self,
+        model: str,
+        clip: np.ndarray,
+        indices: np.ndarray,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> np.ndarray:
+        return self._answer(wire.encode_indexed(clip, indices))
+
+
+def _pipeline(backend: HandlerBackend, **overrides: object) -> Pipeline:
+    pipe = Pipeline(Settings(**overrides), backend, catalog=None)  # type: ignore[arg-type]
+    return pipe
+
+
+def _classify(pipe: Pipeline, clip: np.ndarray, params: Effective) -> object:
+    upload = Upload(data=media.npy_bytes(clip), content_type="application/x-npy")
+
+    async def go() -> object:
+        return await pipe.classify(upload, params, META)
+
+    return anyio.run(go)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    model_seed=st.integers(0, 50),
+    clip_seed=st.integers(0, 10_000),
+    seed=st.integers(0, 2**32),
+    N=st.integers(1, 16),
+    threshold=st.sampled_from([0.3, 0.5, 0.7, 0.9]),
+    mode=st.sampled_from(["index", "copy"]),
+)
+def test_early_stop_gives_the_full_votes_label_and_flag(
+    model_seed: int, clip_seed: int, seed: int, N: int, threshold: float, mode: str
+) -> None:
+    backend = HandlerBackend(FrameNet(model_seed), META)
+    rng = np.random.default_rng(clip_seed)
+    clip = rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
+    pipe = _pipeline(backend, suspicion_threshold=threshold, shuffle_mode=mode)
+    base = dict(ensemble=N, h1=2, h2=1, seed=seed, defense=True)
+    full = _classify(pipe, clip, Effective(**base, early_stop=False))  # type: ignore[arg-type]
+    early = _classify(pipe, clip, Effective(**base, early_stop=True))  # type: ignore[arg-type]
+    assert full.votes_cast == N and sum(full.votes.values()) == N  # type: ignore[attr-defined]
+    for name in ("label", "label_index", "suspected_adversarial", "undefended_label"):
+        assert getattr(early, name) == getattr(full, name), name
+    assert sum(early.votes.values()) == early.votes_cast <= N  # type: ignore[attr-defined]
+    assert early.ensemble == N  # type: ignore[attr-defined]
+
+
+def test_unanimous_clip_takes_one_round_and_index_mode_sends_the_clip_once() -> None:
+    backend = HandlerBackend(FrameNet(0), META)
+    clip = np.full((8, 4, 4, 3), 200, np.uint8)  # every shuffle is the same clip
+    pipe = _pipeline(backend)
+    params = Effective(ensemble=10, h1=2, h2=1, seed=1, defense=True, early_stop=True)
+    verdict = _classify(pipe, clip, params)
+    assert verdict.votes_cast == 6 and verdict.backend_rounds == 1  # type: ignore[attr-defined]
+    assert len(backend.bodies) == 1
+    # one clip + [7, 8] int64 indices + two npy headers
+    assert backend.bodies[0] <= clip.nbytes + 7 * 8 * 8 + 2 * 128
+    assert verdict.backend_bytes == clip.nbytes + 7 * 8 * 8  # type: ignore[attr-defined]
+
+    copy = _pipeline(backend, shuffle_mode="copy")
+    verdict = _classify(copy, clip, params)
+    assert verdict.backend_bytes == 7 * clip.nbytes  # type: ignore[attr-defined]
+
+
+def test_an_archive_without_index_mode_is_sent_copies() -> None:
+    backend = HandlerBackend(FrameNet(0), META)
+    old = ModelMeta(**{**META.__dict__, "extra": {}})
+    clip = np.full((8, 4, 4, 3), 200, np.uint8)
+    upload = Upload(data=media.npy_bytes(clip), content_type="application/x-npy")
+    params = Effective(ensemble=4, h1=2, h2=1, seed=1, defense=True, early_stop=False)
+
+    async def go() -> object:
+        return await _pipeline(backend).classify(upload, params, old)
+
+    verdict = anyio.run(go)
+    assert verdict.backend_bytes == 5 * clip.nbytes  # type: ignore[attr-defined]
+
+
+def test_index_and_copy_mode_agree_bit_for_bit() -> None:
+    backend = HandlerBackend(FrameNet(3), META)
+    clip = np.random.default_rng(0).integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
+    params = Effective(ensemble=12, h1=3, h2=2, seed=9, defense=True, early_stop=False)
+    a = _classify(_pipeline(backend, shuffle_mode="index"), clip, params)
+    b = _classify(_pipeline(backend, shuffle_mode="copy"), clip, params)
+    assert a.votes == b.votes and a.confidence == b.confidence  # type: ignore[attr-defined]
+
+
+def test_the_gateway_imports_torch_only_through_video_decoding() -> None:
+    """Indices, wire, vote and HTTP need no torch: the one module of the gateway's that
+    imports it is service.video (its resize). Checked in a fresh interpreter."""
+    from service.bench.serve import torch_importers
+
+    assert torch_importers() == ["service.video"]
