@@ -430,6 +430,8 @@ def error_detail(response: httpx.Response) -> str:
         inner = payload.get("error")
         if isinstance(inner, dict) and "message" in inner:
             return str(inner["message"])[:200]
+        if isinstance(inner, str):  # the Open Inference Protocol's error object
+            return inner[:200]
         if "message" in payload:
             return str(payload["message"])[:200]
     return f"HTTP {response.status_code}"

@@ -107,8 +107,6 @@ class BackendPool:
         member.down_since = None
 
     async def _call(self, model: str | None, call: Callable[[Backend], Awaitable[T]]) -> T:
-        if model is not None:
-            self._probe_model = model
         last: Exception | None = None
         for member in self._order():
             member.inflight += 1
@@ -125,6 +123,8 @@ class BackendPool:
             finally:
                 member.inflight -= 1
             self._mark_up(member)
+            if model is not None:  # a model that exists: what the probe asks about
+                self._probe_model = model
             return result
         assert last is not None
         raise last
@@ -139,12 +139,13 @@ class BackendPool:
     async def _probe_loop(self) -> None:
         while not self._closed and any(not m.healthy for m in self.members):
             await asyncio.sleep(self.probe_interval_s)
-            await asyncio.gather(*(self._probe(m) for m in self.members if not m.healthy))
+            model = self._probe_model
+            await asyncio.gather(*(self._probe(m, model) for m in self.members if not m.healthy))
 
-    async def _probe(self, member: Member) -> bool:
+    async def _probe(self, member: Member, model: str | None) -> bool:
         try:
-            if self._probe_model is not None:
-                ok = await member.backend.ready(self._probe_model)
+            if model is not None:
+                ok = await member.backend.ready(model)
             else:
                 await member.backend.list_models()
                 ok = True
@@ -183,8 +184,9 @@ class BackendPool:
 
     async def ready(self, model: str) -> bool:
         """True when any member is ready (probes them all; updates their health)."""
-        self._probe_model = model
-        results = await asyncio.gather(*(self._probe(m) for m in self.members))
+        results = await asyncio.gather(*(self._probe(m, model) for m in self.members))
+        if any(results):
+            self._probe_model = model
         return any(results)
 
     async def aclose(self) -> None:
