@@ -92,7 +92,6 @@ class BackendPool:
         return healthy + unhealthy
 
     def _mark_down(self, member: Member, exc: Exception) -> None:
-        member.failures += 1
         if member.healthy:
             member.healthy = False
             member.down_since = self.clock()
@@ -114,6 +113,7 @@ class BackendPool:
             try:
                 result = await call(member.backend)
             except BackendUnavailable as exc:
+                member.failures += 1
                 self._mark_down(member, exc)
                 last = exc
                 continue

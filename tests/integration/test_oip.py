@@ -11,6 +11,8 @@ metadata, the model's own 400 for bad tensors).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,3 +240,54 @@ def test_model_refuses_bad_tensors_with_400(oip_server: str) -> None:
     r = httpx.post(f"{oip_server}/v2/models/{TINY}/infer", json={"inputs": bad["inputs"][:1]})
     assert r.status_code == 400 and "index mode" in r.text
     assert httpx.get(f"{oip_server}/v2/models/{TINY}/ready").status_code == 200
+
+
+# --------------------------------------------------------------------------- #
+# serve --backend-kind oip, with several gateway workers
+# --------------------------------------------------------------------------- #
+def test_serve_oip_kind_with_two_workers_counts_every_request(
+    oip_server: str, tmp_path: Path
+) -> None:
+    """``shuffleguard serve --backend-kind oip --workers 2``: N requests on fresh
+    connections (spread over the workers by the kernel) give a counter of N."""
+    port = free_ports(1)[0]
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"]
+    cmd += ["--backend-kind", "oip", "--backend-url", oip_server, "--default-model", TINY]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    n = 12
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        for _ in range(n):  # a new connection each: the workers share the listening socket
+            r = httpx.post(f"{url}/v1/classify", content=ATTACK, timeout=60)
+            assert r.status_code == 200, r.text
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("shuffleguard_requests_total{") and 'status="200"' in line
+    )
+    assert total == n
+    pids = {p.name.rsplit("_", 1)[1] for p in prom_dir.glob("counter_*.db")}
+    print(f"{n} requests over {len(pids)} worker process(es): counter {total:g}")
