@@ -30,7 +30,6 @@ import inspect
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -195,11 +194,10 @@ class RunRecord:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in [0, 1]) of already sorted values; None if empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
+    """Nearest-rank percentile (``q`` in [0, 1]), see :func:`service.stats.percentile`."""
+    from service.stats import percentile as _percentile
+
+    return _percentile(sorted_values, 100 * q)
 
 
 def _summary(

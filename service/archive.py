@@ -17,11 +17,13 @@ logits ``[B, K]``; normalization is inside it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +260,265 @@ def load_archived_model(
         "meta": meta,
     }
     return model.to(map_location), info
+
+
+# --------------------------------------------------------------------------- #
+# Real model families: a user's checkpoint (or a random init) -> .mar
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class FamilyArchiveConfig:
+    """What :func:`archive_family` builds (the ``shuffleguard archive --arch`` options).
+
+    Exactly one of ``checkpoint`` and ``random_init``. ``labels``: ``"kinetics400"``
+    (torchvision's 400 Kinetics-400 class names), a file with one name per line, or
+    None (Kinetics-400 when the classifier has 400 outputs). ``h1``/``h2``/``ensemble``
+    override the family's paper preset (required when it has none). ``clip_len`` and
+    ``crop_size`` build a smaller input than the family's spec (smoke tests,
+    benchmarks); the resize scales with the crop.
+    """
+
+    family: str
+    name: str
+    out: Path = Path("model_store")
+    checkpoint: Path | None = None
+    random_init: bool = False
+    labels: str | None = None
+    h1: int | None = None
+    h2: int | None = None
+    ensemble: int | None = None
+    clip_len: int | None = None
+    crop_size: int | None = None
+    frame_interval: int | None = None
+    seed: int = 0
+    fmt: str = "torchscript"
+    batch_size: int = 4
+    max_batch_delay_ms: int = 5
+    workers: int = 1
+    response_timeout_s: int = 120
+
+
+class ArchiveError(ValueError):
+    """An archive request that cannot be built (nothing has been written)."""
+
+
+KINETICS400 = "kinetics400"
+
+
+def resolve_labels(source: str | None, num_classes: int | None) -> tuple[list[str], str]:
+    """``(labels, label_source)`` for ``--labels`` (see :class:`FamilyArchiveConfig`).
+
+    ``num_classes`` (the checkpoint's classifier outputs, None for a random init)
+    must equal the number of labels.
+    """
+    from service.models.families import kinetics400_labels
+
+    if source is None:
+        if num_classes not in (None, 400):
+            raise ArchiveError(
+                f"the checkpoint's classifier has {num_classes} outputs: pass --labels FILE"
+                " (one class name per line, in logit order)"
+            )
+        source = KINETICS400
+    if source == KINETICS400:
+        labels, label_source = kinetics400_labels(), "kinetics400 (torchvision weights meta)"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ArchiveError(f"--labels: {path} is not a file (or use --labels kinetics400)")
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not labels:
+            raise ArchiveError(f"--labels: {path} holds no class names (one per line)")
+        label_source = f"file {path.name} (sha256 {sha256_file(path)})"
+    if num_classes is not None and len(labels) != num_classes:
+        raise ArchiveError(
+            f"{len(labels)} labels ({label_source}) but the checkpoint's classifier has"
+            f" {num_classes} outputs; give one class name per output, in logit order"
+        )
+    return labels, label_source
+
+
+def prepare_family(
+    config: FamilyArchiveConfig,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the family's model, load the checkpoint and write the meta, all in memory.
+
+    Every check (family, checkpoint keys and shapes, labels, preset) happens here, so
+    a failing request raises before anything is written.
+
+    Returns:
+        ``(model, meta)``: the :class:`~service.models.families.VideoClassifier` in
+        eval mode (float ``[B, 3, T, crop, crop]`` in ``[0, 1]`` -> logits ``[B, K]``)
+        and the ``meta.json`` content (without ``format``/``sha256``).
+
+    Raises:
+        ArchiveError, CheckpointError (both ValueError): what is wrong, nothing written.
+    """
+    from service.defense import preset_for_arch
+    from service.models.checkpoints import fit_state_dict, read_checkpoint
+    from service.models.families import build_family, get_family
+
+    try:
+        fam = get_family(config.family)
+    except KeyError as exc:
+        raise ArchiveError(str(exc.args[0])) from None
+    if (config.checkpoint is None) == (not config.random_init):
+        raise ArchiveError("give either --checkpoint FILE or --random-init (exactly one)")
+    spec = fam.spec.scaled(config.clip_len, config.crop_size)
+    if config.frame_interval is not None:
+        spec = dataclasses.replace(spec, frame_interval=int(config.frame_interval))
+
+    loaded = None
+    num_classes: int | None = None
+    if config.checkpoint is not None:
+        loaded = read_checkpoint(config.checkpoint)
+        head = loaded.state_dict.get(fam.head_weight)
+        if head is None:
+            raise ArchiveError(
+                f"{config.checkpoint} has no {fam.head_weight!r} (the {fam.name} classifier);"
+                f" is it a {fam.library} {fam.name} checkpoint? Its first keys:"
+                f" {', '.join(list(loaded.state_dict)[:5])}"
+            )
+        num_classes = int(head.shape[0])
+    labels, label_source = resolve_labels(config.labels, num_classes)
+
+    if config.h1 is not None and config.h2 is not None:
+        preset = {"h1": config.h1, "h2": config.h2, "ensemble": config.ensemble or 10}
+        preset_source = "given"
+    elif fam.preset_arch is not None:
+        paper = preset_for_arch(fam.preset_arch)
+        preset = {"h1": paper.h1, "h2": paper.h2, "ensemble": config.ensemble or paper.ensemble}
+        preset_source = f"paper Sec. 5.2 ({fam.preset_arch})"
+    else:
+        raise ArchiveError(
+            f"{fam.name} has no preset in the paper: pass --h1 and --h2 (docs/models.md)"
+        )
+    if not 1 <= int(preset["h2"]) <= spec.clip_len:
+        raise ArchiveError(f"h2={preset['h2']} must be in 1..clip_len={spec.clip_len}")
+
+    model = build_family(
+        fam.name,
+        num_classes=len(labels),
+        clip_len=spec.clip_len,
+        crop_size=spec.crop_size,
+        seed=config.seed,
+    )
+    net = model.net
+    if loaded is not None:
+        state = fit_state_dict(
+            net, loaded.state_dict, what=str(config.checkpoint), head_weight=fam.head_weight
+        )
+        net.load_state_dict(state, strict=False)
+        model.eval()
+
+    conv = fam.first_temporal_conv
+    meta: dict[str, Any] = {
+        "name": config.name,
+        "arch": fam.name,
+        **{k: v for k, v in spec.to_meta().items() if k not in ("mean", "std")},
+        "labels": labels,
+        "preset": preset,
+        "family": {
+            "name": fam.name,
+            "library": fam.library,
+            "builder": fam.builder,
+            "note": fam.note,
+            "first_temporal_conv": dataclasses.asdict(conv),
+            "slowfast_alpha": fam.slowfast_alpha,
+        },
+        "input": spec.to_meta(),
+        "input_reduced": (spec.clip_len, spec.crop_size) != (fam.spec.clip_len, fam.spec.crop_size),
+        "weights": "random" if loaded is None else "trained",
+        "label_source": label_source,
+        "preset_source": preset_source,
+    }
+    if loaded is not None:
+        meta["checkpoint"] = {
+            "file": Path(config.checkpoint or "").name,
+            "sha256": loaded.sha256,
+            "format": loaded.format,
+            "stripped_prefix": loaded.stripped_prefix,
+        }
+    else:
+        meta["init_seed"] = config.seed
+    return model, meta
+
+
+def archive_family(config: FamilyArchiveConfig) -> Path:
+    """Build ``{config.out}/{config.name}.mar`` for a real model family; returns its path.
+
+    See :class:`FamilyArchiveConfig` and :func:`prepare_family` (all checks happen
+    before anything is written).
+    """
+    model, meta = prepare_family(config)
+    if meta["weights"] == "random":
+        logger.warning("%s: random-init weights (for smoke tests and benchmarks)", config.name)
+    return build_mar(
+        model,
+        meta,
+        config.out,
+        batch_size=config.batch_size,
+        max_batch_delay_ms=config.max_batch_delay_ms,
+        workers=config.workers,
+        response_timeout_s=config.response_timeout_s,
+        fmt=config.fmt,
+    )
+
+
+def rewrite_archive_meta(path: Path | str, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into the ``meta.json`` of a ``.mar`` (and its ``.meta.json``
+    beside it, when there is one), copying every other zip entry byte for byte.
+
+    The weights are not touched: their sha256 is checked against ``meta['sha256']``
+    before and after. Returns the new meta.
+    """
+    import zipfile
+
+    path = Path(path)
+    meta, weights = read_archive(path)
+    new_meta = {**meta, **updates}
+    if new_meta.get("sha256") != meta.get("sha256"):
+        raise ValueError("rewrite_archive_meta does not change the weights digest")
+    text = json.dumps(new_meta, indent=2) + "\n"
+    tmp = path.with_suffix(".mar.tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+        for info in src.infolist():
+            data = text.encode() if info.filename == "meta.json" else src.read(info)
+            dst.writestr(info, data, compress_type=info.compress_type)
+    tmp.replace(path)
+    meta_after, weights_after = read_archive(path)
+    assert weights_after == weights and meta_after == new_meta
+    side = path.with_name(f"{path.stem}.meta.json")
+    if side.is_file():
+        side.write_text(text)
+    return new_meta
+
+
+#: every ``toy-data`` option, the recipe a toy model's meta.json records under ``data``
+TOY_DATA_KEYS = (
+    "dataset",
+    "count",
+    "seed",
+    "frames",
+    "size",
+    "object_fraction",
+    "speed_reference",
+    "contrast",
+)
+
+
+def toy_data_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``toy-data`` recipe of a ``shuffleguard train`` checkpoint, as far as it
+    records it (``ckpt['data']`` when the trainer stored one, else its ``dataset``);
+    a warning names the options it lacks (add them to meta.json by hand, see
+    docs/default_model.md)."""
+    recipe = {k: v for k, v in dict(ckpt.get("data") or {}).items() if k in TOY_DATA_KEYS}
+    if ckpt.get("dataset") is not None:
+        recipe.setdefault("dataset", ckpt["dataset"])
+    missing = [k for k in TOY_DATA_KEYS if k not in recipe]
+    if missing:
+        logger.warning(
+            "the checkpoint does not record the toy-data options %s; meta.json's data recipe"
+            " is incomplete",
+            ", ".join(missing),
+        )
+    return recipe

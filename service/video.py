@@ -3,7 +3,9 @@
 :func:`decode_clip` turns an uploaded file (any video PyAV decodes, or an
 ``.npy`` clip) into uint8 ``[clip_len, crop_size, crop_size, 3]`` RGB 0..255, the
 way MMAction2's test pipeline does: ``SampleFrames`` (test mode, one clip), then
-resize the short side to ``crop_size``, then centre-crop. This module imports
+resize the short side to ``crop_size`` (or to the model's ``resize``: a short side, or
+a fixed ``(h, w)`` as torchvision's R3D/MC3/R(2+1)D transforms), then centre-crop,
+with the model's resize arithmetic (``transform``, see :func:`_resize_crop`). This module imports
 numpy, av and torch only (no web framework), so the gateway, the CLI and
 notebooks share it; the gateway maps :class:`VideoError` to HTTP in one place
 through its ``status_code`` and ``code`` attributes.
@@ -84,6 +86,7 @@ __all__ = [
     "LIMIT_CODES",
     "LimitExceededError",
     "NotAVideoError",
+    "TRANSFORMS",
     "VideoError",
     "decode_clip",
     "sample_frame_indices",
@@ -255,30 +258,83 @@ def sample_frame_indices(total_frames: int, clip_len: int, frame_interval: int) 
 # --------------------------------------------------------------------------- #
 # Resize + crop
 # --------------------------------------------------------------------------- #
-def _resize_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` -> uint8 ``[crop_size, crop_size, 3]``.
+#: resize/crop arithmetic conventions (``transform`` of :func:`decode_clip`)
+TRANSFORMS = ("shuffleguard", "torchvision")
 
-    Resize so the short side is ``crop_size`` (long side ``int(long * s + 0.5)``,
-    as mmcv rescales), bilinear with antialiasing (torch's uint8 kernel), then
-    take the centre ``crop_size`` square (offset ``(size - crop) // 2``, as
-    MMAction2 ``CenterCrop``). A frame whose short side is already ``crop_size``
-    is only cropped, so its pixels are kept exactly.
+Resize = int | tuple[int, int]
+
+
+def _resize_crop(
+    image: np.ndarray,
+    crop_size: int,
+    resize: Resize | None = None,
+    transform: str = "shuffleguard",
+) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[crop_size, crop_size, 3]``: resize, then centre crop.
+
+    ``resize``: an int is the short side (default ``crop_size``), ``(h, w)`` a fixed
+    size. ``transform`` picks the arithmetic:
+
+    * ``"shuffleguard"`` (the toy models, MMAction2-like): long side
+      ``int(long * s + 0.5)`` as mmcv rescales, bilinear with antialiasing (torch's
+      uint8 kernel), crop offset ``(size - crop) // 2`` as MMAction2 ``CenterCrop``;
+    * ``"torchvision"`` (torchvision's ``VideoClassification`` preset, PyTorchVideo's
+      ``ShortSideScale`` + ``CenterCropVideo``): long side ``int(resize * long /
+      short)`` (floored), bilinear without antialiasing on float pixels (rounded back
+      to uint8), crop offset ``round((size - crop) / 2)``.
+
+    A frame already at the resize target is only cropped, so its pixels are kept
+    exactly.
     """
     h, w = image.shape[:2]
-    short = min(h, w)
-    if short != crop_size:
-        scale = crop_size / short
-        new_h = max(crop_size, int(h * scale + 0.5))
-        new_w = max(crop_size, int(w * scale + 0.5))
+    target = crop_size if resize is None else resize
+    if isinstance(target, int):
+        short, long_ = (h, w) if h <= w else (w, h)
+        if transform == "torchvision":
+            new_long = int(target * long_ / short)
+        else:
+            new_long = int(long_ * (target / short) + 0.5)
+        new_long = max(target, new_long)
+        new_h, new_w = (target, new_long) if h <= w else (new_long, target)
+    else:
+        new_h, new_w = int(target[0]), int(target[1])
+    if (new_h, new_w) != (h, w):
         image = np.require(image, np.uint8, ("C_CONTIGUOUS", "WRITEABLE"))  # torch needs both
         tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
-        tensor = F.interpolate(
-            tensor, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-        )
+        if transform == "torchvision":
+            tensor = F.interpolate(
+                tensor.float(),
+                size=(new_h, new_w),
+                mode="bilinear",
+                antialias=False,
+                align_corners=False,
+            )
+            tensor = tensor.round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            tensor = F.interpolate(
+                tensor, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+            )
         image = tensor[0].permute(1, 2, 0).numpy()
         h, w = new_h, new_w
-    top, left = (h - crop_size) // 2, (w - crop_size) // 2
+    if transform == "torchvision":
+        top, left = int(round((h - crop_size) / 2.0)), int(round((w - crop_size) / 2.0))
+    else:
+        top, left = (h - crop_size) // 2, (w - crop_size) // 2
     return np.ascontiguousarray(image[top : top + crop_size, left : left + crop_size])
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The resize + crop of one decode (see :func:`_resize_crop`)."""
+
+    crop_size: int
+    resize: Resize | None = None
+    transform: str = "shuffleguard"
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        if self.resize is None and self.transform == "shuffleguard":
+            return _resize_crop(image, self.crop_size)  # the toy models' (default) geometry
+        return _resize_crop(image, self.crop_size, self.resize, self.transform)
 
 
 # --------------------------------------------------------------------------- #
@@ -375,6 +431,8 @@ def decode_clip(
     crop_size: int,
     limits: DecodeLimits = DEFAULT_LIMITS,
     content_type: str | None = None,
+    resize: Resize | None = None,
+    transform: str = "shuffleguard",
 ) -> DecodedClip:
     """Decode an uploaded video or ``.npy`` clip into one model-ready clip.
 
@@ -383,6 +441,11 @@ def decode_clip(
         clip_len: frames in the clip (the model's ``clip_len``, >= 1).
         frame_interval: stride of the sampled frames (>= 1).
         crop_size: side of the square output frames (>= 1).
+        resize: before the crop, resize the short side to this int (default:
+            ``crop_size``), or the frame to a fixed ``(h, w)``; each >= ``crop_size``.
+        transform: the resize/crop arithmetic, ``"shuffleguard"`` (default; the toy
+            models') or ``"torchvision"`` (torchvision's and PyTorchVideo's Kinetics
+            transforms); see :func:`_resize_crop`.
         limits: resource limits, each checked before its cost is paid.
         content_type: the request's Content-Type, if any. Only used to report an
             ``application/x-npy`` body that is not an ``.npy``; formats are
@@ -405,6 +468,12 @@ def decode_clip(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    sides = [resize] if isinstance(resize, int) else list(resize or [])
+    if any(int(v) < crop_size for v in sides) or len(sides) not in (0, 1, 2):
+        raise ValueError(f"resize {resize} must be an int or (h, w), each >= crop_size {crop_size}")
+    geometry = _Geometry(crop_size, resize, transform)
     if len(data) > limits.max_bytes:
         raise LimitExceededError(
             "max_bytes",
@@ -420,7 +489,7 @@ def decode_clip(
         )
     budget = _Budget(limits)
     if data.startswith(NPY_MAGIC):
-        return _decode_npy(data, clip_len, frame_interval, crop_size, budget)
+        return _decode_npy(data, clip_len, frame_interval, geometry, budget)
     if _is_npy_content_type(content_type):
         raise BadVideoError(
             f"the Content-Type is {NPY_CONTENT_TYPE} but the body is not an .npy file (it does"
@@ -428,18 +497,19 @@ def decode_clip(
         )
     if _looks_like_text(data):
         raise BadVideoError(f"the upload is text, not an encoded video; {_ACCEPTED}")
-    return _VideoDecoder(data, clip_len, frame_interval, crop_size, budget).decode()
+    return _VideoDecoder(data, clip_len, frame_interval, geometry, budget).decode()
 
 
 # --------------------------------------------------------------------------- #
 # npy
 # --------------------------------------------------------------------------- #
 def _decode_npy(
-    data: bytes, clip_len: int, frame_interval: int, crop_size: int, budget: _Budget
+    data: bytes, clip_len: int, frame_interval: int, geometry: _Geometry, budget: _Budget
 ) -> DecodedClip:
     """An ``.npy`` upload: header checked before any data is touched, then either
     passed through bit-exact or sampled/resized/cropped like a video."""
     limits = budget.limits
+    crop_size = geometry.crop_size
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
@@ -500,7 +570,7 @@ def _decode_npy(
     resized: dict[int, np.ndarray] = {}
     for index in np.unique(indices).tolist():
         budget.check_time()
-        resized[index] = _resize_crop(array[index], crop_size)
+        resized[index] = geometry.apply(array[index])
     return DecodedClip(
         frames=np.stack([resized[i] for i in indices.tolist()]),
         frame_indices=indices,
@@ -535,12 +605,12 @@ class _VideoDecoder:
     """Decoding passes over one upload (see the module docstring, "Frame count and memory")."""
 
     def __init__(
-        self, data: bytes, clip_len: int, frame_interval: int, crop_size: int, budget: _Budget
+        self, data: bytes, clip_len: int, frame_interval: int, geometry: _Geometry, budget: _Budget
     ) -> None:
         self.data = data
         self.clip_len = clip_len
         self.frame_interval = frame_interval
-        self.crop_size = crop_size
+        self.geometry = geometry
         self.budget = budget
         self.format_name = ""
         self.codec_name: str | None = None
@@ -669,7 +739,7 @@ class _VideoDecoder:
         if self.rotation:
             image = np.rot90(image, k=self.rotation // 90)
         self.height, self.width = image.shape[:2]
-        return _resize_crop(image, self.crop_size)
+        return self.geometry.apply(image)
 
     def _check_reachable(self, total: int, indices: np.ndarray) -> None:
         needed = int(indices.max()) + 1

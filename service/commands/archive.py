@@ -1,6 +1,12 @@
-"""Export a trained checkpoint to TorchScript and pack it into a TorchServe ``.mar``.
+"""Export a model and pack it into a TorchServe ``.mar``.
 
-Example (the shipped default model, see docs/default_model.md)::
+A real model family from a checkpoint file (docs/models.md)::
+
+    shuffleguard archive --arch slowfast_r50 --checkpoint SLOWFAST_8x8_R50.pyth \\
+        --name slowfast --labels kinetics400
+
+A checkpoint of ``shuffleguard train`` (detected; the shipped default model, see
+docs/default_model.md)::
 
     shuffleguard archive --checkpoint runs/default/model.ckpt --name toy_r3d18 \\
         --out model_store --h1 3 --h2 1 --ensemble 10
@@ -9,22 +15,60 @@ Example (the shipped default model, see docs/default_model.md)::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="from `shuffleguard train`")
+    parser.add_argument(
+        "--arch",
+        help="model family (docs/models.md: i3d_r50, slowfast_r50, csn_r101, x3d_xs, x3d_s,"
+        " x3d_m, r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t); omit for a"
+        " `shuffleguard train` checkpoint",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint file: PyTorchVideo model zoo (.pyth), torchvision weights, a"
+        " state_dict, or a `shuffleguard train` checkpoint",
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="no checkpoint: untrained weights, marked weights=random (smoke tests, benchmarks)",
+    )
+    parser.add_argument(
+        "--labels",
+        help="'kinetics400' (torchvision's 400 class names) or a file with one name per line"
+        " (default: kinetics400 for a 400-class head)",
+    )
     parser.add_argument("--name", required=True, help="model name (the .mar's and the API's)")
     parser.add_argument("--out", type=Path, default=Path("model_store"), help="model store dir")
-    parser.add_argument("--h1", type=int, required=True, help="preset source window half-width")
-    parser.add_argument("--h2", type=int, required=True, help="preset run length")
-    parser.add_argument("--ensemble", type=int, default=10, help="preset ensemble size")
-    parser.add_argument("--frame-interval", type=int, default=1, help="sampling stride (frames)")
+    parser.add_argument(
+        "--h1", type=int, help="preset source window half-width (default: the paper's preset)"
+    )
+    parser.add_argument("--h2", type=int, help="preset run length (default: the paper's preset)")
+    parser.add_argument("--ensemble", type=int, help="preset ensemble size (default 10)")
+    parser.add_argument(
+        "--frame-interval", type=int, help="sampling stride in frames (default: the family's)"
+    )
+    parser.add_argument(
+        "--clip-len", type=int, help="a shorter clip than the family's (smoke tests)"
+    )
+    parser.add_argument(
+        "--crop-size", type=int, help="a smaller crop than the family's (smoke tests)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of a --random-init")
     parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batchSize")
     parser.add_argument(
         "--max-batch-delay-ms", type=int, default=5, help="TorchServe maxBatchDelay"
     )
     parser.add_argument("--workers", type=int, default=1, help="TorchServe workers")
+    parser.add_argument(
+        "--response-timeout",
+        type=int,
+        help="TorchServe responseTimeout in s (default: 120 for a family, 60 for a toy model)",
+    )
     parser.add_argument(
         "--format",
         choices=["torchscript", "export"],
@@ -34,24 +78,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.archive import ArchiveError, FamilyArchiveConfig, archive_family
+    from service.models.checkpoints import CheckpointError, is_training_checkpoint
+
+    try:
+        if args.checkpoint is not None and is_training_checkpoint(args.checkpoint):
+            if args.arch not in (None, "resnet3d_18"):
+                raise ArchiveError(
+                    f"{args.checkpoint} is a `shuffleguard train` checkpoint (resnet3d_18),"
+                    f" not {args.arch}: drop --arch"
+                )
+            return _run_training_checkpoint(args)
+        if args.arch is None:
+            raise ArchiveError(
+                "pass --arch FAMILY for a checkpoint that is not from `shuffleguard train`"
+                " (docs/models.md lists the families)"
+            )
+        config = FamilyArchiveConfig(
+            family=args.arch,
+            name=args.name,
+            out=args.out,
+            checkpoint=args.checkpoint,
+            random_init=args.random_init,
+            labels=args.labels,
+            h1=args.h1,
+            h2=args.h2,
+            ensemble=args.ensemble,
+            clip_len=args.clip_len,
+            crop_size=args.crop_size,
+            frame_interval=args.frame_interval,
+            seed=args.seed,
+            fmt=args.format,
+            batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+            workers=args.workers,
+            response_timeout_s=args.response_timeout or 120,
+        )
+        mar = archive_family(config)
+    except (ArchiveError, CheckpointError) as exc:
+        print(f"shuffleguard archive: {exc}", file=sys.stderr)
+        return 2
+    _report(mar, args)
+    return 0
+
+
+def _report(mar: Path, args: argparse.Namespace) -> None:
     import json
 
-    from service.archive import build_mar
+    written = json.loads((args.out / f"{args.name}.meta.json").read_text())
+    print(f"wrote {mar} ({mar.stat().st_size / 1e6:.2f} MB)")
+    print(f"weights sha256 {written['sha256']} ({written.get('weights', 'trained')})")
+
+
+def _run_training_checkpoint(args: argparse.Namespace) -> int:
+    from service.archive import ArchiveError, build_mar, toy_data_recipe
     from service.train import load_checkpoint
 
+    if args.h1 is None or args.h2 is None:
+        raise ArchiveError("a `shuffleguard train` checkpoint needs --h1 and --h2")
     model, ckpt = load_checkpoint(args.checkpoint)
     meta = {
         "name": args.name,
         "arch": ckpt.get("arch", "resnet3d_18"),
         "clip_len": int(ckpt["clip_len"]),
-        "frame_interval": args.frame_interval,
+        "frame_interval": args.frame_interval or 1,
         "crop_size": int(ckpt["crop_size"]),
         "labels": list(ckpt["labels"]),
-        "preset": {"h1": args.h1, "h2": args.h2, "ensemble": args.ensemble},
+        "preset": {"h1": args.h1, "h2": args.h2, "ensemble": args.ensemble or 10},
         "dataset": ckpt.get("dataset"),
         "test_accuracy": ckpt.get("test_accuracy"),
         "train_seed": ckpt.get("seed"),
         "val_fraction": (ckpt.get("train_args") or {}).get("val_fraction"),
+        "weights": "trained",
+        "data": toy_data_recipe(ckpt),
     }
     mar = build_mar(
         model,
@@ -60,9 +159,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         workers=args.workers,
+        response_timeout_s=args.response_timeout or 60,
         fmt=args.format,
     )
-    written = json.loads((args.out / f"{args.name}.meta.json").read_text())
-    print(f"wrote {mar} ({mar.stat().st_size / 1e6:.2f} MB)")
-    print(f"weights sha256 {written['sha256']}")
+    _report(mar, args)
     return 0

@@ -119,6 +119,30 @@ def _settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
     return settings, external
 
 
+def warn_random_init(model_store: Path, models: list[str]) -> list[str]:
+    """Log a warning for every served archive whose meta.json says ``weights: random``;
+    returns their names."""
+    import json
+    import zipfile
+
+    random_init = []
+    for name in models:
+        mar = Path(model_store) / f"{name}.mar"
+        try:
+            with zipfile.ZipFile(mar) as zf:
+                meta = json.loads(zf.read("meta.json"))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            continue
+        if meta.get("weights") == "random":
+            random_init.append(name)
+            logger.warning(
+                "model %s has random-init weights (a smoke-test/benchmark archive): its labels"
+                " mean nothing",
+                name,
+            )
+    return random_init
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # as the servers do: connections of a previous run in TIME_WAIT do not count
@@ -217,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
                 "backend_management_url": server.management_url,
             }
         )
+        warn_random_init(settings.model_store, models)
         if settings.default_model not in models:
             logger.warning(
                 "default model %s is not in the model store; using %s",

@@ -9,47 +9,47 @@ The same arguments always give byte-identical ``.npy``/``.csv``/``.json`` files.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import ClassVar
+
+from service.experiments.config import ExperimentConfig, opt
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset",
-        type=int,
-        choices=(1, 2, 3),
-        required=True,
+@dataclass
+class ToyDataConfig(ExperimentConfig):
+    """Settings of ``shuffleguard toy-data``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "toy-data")
+
+    dataset: int = opt(
         help="1: background+object+motion carry the class; 2: object+motion; 3: motion only",
+        choices=(1, 2, 3),
     )
-    parser.add_argument("--count", type=int, default=1600, help="number of clips (default 1600)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--frames", type=int, default=16, help="frames per clip T (default 16)")
-    parser.add_argument("--size", type=int, default=64, help="frame height = width (default 64)")
-    parser.add_argument(
-        "--object-fraction",
-        type=float,
-        default=0.2,
-        help="object side / frame side (default 0.2: 13 px objects at 64 px)",
+    out: str = opt(help="output directory")
+    count: int = opt(1600, "number of clips")
+    seed: int = opt(0, "random seed")
+    frames: int = opt(16, "frames per clip T")
+    size: int = opt(64, "frame height = width")
+    object_fraction: float = opt(0.2, "object side / frame side (0.2: 13 px objects at 64 px)")
+    speed_reference: int = opt(
+        64, "frame size (px) on which the paper's 3-5 px/frame is measured, scaled to --size"
     )
-    parser.add_argument(
-        "--speed-reference",
-        type=int,
-        default=64,
-        help="frame size (px) on which the paper's 3-5 px/frame is measured, scaled to --size"
-        " (default 64)",
+    contrast: float = opt(
+        1.0,
+        "blend objects towards the background: bg + c * (pixel - bg), c in (0, 1]"
+        " (the served default model uses 0.4, see docs/default_model.md)",
     )
-    parser.add_argument(
-        "--contrast",
-        type=float,
-        default=1.0,
-        help="blend objects towards the background: bg + c * (pixel - bg), c in (0, 1]"
-        " (default 1; the served default model uses 0.4, see docs/default_model.md)",
-    )
-    parser.add_argument("--mp4", action="store_true", help="also write a viewable .mp4 per clip")
-    parser.add_argument("--fps", type=int, default=8, help="frame rate of the .mp4 files")
+    mp4: bool = opt(False, "also write a viewable .mp4 per clip")
+    fps: int = opt(8, "frame rate of the .mp4 files")
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise ValueError("--count must be >= 1")
+        if self.mp4 and self.size % 2:
+            raise ValueError("--mp4 needs an even --size (yuv420p)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ToyDataConfig) -> int:
     import dataclasses
     import json
     import time
@@ -60,10 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from service.toy.contrast import blend_towards_background
     from service.toy.data import generate_toy_dataset, write_toy_dataset
 
-    if args.count < 1:
-        raise SystemExit("shuffleguard toy-data: --count must be >= 1")
-    if args.mp4 and args.size % 2:
-        raise SystemExit("shuffleguard toy-data: --mp4 needs an even --size (yuv420p)")
     t0 = time.perf_counter()
     try:
         data = generate_toy_dataset(

@@ -9,37 +9,37 @@ checkpoint dict (``state_dict``, ``arch``, ``model_kwargs``, ``labels``, ``clip_
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import ClassVar
+
+from service.experiments.config import ExperimentConfig, opt
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="directory written by `toy-data`")
-    parser.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    parser.add_argument(
-        "--weight-decay", type=float, default=1e-4, help="Adam weight decay (default 1e-4)"
+@dataclass
+class TrainCommandConfig(ExperimentConfig):
+    """Settings of ``shuffleguard train``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "train")
+
+    data: str = opt(help="directory written by `toy-data`")
+    out: str = opt(help="checkpoint path to write (.pt)")
+    epochs: int = opt(10, "epochs")
+    batch_size: int = opt(32, "batch size")
+    lr: float = opt(2e-3, "Adam learning rate")
+    weight_decay: float = opt(1e-4, "Adam weight decay")
+    base_width: int = opt(16, "channels of the first stage")
+    seed: int = opt(0, "random seed")
+    device: str = opt("cpu", "cpu (default), cuda, cuda:1, ...")
+    val_fraction: float = opt(
+        0.0,
+        "hold out this share of the train split for validation and keep the best epoch by"
+        " validation accuracy (0: keep the last epoch)",
     )
-    parser.add_argument(
-        "--base-width", type=int, default=16, help="channels of the first stage (default 16)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        help="hold out this share of the train split for validation and keep the best"
-        " epoch by validation accuracy (default 0: keep the last epoch)",
-    )
-    parser.add_argument(
-        "--no-augment", action="store_true", help="no translation/brightness jitter"
-    )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    no_augment: bool = opt(False, "no translation/brightness jitter")
+    threads: int = opt(2, "CPU threads for torch")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: TrainCommandConfig) -> int:
     import torch
 
     from service.train import TrainConfig, train_from_directory

@@ -8,21 +8,14 @@
 * Seeds: :func:`derive_seed` turns a tuple of integers into one 63-bit seed
   (``numpy.random.SeedSequence``), so every random draw of a work unit is fixed by
   what the unit is, not by the order units run in.
-* Statistics: :func:`mean_ci` (Student t over seeds) and :func:`wilson` (binomial,
-  over clips).
-* Outputs: :func:`write_csv`, :func:`write_json`, :func:`markdown_table`,
-  :func:`environment`, :func:`command_line`; every experiment writes CSV + JSON +
-  Markdown + PNG and records the command that reproduces it.
+* Statistics live in :mod:`service.stats` (scipy).
+* Outputs: :mod:`service.experiments.report` (the one report writer); configs and
+  the produced-by command: :mod:`service.experiments.config`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import platform
-import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,28 +25,16 @@ from torch import nn
 
 __all__ = [
     "SplitData",
-    "add_common_arguments",
     "checkpoint_weights_sha256",
-    "command_line",
     "derive_seed",
-    "environment",
     "load_model",
     "is_archive",
     "load_split",
-    "markdown_table",
-    "mean_ci",
-    "pct",
     "generator",
     "prepare_torch",
     "stratified_subset",
     "weights_sha256",
-    "wilson",
-    "write_csv",
-    "write_json",
 ]
-
-#: torch CPU threads unless told (the development machine has 2 cores).
-DEFAULT_THREADS = 2
 
 
 @dataclass
@@ -186,144 +167,6 @@ def generator(*parts: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(derive_seed(*parts))
 
 
-# --------------------------------------------------------------------------- #
-# Statistics
-# --------------------------------------------------------------------------- #
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (0 for one value)."""
-    if not values:
-        return float("nan"), float("nan")
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    from scipy.stats import t
-
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, float(t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(var / n)
-
-
-def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval ``(low, high)`` of a binomial proportion."""
-    if trials <= 0:
-        return float("nan"), float("nan")
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + level / 2))
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    """``0.923 -> '92.3'``; ``None``/NaN -> ``'-'``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{100 * value:.{digits}f}"
-
-
-# --------------------------------------------------------------------------- #
-# Outputs
-# --------------------------------------------------------------------------- #
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(list(header))
-        for row in rows:
-            w.writerow(list(row))
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> str:
-    """A GitHub Markdown table; ``align``: one ``l``/``r`` per column (default ``lrr...``)."""
-    header = list(header)
-    spec = align or ("l" + "r" * (len(header) - 1))
-    rule = ["---:" if a == "r" else "---" for a in spec]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions and hardware, for the JSON outputs."""
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": device,
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return env
-
-
-def command_line(words: Sequence[str], options: Mapping[str, Any]) -> str:
-    """``shuffleguard ...`` with ``--key value`` options (lists spread, None and False skipped)."""
-    parts = list(words)
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, list | tuple):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
-# --------------------------------------------------------------------------- #
-# CLI helpers
-# --------------------------------------------------------------------------- #
-def add_common_arguments(parser: Any, *, out_default: str) -> None:
-    """The arguments every experiment shares (model, data, subset, device, output)."""
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="a `shuffleguard train` checkpoint, or a served .mar (model_store/toy_r3d18.mar)",
-    )
-    parser.add_argument("--data", required=True, help="toy-data directory of the model's dataset")
-    parser.add_argument(
-        "--split",
-        default="test",
-        choices=("test", "val", "train", "all"),
-        help="clips to use (val: the train clips training held out; default test)",
-    )
-    parser.add_argument(
-        "--clips", type=int, default=None, help="seeded class-stratified subset size (default all)"
-    )
-    parser.add_argument("--subset-seed", type=int, default=0, help="seed of the clip subset")
-    parser.add_argument(
-        "--out", default=out_default, help=f"output directory (default {out_default})"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for torch"
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--adv-cache",
-        default=None,
-        help="directory caching I-FGSM clips (deterministic) across analyses (default: none)",
-    )
-
-
 def prepare_torch(device: str, threads: int, prog: str) -> None:
     """Fail fast on a missing CUDA device; set the CPU thread count."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -366,12 +209,18 @@ def predict(
 
 
 def progress_bar(
-    items: Iterable[Any], *, desc: str, enabled: bool, total: int | None = None
+    items: Iterable[Any] | None = None,
+    *,
+    desc: str,
+    enabled: bool,
+    total: int | None = None,
+    unit: str = "it",
 ) -> Any:
-    """``items`` wrapped in a tqdm bar (on stderr) unless ``enabled`` is False."""
+    """``items`` wrapped in a tqdm bar (on stderr) unless ``enabled`` is False; the one
+    progress-bar helper of the experiments (also a context manager with ``update``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, total=total, disable=not enabled, leave=False)
+    return tqdm(items, desc=desc, total=total, unit=unit, disable=not enabled, leave=False)
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
@@ -511,51 +360,6 @@ def gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(2, idx.view(shape).expand(-1, x.shape[1], -1, *x.shape[3:]))
 
 
-def produced_by(command: str) -> list[str]:
-    """Markdown lines that give the command which produced a report."""
-    return ["Produced by:", "", "```", command, "```", ""]
-
-
-def write_report(
-    out_dir: str | Path,
-    name: str,
-    *,
-    results: dict[str, Any],
-    header: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    markdown: str,
-    plot: Any,
-) -> list[Path]:
-    """``<name>.csv`` (header + rows), ``<name>.json`` (results), ``<name>.md``, ``<name>.png``
-    (``plot(path)``); returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.{ext}" for ext in ("csv", "json", "md", "png")]
-    write_csv(paths[0], header, rows)
-    write_json(paths[1], results)
-    paths[2].write_text(markdown)
-    plot(paths[3])
-    return paths
-
-
-def setup_figure(width: float = 5.2, height: float = 3.8) -> tuple[Any, Any]:
-    """A matplotlib (Agg) figure and axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height), dpi=120)
-
-
-def save_figure(fig: Any, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def load_inputs(args: Any) -> tuple[nn.Module, dict[str, Any], SplitData, torch.Tensor]:
     """Model, checkpoint, the seeded clip subset and its float clips, from common args."""
     model, ckpt = load_model(args.checkpoint, args.device)
@@ -586,17 +390,3 @@ def validation_split(directory: str | Path, ckpt: dict[str, Any]) -> SplitData:
     train = load_split(directory, "train")
     mask = stratified_holdout(train.labels, fraction, int(train_args.get("seed", 0)))
     return train.take(torch.nonzero(mask).flatten().tolist())
-
-
-def common_options(args: Any) -> dict[str, Any]:
-    """The common arguments as ``command_line`` options (defaults left out)."""
-    return {
-        "checkpoint": args.checkpoint,
-        "data": args.data,
-        "split": None if args.split == "test" else args.split,
-        "clips": args.clips,
-        "subset_seed": args.subset_seed or None,
-        "out": args.out,
-        "device": args.device,
-        "adv_cache": getattr(args, "adv_cache", None),
-    }

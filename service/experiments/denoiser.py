@@ -12,18 +12,46 @@ Writes ``--save`` (the denoiser) and ``denoiser.{csv,json,md,png}`` in ``--out``
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from service.experiments import common
+from service.experiments import common, config, report
+from service.robustness.smoothing import SIGMA
 
-__all__ = ["add_arguments", "load_denoiser", "psnr", "run", "train_and_save"]
+__all__ = ["DenoiserConfig", "load_denoiser", "psnr", "run", "train_and_save"]
+
+
+@dataclass
+class DenoiserConfig(config.ExperimentConfig):
+    """Settings of ``shuffleguard analyze denoiser``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "denoiser")
+
+    data: str = config.data_opt("toy-data directory (train split is used)")
+    save: str = config.opt(help="where to write the denoiser (.pt)", show="always")
+    out: str = config.out_opt("docs/results/denoiser", "report directory")
+    sigma: float = config.opt(SIGMA, "noise std (pixel units)", show="always")
+    depth: int = config.opt(17, "DnCNN layers (paper: 17)", show="always")
+    features: int = config.opt(64, "DnCNN width (paper: 64)", show="always")
+    epochs: int = config.opt(20, "training epochs", show="always")
+    lr: float = config.opt(1e-3, "Adam learning rate", show="always")
+    frame_batch: int = config.opt(64, "frames per step", show="always")
+    max_clips: int | None = config.opt(None, "train on this many clips", show="always")
+    eval_clips: int = config.opt(32, "test clips for the PSNR", show="always")
+    seed: int = config.opt(0, "seed of the subset, the noise and the training", show="always")
+    device: str = config.device_opt()
+    threads: int = config.threads_opt()
+    no_progress: bool = config.progress_opt()
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.depth < 2 or self.features < 1 or self.sigma < 0:
+            raise ValueError("bad --epochs/--depth/--features/--sigma")
 
 
 def load_denoiser(path: str | Path, device: str = "cpu") -> nn.Module:
@@ -45,7 +73,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-def train_and_save(args: argparse.Namespace) -> dict[str, Any]:
+def train_and_save(args: DenoiserConfig) -> dict[str, Any]:
     from service.robustness.denoise import DenoisedClassifier, train_denoiser
     from service.train import clips_to_input
 
@@ -104,52 +132,11 @@ def train_and_save(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="toy-data directory (train split is used)")
-    parser.add_argument("--save", required=True, help="where to write the denoiser (.pt)")
-    parser.add_argument("--out", default="docs/results/denoiser", help="report directory")
-    parser.add_argument("--sigma", type=float, default=0.25, help="noise std (pixel units)")
-    parser.add_argument("--depth", type=int, default=17, help="DnCNN layers (paper: 17)")
-    parser.add_argument("--features", type=int, default=64, help="DnCNN width (paper: 64)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--frame-batch", type=int, default=64, help="frames per step")
-    parser.add_argument("--max-clips", type=int, default=None, help="train on this many clips")
-    parser.add_argument("--eval-clips", type=int, default=32, help="test clips for the PSNR")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def command(args: argparse.Namespace) -> str:
-    return common.command_line(
-        ["shuffleguard", "analyze", "denoiser"],
-        {
-            "data": args.data,
-            "save": args.save,
-            "out": args.out,
-            "sigma": args.sigma,
-            "depth": args.depth,
-            "features": args.features,
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "frame_batch": args.frame_batch,
-            "max_clips": args.max_clips,
-            "eval_clips": args.eval_clips,
-            "seed": args.seed,
-            "device": args.device,
-        },
-    )
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: DenoiserConfig) -> int:
     common.prepare_torch(args.device, args.threads, "shuffleguard analyze denoiser")
-    if args.epochs < 1 or args.depth < 2 or args.features < 1 or args.sigma < 0:
-        raise SystemExit("shuffleguard analyze denoiser: bad --epochs/--depth/--features/--sigma")
     result = train_and_save(args)
-    result["command"] = command(args)
-    result["environment"] = common.environment(args.device)
+    result["command"] = args.command()
+    result["environment"] = report.environment(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = [
@@ -162,15 +149,15 @@ def run(args: argparse.Namespace) -> int:
         "psnr_denoised_db",
         "train_seconds",
     ]
-    common.write_csv(out / "denoiser.csv", keys, [[result[k] for k in keys]])
-    common.write_json(out / "denoiser.json", result)
+    report.write_csv(out / "denoiser.csv", keys, [[result[k] for k in keys]])
+    report.write_json(out / "denoiser.json", result)
     (out / "denoiser.md").write_text(
         "\n".join(
             [
                 "# DnCNN denoiser for denoised smoothing",
                 "",
-                *common.produced_by(result["command"]),
-                common.markdown_table(
+                *report.produced_by(result["command"]),
+                report.markdown_table(
                     [
                         "sigma",
                         "layers x width",

@@ -21,53 +21,30 @@ Writes ``detection.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import (
+    ExperimentConfig,
+    command_line,
+    device_opt,
+    opt,
+    out_opt,
+    progress_opt,
+    threads_opt,
+)
+from service.experiments.evaluate import EvalConfig
+from service.experiments.records import Records
+from service.robustness.registry import ATTACKS, Budget
+from service.stats import auc, roc_curve
 
-__all__ = ["SIGNALS", "auc", "detection_results", "roc_curve", "run"]
+__all__ = ["SIGNALS", "DetectionConfig", "detection_results", "run"]
 
 SIGNALS = ("vote_share", "disagreement", "gateway")
-
-
-def roc_curve(
-    negatives: Sequence[float], positives: Sequence[float]
-) -> tuple[list[float], list[float], list[float]]:
-    """ROC of the rule "flag when score >= threshold": ``(fpr, tpr, thresholds)``.
-
-    Thresholds run from ``+inf`` (nothing flagged: (0, 0)) down through every distinct
-    score (the last flags everything: (1, 1)); tied scores move together, so the
-    curve has one point per distinct score.
-    """
-    if not negatives or not positives:
-        raise ValueError("need at least one negative and one positive score")
-    scores = sorted(set(negatives) | set(positives), reverse=True)
-    fpr, tpr, thr = [0.0], [0.0], [float("inf")]
-    n_neg, n_pos = len(negatives), len(positives)
-    for s in scores:
-        fpr.append(sum(v >= s for v in negatives) / n_neg)
-        tpr.append(sum(v >= s for v in positives) / n_pos)
-        thr.append(float(s))
-    return fpr, tpr, thr
-
-
-def auc(negatives: Sequence[float], positives: Sequence[float]) -> float:
-    """Area under the ROC curve: ``P(pos > neg) + P(pos == neg) / 2`` (Mann-Whitney).
-
-    Equal to the trapezoidal area under :func:`roc_curve`; 1.0 when every positive
-    scores above every negative, 0.5 when the scores carry no information.
-    """
-    if not negatives or not positives:
-        raise ValueError("need at least one negative and one positive score")
-    wins = 0.0
-    for p in positives:
-        for n in negatives:
-            wins += 1.0 if p > n else 0.5 if p == n else 0.0
-    return wins / (len(negatives) * len(positives))
 
 
 def signal_scores(rec: dict[str, Any], threshold: float) -> dict[str, float]:
@@ -90,9 +67,7 @@ def detection_results(records: Sequence[dict[str, Any]], threshold: float = 0.5)
     """
     shuffle = [r for r in records if r["defense"] == "shuffle" and r.get("vote_share") is not None]
     clean = [signal_scores(r, threshold) for r in shuffle if r["attack"] == "clean"]
-    attacks = [
-        a for a in ("ifgsm", "flickering", "ofa", "eot") if any(r["attack"] == a for r in shuffle)
-    ]
+    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in shuffle)]
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[float]]] = {}
     for attack in attacks:
@@ -127,141 +102,115 @@ def detection_results(records: Sequence[dict[str, Any]], threshold: float = 0.5)
 
 
 # --------------------------------------------------------------------------- #
-# CLI
+# The run
 # --------------------------------------------------------------------------- #
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--evaluation", default=None, help="an `evaluate` output directory to read")
-    parser.add_argument("--out", default="docs/results/detection", help="output directory")
-    parser.add_argument("--threshold", type=float, default=0.5, help="gateway vote-share threshold")
-    g = parser.add_argument_group("a fresh run (without --evaluation)")
-    g.add_argument("--checkpoint", default=None)
-    g.add_argument("--data", default=None)
-    g.add_argument("--clips", type=int, default=None)
-    g.add_argument("--subset-seed", type=int, default=0)
-    g.add_argument("--seeds", type=int, nargs="+", default=[0])
-    g.add_argument(
-        "--attacks",
-        nargs="+",
-        default=["ifgsm", "flickering", "ofa", "eot"],
-        choices=("ifgsm", "flickering", "ofa", "eot"),
-    )
-    g.add_argument("--h1", type=int, default=None)
-    g.add_argument("--h2", type=int, default=None)
-    g.add_argument("--ensemble", type=int, default=None)
-    g.add_argument("--flicker-steps", type=int, default=2500)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
-    g.add_argument("--no-progress", action="store_true")
+@dataclass
+class DetectionConfig(ExperimentConfig):
+    """Settings of ``shuffleguard analyze detection``: read ``--evaluation DIR``, or make
+    (or resume) an evaluation of the ``none`` and ``shuffle`` rows in ``<out>/evaluation``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "detection")
+
+    evaluation: str | None = opt(None, "an `evaluate` output directory to read")
+    out: str = out_opt("docs/results/detection")
+    threshold: float = opt(0.5, "gateway vote-share threshold", show="always")
+    checkpoint: str | None = opt(None, "model of a fresh run (without --evaluation)")
+    data: str | None = opt(None, "toy-data directory of a fresh run")
+    clips: int | None = opt(None, "clips of a fresh run (default all)")
+    subset_seed: int = opt(0, "seed of the clip subset")
+    seeds: list[int] = opt([0], "seeds of a fresh run", show="always")
+    attacks: list[str] = opt(list(ATTACKS), "attacks of a fresh run", show="always",
+                             choices=tuple(ATTACKS))  # fmt: skip
+    h1: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")
+    h2: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")
+    ensemble: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")
+    flicker_steps: int = opt(Budget().flicker_steps, "flickering steps (lower = plumbing test)")
+    device: str = device_opt()
+    threads: int = threads_opt()
+    no_progress: bool = progress_opt()
+
+    def check(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("--threshold must be in [0, 1]")
+        if not self.evaluation and not (self.checkpoint and self.data):
+            raise ValueError("give --evaluation DIR or --checkpoint and --data")
+
+    def command(self) -> str:
+        if self.evaluation:
+            opts = {"evaluation": self.evaluation, "out": self.out, "threshold": self.threshold}
+            return command_line(self.COMMAND, opts)
+        return super().command()
+
+    def evaluation_config(self) -> EvalConfig:
+        """The evaluation a fresh run makes (rows ``none`` and ``shuffle``)."""
+        assert self.checkpoint and self.data
+        return EvalConfig(
+            checkpoint=self.checkpoint, data=self.data, out=str(Path(self.out) / "evaluation"),
+            clips=self.clips, subset_seed=self.subset_seed, seeds=list(self.seeds),
+            attacks=list(self.attacks), defenses=["none", "shuffle"], h1=self.h1, h2=self.h2,
+            ensemble=self.ensemble, flicker_steps=self.flicker_steps, device=self.device,
+            threads=self.threads,
+        )  # fmt: skip
 
 
-def _command(args: argparse.Namespace) -> str:
-    opts: dict[str, Any] = {"out": args.out, "threshold": args.threshold}
-    if args.evaluation:
-        opts = {"evaluation": args.evaluation, **opts}
-    else:
-        opts.update(
-            {
-                "checkpoint": args.checkpoint,
-                "data": args.data,
-                "clips": args.clips,
-                "subset_seed": args.subset_seed or None,
-                "seeds": args.seeds,
-                "attacks": args.attacks,
-                "h1": args.h1,
-                "h2": args.h2,
-                "ensemble": args.ensemble,
-                "flicker_steps": None if args.flicker_steps == 2500 else args.flicker_steps,
-                "device": args.device,
-            }
-        )
-    return common.command_line(["shuffleguard", "analyze", "detection"], opts)
+def _records_of(evaluation: Path) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+    """The evaluation's records restricted to the clips and seeds its table holds (a
+    resumed or report-only run can hold more), its command and reduced budgets."""
+    records = Records.of(evaluation)
+    table5 = evaluation / "table5.json"
+    if not table5.exists():
+        return records.select(), None, []
+    t5 = json.loads(table5.read_text())
+    recs = records.select(t5.get("clip_ids", []), t5["config"]["seeds"])
+    return recs, t5.get("command"), t5.get("reduced_strength", [])
 
 
-def run(args: argparse.Namespace) -> int:
-    from service.experiments.evaluate import EvalConfig, run_evaluation, write_outputs
+def run(config: DetectionConfig) -> int:
+    from service.experiments.evaluate import run_evaluation
+    from service.experiments.table5 import write_outputs
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise SystemExit("shuffleguard analyze detection: --threshold must be in [0, 1]")
-    evaluation = Path(args.evaluation) if args.evaluation else Path(args.out) / "evaluation"
+    evaluation = Path(config.evaluation or Path(config.out) / "evaluation")
     source_command = None
-    if not args.evaluation:
-        if not args.checkpoint or not args.data:
-            raise SystemExit(
-                "shuffleguard analyze detection: give --evaluation DIR or --checkpoint and --data"
-            )
-        common.prepare_torch(args.device, args.threads, "shuffleguard analyze detection")
-        config = EvalConfig(
-            checkpoint=args.checkpoint,
-            data=args.data,
-            out=str(evaluation),
-            clips=args.clips,
-            subset_seed=args.subset_seed,
-            seeds=list(args.seeds),
-            attacks=list(args.attacks),
-            defenses=["none", "shuffle"],
-            h1=args.h1,
-            h2=args.h2,
-            ensemble=args.ensemble,
-            flicker_steps=args.flicker_steps,
-            device=args.device,
-            threads=args.threads,
-        )
-        try:
-            summary = run_evaluation(config, progress=not args.no_progress)
-        except ValueError as exc:
-            raise SystemExit(f"shuffleguard analyze detection: {exc}") from None
+    if not config.evaluation:
+        common.prepare_torch(config.device, config.threads, "shuffleguard analyze detection")
+        summary = run_evaluation(config.evaluation_config(), progress=not config.no_progress)
         write_outputs(summary, evaluation)
         source_command = summary["command"]
-    records_path = evaluation / "records.jsonl"
-    if not records_path.exists():
-        raise SystemExit(f"shuffleguard analyze detection: no {records_path}")
-    records = [json.loads(x) for x in records_path.read_text().splitlines() if x.strip()]
-    table5 = evaluation / "table5.json"
-    reduced: list[str] = []
-    if table5.exists():
-        t5 = json.loads(table5.read_text())
-        source_command = source_command or t5.get("command")
-        reduced = t5.get("reduced_strength", [])
-        # only the clips and seeds the evaluation tabulated (a resumed or report-only
-        # run can hold records of more)
-        clips, seeds = set(t5.get("clip_ids", [])), set(t5["config"]["seeds"])
-        records = [r for r in records if r["clip"] in clips and r["seed"] in seeds]
-    results = detection_results(records, args.threshold)
+    if not (evaluation / "records.jsonl").exists():
+        raise ValueError(f"no {evaluation / 'records.jsonl'}")
+    records, t5_command, reduced = _records_of(evaluation)
+    results = detection_results(records, config.threshold)
     results.update(
         {
             "analysis": "detection",
-            "command": _command(args),
+            "command": config.command(),
             "evaluation": str(evaluation),
-            "evaluation_command": source_command,
+            "evaluation_command": source_command or t5_command,
             "reduced_strength": reduced,
         }
     )
-    paths = common.write_report(
-        args.out,
-        "detection",
-        results=results,
-        header=["attack", "positives", "signal", "auc", "tpr", "fpr", "n_clean", "n_attacked"],
-        rows=[
-            [
-                r["attack"],
-                r["positives"],
-                r["signal"],
-                _f(r.get("auc")),
-                _f(r.get("tpr")),
-                _f(r.get("fpr")),
-                r["n_clean"],
-                r["n_attacked"],
-            ]
-            for r in results["rows"]
-        ],
-        markdown=_markdown(results),
-        plot=lambda p: _plot(results, p),
-    )
+    paths = write_outputs_detection(results, config.out)
     for r in results["rows"]:
         if r["positives"] == "all" and r.get("auc") is not None:
             print(f"{r['attack']:>10} {r['signal']:>12}: AUC {r['auc']:.3f}")
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
+
+
+def write_outputs_detection(results: dict[str, Any], out: str | Path) -> list[Path]:
+    keys = ("attack", "positives", "signal", "auc", "tpr", "fpr", "n_clean", "n_attacked")
+    return report.write_report(
+        out,
+        "detection",
+        results=results,
+        header=list(keys),
+        rows=[
+            [_f(r.get(k)) if k in ("auc", "tpr", "fpr") else r[k] for k in keys]
+            for r in results["rows"]
+        ],
+        markdown=_markdown(results),
+        plot=lambda p: _plot(results, p),
+    )
 
 
 def _f(v: float | None) -> str:
@@ -270,13 +219,7 @@ def _f(v: float | None) -> str:
 
 def _markdown(results: dict[str, Any]) -> str:
     lines = ["# Attack detection: the gateway's suspected_adversarial signals", ""]
-    if results["reduced_strength"]:
-        lines += [
-            "**REDUCED STRENGTH -- a plumbing test, not a result:** "
-            + ", ".join(results["reduced_strength"])
-            + ".",
-            "",
-        ]
+    lines += report.reduced_banner(results["reduced_strength"])
     lines += [
         "Clean clips (negatives) vs attacked clips (positives), scored by the shuffle ensemble."
         " `vote share` = 1 - winning vote share; `disagreement` = undefended label differs"
@@ -284,7 +227,7 @@ def _markdown(results: dict[str, Any]) -> str:
         " (the gateway's flag). AUC over all attacked clips, and over the clips whose"
         " attack fooled the undefended model; TPR/FPR for the binary signals.",
         "",
-        *common.produced_by(results["command"]),
+        *report.produced_by(results["command"]),
     ]
     if results.get("evaluation_command"):
         lines += ["from the evaluation:", "", "```", results["evaluation_command"], "```", ""]
@@ -292,7 +235,7 @@ def _markdown(results: dict[str, Any]) -> str:
     for r in results["rows"]:
         if r.get("auc") is None:
             continue
-        tf = "" if "tpr" not in r else f"{common.pct(r['tpr'])} / {common.pct(r['fpr'])}"
+        tf = "" if "tpr" not in r else f"{report.pct(r['tpr'])} / {report.pct(r['fpr'])}"
         body.append(
             [
                 r["attack"],
@@ -304,7 +247,7 @@ def _markdown(results: dict[str, Any]) -> str:
             ]
         )
     lines += [
-        common.markdown_table(
+        report.markdown_table(
             ["attack", "positives", "signal", "AUC", "TPR / FPR (%)", "clean / attacked"],
             body,
             "lllrrr",
@@ -317,7 +260,7 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    fig, ax = common.setup_figure(4.6, 4.2)
+    fig, ax = report.setup_figure(4.6, 4.2)
     for attack, c in results["curves"].items():
         a = next(
             r["auc"]
@@ -334,4 +277,4 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title("ROC of 1 - vote share (x: gateway flag)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.save_figure(fig, path)

@@ -17,18 +17,37 @@ Writes ``fig2.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
-__all__ = ["add_arguments", "run", "run_fig2"]
+__all__ = ["Fig2Config", "run", "run_fig2"]
 
 KINDS = ("chunk", "row")
+
+
+@dataclass
+class Fig2Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze fig2`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig2")
+
+    out: str = out_opt("docs/results/fig2")
+    chunk_sizes: list[int] | None = opt(None, "chunk sizes N (default 1,2,4..T)")
+    row_sizes: list[int] | None = opt(None, "row group sizes N (default 1,2,4..H)")
+    draws: int = opt(3, "seeded draws per N", show="always")
+    seed: int = opt(0, "seed of the draws", show="always")
+
+    def check(self) -> None:
+        super().check()
+        if self.draws < 1:
+            raise ValueError("--draws must be >= 1")
 
 
 def _powers(limit: int) -> list[int]:
@@ -39,9 +58,20 @@ def _powers(limit: int) -> list[int]:
     return [*out, limit]
 
 
-def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
+def _randomizer(kind: str, n: int, T: int, gen: torch.Generator) -> Any:
+    """``transform(batch, start)`` for :func:`common.predict`: the frame order in chunks
+    of ``n`` (``chunk``) or the rows in groups of ``n`` (``row``), drawn from ``gen``."""
     from service.analysis import apply_row_shuffle, chunk_shuffle_indices
 
+    def transform(b: torch.Tensor, _s: int) -> torch.Tensor:
+        if kind == "chunk":
+            return common.gather_time(b, chunk_shuffle_indices(T, n, b.shape[0], generator=gen))
+        return torch.stack([apply_row_shuffle(c, n, row_dim=2, generator=gen) for c in b])
+
+    return transform
+
+
+def run_fig2(args: Fig2Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)
     T, H = x.shape[2], x.shape[3]
@@ -62,20 +92,7 @@ def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
             for draw in range(1 if n == 1 else args.draws):
                 gen = common.generator(args.seed, kind_id, n, draw)
 
-                def transform(
-                    b: torch.Tensor,
-                    _s: int,
-                    n: int = n,
-                    kind: str = kind,
-                    gen: torch.Generator = gen,
-                ) -> torch.Tensor:
-                    if kind == "chunk":
-                        idx = chunk_shuffle_indices(T, n, b.shape[0], generator=gen)
-                        return common.gather_time(b, idx)
-                    return torch.stack(
-                        [apply_row_shuffle(c, n, row_dim=2, generator=gen) for c in b]
-                    )
-
+                transform = _randomizer(kind, n, T, gen)
                 pred = common.predict(model, x, batch_size=args.batch_size, transform=transform)
                 accs.append(common.accuracy(pred, subset.labels))
                 bar.update(1)
@@ -91,28 +108,15 @@ def run_fig2(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
     return {
         "analysis": "fig2",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "height": H,
         "rows": rows,
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts.update(
-        {
-            "chunk_sizes": args.chunk_sizes or None,
-            "row_sizes": args.row_sizes or None,
-            "draws": args.draws,
-            "seed": args.seed,
-        }
-    )
-    return common.command_line(["shuffleguard", "analyze", "fig2"], opts)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -123,24 +127,24 @@ def markdown(res: dict[str, Any]) -> str:
         f" {res['height']} rows) when the frame order is randomized inside chunks of N frames, or"
         " the rows inside groups of N rows (mean ± std over seeded draws; a fresh draw per clip).",
         "",
-        *common.produced_by(res["command"]),
+        *report.produced_by(res["command"]),
     ]
     body = [
         [
             r["kind"],
             r["size"],
-            f"{common.pct(r['accuracy_mean'])} ± {common.pct(r['accuracy_std'])}",
+            f"{report.pct(r['accuracy_mean'])} ± {report.pct(r['accuracy_std'])}",
             r["draws"],
         ]
         for r in res["rows"]
     ]
-    lines += [common.markdown_table(["randomization", "N", "accuracy (%)", "draws"], body, "lrrr")]
+    lines += [report.markdown_table(["randomization", "N", "accuracy (%)", "draws"], body, "lrrr")]
     lines += ["", "![Fig. 2](fig2.png)", ""]
     return "\n".join(lines)
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.2, 3.6)
+    fig, ax = report.setup_figure(5.2, 3.6)
     for kind, marker in zip(KINDS, ("o", "s"), strict=True):
         rs = [r for r in res["rows"] if r["kind"] == kind]
         ax.errorbar(
@@ -152,56 +156,25 @@ def plot(res: dict[str, Any], path: Any) -> None:
             label="frame order in chunks of N" if kind == "chunk" else "rows in groups of N",
         )
     ax.axhline(100 / 8, color="gray", linestyle=":", linewidth=1, label="chance")
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("group size N")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Fig. 2: temporal vs spatial randomization", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.style_axes(ax, "Fig. 2: temporal vs spatial randomization", "group size N", logx=True)
+    report.save_figure(fig, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/fig2")
-    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=None, help="default 1,2,4..T")
-    parser.add_argument("--row-sizes", type=int, nargs="*", default=None, help="default 1,2,4..H")
-    parser.add_argument("--draws", type=int, default=3, help="seeded draws per N")
-    parser.add_argument("--seed", type=int, default=0)
+#: ``fig2.csv``: (column, format) per row.
+FIELDS = report.series_fields("kind", "size")
 
 
-def run(args: argparse.Namespace) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig2")
-    if args.draws < 1:
-        raise SystemExit("shuffleguard analyze fig2: --draws must be >= 1")
-    res = run_fig2(args)
-    paths = common.write_report(
-        args.out,
+def _summary(res: dict[str, Any]) -> list[str]:
+    return report.series_summary(res["rows"], "kind", "size", KINDS)
+
+
+def run(args: Fig2Config) -> int:
+    return report.run_analysis(
+        args,
         "fig2",
-        results=res,
-        header=["kind", "size", "accuracy_mean", "accuracy_std", "draws"],
-        rows=[
-            [
-                r["kind"],
-                r["size"],
-                f"{r['accuracy_mean']:.4f}",
-                f"{r['accuracy_std']:.4f}",
-                r["draws"],
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+        run_fig2,
+        table=lambda res: report.csv_table(res["rows"], FIELDS),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    for kind in KINDS:
-        print(
-            kind
-            + ": "
-            + ", ".join(
-                f"N={r['size']}: {100 * r['accuracy_mean']:.1f}%"
-                for r in res["rows"]
-                if r["kind"] == kind
-            )
-        )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

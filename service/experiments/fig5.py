@@ -17,23 +17,27 @@ Writes ``fig5.csv``, ``fig5.json``, ``fig5.md`` and ``fig5.png`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import platform
-import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import (
+    ExperimentConfig,
+    device_opt,
+    opt,
+    out_opt,
+    progress_opt,
+    threads_opt,
+)
 
-__all__ = ["Fig5Config", "add_arguments", "chunk_shuffle_transform", "run", "run_fig5"]
+__all__ = ["Fig5Config", "chunk_shuffle_transform", "run", "run_fig5"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,48 +47,38 @@ CHANCE = 1.0 / 8
 
 
 @dataclass
-class Fig5Config:
+class Fig5Config(ExperimentConfig):
     """Settings of one Fig. 5 run (all saved to ``fig5.json``)."""
 
-    out: str = "docs"
-    datasets: list[int] = field(default_factory=lambda: [1, 2, 3])
-    chunk_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    count: int = 1600
-    frames: int = 8
-    size: int = 32
-    object_fraction: float = 0.33
-    speed_reference: int = 128
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 2e-3
-    base_width: int = 16
-    seed: int = 0
-    draws: int = 5
-    device: str = "cpu"
-    threads: int = 2
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig5")
 
-    def command(self) -> str:
-        """The ``shuffleguard`` command line that reproduces this run."""
-        parts = [
-            "shuffleguard", "analyze", "fig5",
-            "--out", self.out,
-            "--datasets", *map(str, self.datasets),
-            "--chunk-sizes", *map(str, self.chunk_sizes),
-            "--count", str(self.count),
-            "--frames", str(self.frames),
-            "--size", str(self.size),
-            "--object-fraction", str(self.object_fraction),
-            "--speed-reference", str(self.speed_reference),
-            "--epochs", str(self.epochs),
-            "--batch-size", str(self.batch_size),
-            "--lr", str(self.lr),
-            "--base-width", str(self.base_width),
-            "--seed", str(self.seed),
-            "--draws", str(self.draws),
-            "--device", self.device,
-            "--threads", str(self.threads),
-        ]  # fmt: skip
-        return shlex.join(parts)
+    out: str = out_opt("docs")
+    datasets: list[int] = opt([1, 2, 3], "toy datasets", show="always", choices=(1, 2, 3))
+    chunk_sizes: list[int] = opt([1, 2, 4, 8], "chunk sizes N", show="always")
+    count: int = opt(1600, "clips per dataset", show="always")
+    frames: int = opt(8, "frames per clip", show="always")
+    size: int = opt(32, "frame height = width (px)", show="always")
+    object_fraction: float = opt(0.33, "object side / frame side", show="always")
+    speed_reference: int = opt(
+        128, "frame size (px) on which the paper's 3-5 px/frame is measured; scaled to --size",
+        show="always",
+    )  # fmt: skip
+    epochs: int = opt(6, "training epochs per dataset", show="always")
+    batch_size: int = opt(32, "training batch size", show="always")
+    lr: float = opt(2e-3, "learning rate", show="always")
+    base_width: int = opt(16, "R3D-18 base width", show="always")
+    seed: int = opt(0, "seed of data, training and draws", show="always")
+    draws: int = opt(5, "shuffle draws per chunk size", show="always")
+    device: str = device_opt()
+    threads: int = threads_opt(show="always")
+    no_progress: bool = progress_opt()
+
+    def check(self) -> None:
+        self.chunk_sizes = sorted(set(self.chunk_sizes))
+        if any(c < 1 for c in self.chunk_sizes):
+            raise ValueError("chunk sizes must be >= 1")
+        if self.draws < 1 or self.count < 8 or self.epochs < 1:
+            raise ValueError("need --draws >= 1, --count >= 8, --epochs >= 1")
 
 
 def chunk_shuffle_transform(
@@ -107,6 +101,56 @@ def chunk_shuffle_transform(
     return transform
 
 
+def _train_on(dataset: int, config: Fig5Config, progress: bool) -> tuple[Any, Any, Any, float]:
+    """Generate toy dataset ``dataset`` and train a model on it: (clips, train result,
+    test split, seconds to generate)."""
+    from service.toy.data import generate_toy_dataset
+    from service.train import TrainConfig, train_model
+
+    t0 = time.perf_counter()
+    data = generate_toy_dataset(
+        dataset, config.count, seed=config.seed + dataset, frames=config.frames,
+        size=config.size, speed_reference=config.speed_reference,
+        object_fraction=config.object_fraction,
+    ).as_clipset()  # fmt: skip
+    gen_s = time.perf_counter() - t0
+    train, test = data.select("train"), data.select("test")
+    train_config = TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        base_width=config.base_width, seed=config.seed, device=config.device,
+    )  # fmt: skip
+    result = train_model(
+        train.clips, train.labels, num_classes=len(data.label_names), config=train_config,
+        test_clips=test.clips, test_labels=test.labels, progress=progress,
+        desc=f"fig5 dataset {dataset}",
+    )  # fmt: skip
+    return data, result, test, gen_s
+
+
+def _chunk_rows(model: Any, test: Any, dataset: int, config: Fig5Config) -> list[dict[str, Any]]:
+    """Accuracy of ``model`` on ``test`` under each chunk size (seeded draws; N = 1 is
+    the identity, one draw)."""
+    from service.train import evaluate_accuracy
+
+    rows = []
+    for chunk in config.chunk_sizes:
+        n_draws = 1 if chunk == 1 else config.draws
+        accs = []
+        for draw in range(n_draws):
+            # the seed formula of the published Fig. 5 run (kept so it reproduces)
+            seed = config.seed * 1_000_003 + dataset * 10_007 + chunk * 101 + draw
+            transform = chunk_shuffle_transform(chunk, torch.Generator().manual_seed(seed))
+            accs.append(evaluate_accuracy(model, test.clips, test.labels, transform=transform))
+        rows.append({
+            "dataset": dataset, "chunk_size": chunk, "accuracy_mean": statistics.fmean(accs),
+            "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "accuracy_draws": accs, "draws": n_draws, "test_clips": int(test.clips.shape[0]),
+        })  # fmt: skip
+        logger.info("dataset %d, chunk %d: accuracy %.4f over %d draws",
+                    dataset, chunk, rows[-1]["accuracy_mean"], n_draws)  # fmt: skip
+    return rows
+
+
 def run_fig5(config: Fig5Config, *, progress: bool = True) -> dict[str, Any]:
     """Train one model per dataset and measure accuracy under chunk shuffling.
 
@@ -115,92 +159,23 @@ def run_fig5(config: Fig5Config, *, progress: bool = True) -> dict[str, Any]:
     ``accuracy_draws``, ``draws``, ``test_clips``), ``models`` (per dataset: clean
     test accuracy, final train loss, seconds), ``seconds`` and the environment.
     """
-    from service.toy.data import generate_toy_dataset
-    from service.train import TrainConfig, evaluate_accuracy, train_model
-
     t_all = time.perf_counter()
     rows: list[dict[str, Any]] = []
     models: list[dict[str, Any]] = []
     for dataset in config.datasets:
-        t0 = time.perf_counter()
-        data = generate_toy_dataset(
-            dataset,
-            config.count,
-            seed=config.seed + dataset,
-            frames=config.frames,
-            size=config.size,
-            speed_reference=config.speed_reference,
-            object_fraction=config.object_fraction,
-        ).as_clipset()
-        gen_s = time.perf_counter() - t0
-        train, test = data.select("train"), data.select("test")
         t1 = time.perf_counter()
-        result = train_model(
-            train.clips,
-            train.labels,
-            num_classes=len(data.label_names),
-            config=TrainConfig(
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                base_width=config.base_width,
-                seed=config.seed,
-                device=config.device,
-            ),
-            test_clips=test.clips,
-            test_labels=test.labels,
-            progress=progress,
-            desc=f"fig5 dataset {dataset}",
-        )
-        train_s = time.perf_counter() - t1
+        data, result, test, gen_s = _train_on(dataset, config, progress)
+        train_s = time.perf_counter() - t1 - gen_s
         t2 = time.perf_counter()
-        for chunk in config.chunk_sizes:
-            n_draws = 1 if chunk == 1 else config.draws  # N = 1 is the identity
-            accs = []
-            for draw in range(n_draws):
-                gen = torch.Generator().manual_seed(
-                    config.seed * 1_000_003 + dataset * 10_007 + chunk * 101 + draw
-                )
-                accs.append(
-                    evaluate_accuracy(
-                        result.model,
-                        test.clips,
-                        test.labels,
-                        transform=chunk_shuffle_transform(chunk, gen),
-                    )
-                )
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "chunk_size": chunk,
-                    "accuracy_mean": statistics.fmean(accs),
-                    "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-                    "accuracy_draws": accs,
-                    "draws": n_draws,
-                    "test_clips": int(test.clips.shape[0]),
-                }
-            )
-            logger.info(
-                "dataset %d, chunk %d: accuracy %.4f over %d draws",
-                dataset,
-                chunk,
-                rows[-1]["accuracy_mean"],
-                n_draws,
-            )
-        models.append(
-            {
-                "dataset": dataset,
-                "label_names": data.label_names,
-                "train_clips": int(train.clips.shape[0]),
-                "test_clips": int(test.clips.shape[0]),
-                "clean_test_accuracy": result.test_accuracy,
-                "final_train_loss": result.history[-1]["loss"],
-                "history": result.history,
-                "generate_seconds": gen_s,
-                "train_seconds": train_s,
-                "eval_seconds": time.perf_counter() - t2,
-            }
-        )
+        rows += _chunk_rows(result.model, test, dataset, config)
+        models.append({
+            "dataset": dataset, "label_names": data.label_names,
+            "train_clips": int(data.select("train").clips.shape[0]),
+            "test_clips": int(test.clips.shape[0]), "clean_test_accuracy": result.test_accuracy,
+            "final_train_loss": result.history[-1]["loss"], "history": result.history,
+            "generate_seconds": gen_s, "train_seconds": train_s,
+            "eval_seconds": time.perf_counter() - t2,
+        })  # fmt: skip
     return {
         "figure": "fig5",
         "paper": {"dataset3_chunk8_accuracy": PAPER_DATASET3_N8, "chance": CHANCE},
@@ -209,13 +184,7 @@ def run_fig5(config: Fig5Config, *, progress: bool = True) -> dict[str, Any]:
         "rows": rows,
         "models": models,
         "seconds": time.perf_counter() - t_all,
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": config.device,
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-        },
+        "environment": report.environment(config.device),
     }
 
 
@@ -243,31 +212,9 @@ def _verdict(rows: Sequence[dict[str, Any]], cfg: dict[str, Any]) -> str:
     return f"From N = 1 to N = {full}: " + ", ".join(parts) + "."
 
 
-def write_csv(results: dict[str, Any], path: Path) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(
-            ["dataset", "chunk_size", "accuracy_mean", "accuracy_std", "draws", "test_clips"]
-        )
-        for r in results["rows"]:
-            w.writerow(
-                [
-                    r["dataset"],
-                    r["chunk_size"],
-                    f"{r['accuracy_mean']:.4f}",
-                    f"{r['accuracy_std']:.4f}",
-                    r["draws"],
-                    r["test_clips"],
-                ]
-            )
-
-
-def write_markdown(results: dict[str, Any], path: Path) -> None:
-    cfg = results["config"]
+def _md_table(results: dict[str, Any]) -> list[str]:
+    cfg, rows = results["config"], results["rows"]
     chunks = cfg["chunk_sizes"]
-    rows = results["rows"]
     lines = [
         "# Fig. 5: toy datasets under chunk-wise frame-order randomization",
         "",
@@ -276,7 +223,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"(mean ± std over {cfg['draws']} seeded draws; N = 1 is the clean clip). Chance is "
         f"{100 * CHANCE:.1f}%.",
         "",
-        *common.produced_by(results["command"]),
+        *report.produced_by(results["command"]),
         "| dataset | what carries the class | " + " | ".join(f"N = {c}" for c in chunks) + " |",
         "|---|---|" + "---:|" * len(chunks),
     ]
@@ -292,6 +239,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             else:
                 cells.append(f"{100 * r['accuracy_mean']:.1f}")
         lines.append(f"| {d} | {carriers.get(d, '?')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _md_paper(results: dict[str, Any]) -> list[str]:
+    cfg, rows = results["config"], results["rows"]
+    lines: list[str] = []
     T = cfg["frames"]
     ours = _accuracy(rows, 3, T)
     lines += ["", "## Against the paper", ""]
@@ -325,6 +278,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "frame (the short side R3D-18 pipelines resize to before their 112 px crop). The",
         "other regime: `shuffleguard analyze fig5 --object-fraction 0.2 --speed-reference 64`.",
     ]
+    return lines
+
+
+def _md_models(results: dict[str, Any]) -> list[str]:
+    cfg = results["config"]
+    lines: list[str] = []
     lines += ["", "## Models and cost", ""]
     lines += [
         "| dataset | train / test clips | clean test acc. | final train loss | train time (s) |"
@@ -354,17 +313,18 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "![Fig. 5](fig5.png)",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return lines
 
 
-def write_plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def markdown(results: dict[str, Any]) -> str:
+    """``fig5.md``: the table, the comparison with the paper, the models and their cost."""
+    parts = (_md_table, _md_paper, _md_models)
+    return "\n".join(line for part in parts for line in part(results))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot(results: dict[str, Any], path: Path) -> None:
     cfg = results["config"]
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
+    fig, ax = report.setup_figure(5.2, 3.8)
     markers = {1: "o", 2: "s", 3: "^"}
     for d in cfg["datasets"]:
         rs = sorted(
@@ -394,87 +354,27 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Fig. 5: toy datasets, {cfg['frames']}-frame clips")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def write_outputs(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``fig5.csv``, ``fig5.json``, ``fig5.md`` and ``fig5.png``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "fig5.csv", out / "fig5.json", out / "fig5.md", out / "fig5.png"]
-    write_csv(results, paths[0])
-    paths[1].write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, paths[2])
-    write_plot(results, paths[3])
-    return paths
-
-
-# --------------------------------------------------------------------------- #
-# CLI
-# --------------------------------------------------------------------------- #
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Fig5Config()
-    parser.add_argument("--out", default=d.out, help=f"output directory (default {d.out})")
-    parser.add_argument("--datasets", type=int, nargs="+", choices=(1, 2, 3), default=d.datasets)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=d.chunk_sizes)
-    parser.add_argument("--count", type=int, default=d.count, help="clips per dataset")
-    parser.add_argument("--frames", type=int, default=d.frames, help="frames per clip")
-    parser.add_argument("--size", type=int, default=d.size, help="frame height = width (px)")
-    parser.add_argument(
-        "--object-fraction",
-        type=float,
-        default=d.object_fraction,
-        help=f"object side / frame side (default {d.object_fraction})",
+    keys = ("dataset", "chunk_size", "accuracy_mean", "accuracy_std", "draws", "test_clips")
+    fmt = {"accuracy_mean": ".4f", "accuracy_std": ".4f"}
+    return report.write_report(
+        out_dir,
+        "fig5",
+        results=results,
+        header=list(keys),
+        rows=[[format(r[k], fmt.get(k, "")) for k in keys] for r in results["rows"]],
+        markdown=markdown(results),
+        plot=lambda path: plot(results, path),
     )
-    parser.add_argument(
-        "--speed-reference",
-        type=int,
-        default=d.speed_reference,
-        help="frame size (px) on which the paper's 3-5 px/frame is measured; scaled to"
-        f" --size (default {d.speed_reference})",
-    )
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--base-width", type=int, default=d.base_width)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--draws", type=int, default=d.draws, help="shuffle draws per chunk size")
-    parser.add_argument("--device", default=d.device, help="cpu (default) or cuda")
-    parser.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    if any(c < 1 for c in args.chunk_sizes):
-        raise SystemExit("shuffleguard analyze fig5: chunk sizes must be >= 1")
-    if args.draws < 1 or args.count < 8 or args.epochs < 1:
-        raise SystemExit(
-            "shuffleguard analyze fig5: need --draws >= 1, --count >= 8, --epochs >= 1"
-        )
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("shuffleguard analyze fig5: --device cuda given but CUDA is not available")
-    torch.set_num_threads(max(1, args.threads))
-    config = Fig5Config(
-        out=str(args.out),
-        datasets=list(args.datasets),
-        chunk_sizes=sorted(set(args.chunk_sizes)),
-        count=args.count,
-        frames=args.frames,
-        size=args.size,
-        object_fraction=args.object_fraction,
-        speed_reference=args.speed_reference,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        base_width=args.base_width,
-        seed=args.seed,
-        draws=args.draws,
-        device=args.device,
-        threads=args.threads,
-    )
-    results = run_fig5(config, progress=not args.no_progress)
+def run(config: Fig5Config) -> int:
+    common.prepare_torch(config.device, config.threads, "shuffleguard analyze fig5")
+    results = run_fig5(config, progress=not config.no_progress)
     paths = write_outputs(results, config.out)
     for d in config.datasets:
         accs = [

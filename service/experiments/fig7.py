@@ -16,18 +16,37 @@ Writes ``fig7.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
-__all__ = ["add_arguments", "run", "run_fig7"]
+__all__ = ["Fig7Config", "run", "run_fig7"]
 
 
-def _orders(T: int, args: argparse.Namespace) -> list[tuple[str, list[int]]]:
+@dataclass
+class Fig7Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze fig7`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig7")
+
+    out: str = out_opt("docs/results/fig7")
+    orders: int = opt(5, "orders drawn per chunk size / h1", show="always")
+    chunk_sizes: list[int] | None = opt(None, "chunk sizes (default 2..T)")
+    h1s: list[int] = opt([1, 2, 3, 4], "Algorithm 1 h1s", show="always")
+    seed: int = opt(0, "seed of the orders", show="always")
+
+    def check(self) -> None:
+        super().check()
+        if self.orders < 1:
+            raise ValueError("--orders must be >= 1")
+
+
+def _orders(T: int, args: Fig7Config) -> list[tuple[str, list[int]]]:
     from service.analysis import chunk_shuffle_indices
     from service.defense import shuffle_indices
 
@@ -42,7 +61,7 @@ def _orders(T: int, args: argparse.Namespace) -> list[tuple[str, list[int]]]:
     return out
 
 
-def run_fig7(args: argparse.Namespace) -> dict[str, Any]:
+def run_fig7(args: Fig7Config) -> dict[str, Any]:
     from scipy.stats import pearsonr, spearmanr
 
     from service.analysis import monotonic_ratio
@@ -73,7 +92,7 @@ def run_fig7(args: argparse.Namespace) -> dict[str, Any]:
     varied = len(set(xs)) > 1 and len(set(ys)) > 1
     return {
         "analysis": "fig7",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "first_conv": {"kernel": k, "stride": s, "padding": p},
@@ -82,21 +101,8 @@ def run_fig7(args: argparse.Namespace) -> dict[str, Any]:
         "spearman": float(spearmanr(xs, ys)[0]) if varied else None,
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts.update(
-        {
-            "orders": args.orders,
-            "chunk_sizes": args.chunk_sizes or None,
-            "h1s": args.h1s,
-            "seed": args.seed,
-        }
-    )
-    return common.command_line(["shuffleguard", "analyze", "fig7"], opts)
 
 
 def _corr(v: float | None) -> str:
@@ -113,7 +119,7 @@ def markdown(res: dict[str, Any]) -> str:
             src,
             len(qs),
             f"{sum(q['monotonic_ratio'] for q in qs) / len(qs):.3f}",
-            common.pct(sum(q["accuracy"] for q in qs) / len(qs)),
+            report.pct(sum(q["accuracy"] for q in qs) / len(qs)),
         ]
         for src, qs in groups.items()
     ]
@@ -126,8 +132,8 @@ def markdown(res: dict[str, Any]) -> str:
             f" {fc['stride']}, padding {fc['padding']}). Pearson r = {_corr(res['pearson'])},"
             f" Spearman rho = {_corr(res['spearman'])} over {len(res['points'])} orders.",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(
+            *report.produced_by(res["command"]),
+            report.markdown_table(
                 ["orders", "count", "mean monotonic ratio", "mean accuracy (%)"], body
             ),
             "",
@@ -138,7 +144,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.2, 3.8)
+    fig, ax = report.setup_figure(5.2, 3.8)
     kinds = sorted({q["source"].split(" ")[0] for q in res["points"]})
     for kind, marker in zip(kinds, "o^sD", strict=False):
         qs = [q for q in res["points"] if q["source"].split(" ")[0] == kind]
@@ -150,48 +156,32 @@ def plot(res: dict[str, Any], path: Any) -> None:
             alpha=0.7,
             label=kind,
         )
-    ax.set_xlabel("monotonic ratio of the frame order")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(f"Fig. 7: Pearson r = {_corr(res['pearson'])}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/fig7")
-    parser.add_argument("--orders", type=int, default=5, help="orders drawn per chunk size / h1")
-    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=None, help="default 2..T")
-    parser.add_argument("--h1s", type=int, nargs="*", default=[1, 2, 3, 4], help="Algorithm 1 h1s")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig7")
-    if args.orders < 1:
-        raise SystemExit("shuffleguard analyze fig7: --orders must be >= 1")
-    res = run_fig7(args)
-    paths = common.write_report(
-        args.out,
-        "fig7",
-        results=res,
-        header=["source", "order", "monotonic_ratio", "accuracy"],
-        rows=[
-            [
-                q["source"],
-                " ".join(map(str, q["order"])),
-                f"{q['monotonic_ratio']:.4f}",
-                f"{q['accuracy']:.4f}",
-            ]
-            for q in res["points"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+    report.style_axes(
+        ax, f"Fig. 7: Pearson r = {_corr(res['pearson'])}", "monotonic ratio of the frame order"
     )
-    print(
+    report.save_figure(fig, path)
+
+
+#: ``fig7.csv``: (column, format) per row.
+FIELDS = (("source", ""), ("order", ""), ("monotonic_ratio", ".4f"), ("accuracy", ".4f"))
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return [
         f"{len(res['points'])} orders: Pearson {_corr(res['pearson'])},"
         f" Spearman {_corr(res['spearman'])}"
+    ]
+
+
+def run(args: Fig7Config) -> int:
+    return report.run_analysis(
+        args,
+        "fig7",
+        run_fig7,
+        table=lambda res: report.csv_table(
+            [{**q, "order": " ".join(map(str, q["order"]))} for q in res["points"]], FIELDS
+        ),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

@@ -12,19 +12,33 @@ Writes ``fig8.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
-__all__ = ["add_arguments", "run", "run_fig8"]
+__all__ = ["Fig8Config", "run", "run_fig8"]
 
 
-def run_fig8(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Fig8Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze fig8`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig8")
+
+    out: str = out_opt("docs/results/fig8")
+    chunk_sizes: list[int] | None = opt(None, "chunk sizes (default 1,2,4..)")
+    draws: int = opt(3, "seeded draws per chunk size", show="always")
+    seed: int = opt(0, "seed of the draws", show="always")
+    attack_batch: int = opt(8, "clips per attack batch", show="never")
+
+
+def run_fig8(args: Fig8Config) -> dict[str, Any]:
     from service.analysis import chunk_shuffle_indices
 
     t0 = time.perf_counter()
@@ -59,21 +73,15 @@ def run_fig8(args: argparse.Namespace) -> dict[str, Any]:
             )
     return {
         "analysis": "fig8",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "attack": {"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
         "rows": rows,
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts.update({"chunk_sizes": args.chunk_sizes or None, "draws": args.draws, "seed": args.seed})
-    return common.command_line(["shuffleguard", "analyze", "fig8"], opts)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -81,7 +89,7 @@ def markdown(res: dict[str, Any]) -> str:
 
     def cell(kind: str, n: int) -> str:
         r = next(r for r in res["rows"] if r["input"] == kind and r["chunk_size"] == n)
-        return f"{common.pct(r['accuracy_mean'])} ± {common.pct(r['accuracy_std'])}"
+        return f"{report.pct(r['accuracy_mean'])} ± {report.pct(r['accuracy_std'])}"
 
     return "\n".join(
         [
@@ -91,8 +99,8 @@ def markdown(res: dict[str, Any]) -> str:
             " 30 steps, crafted against the undefended model), after randomizing the frame order"
             " inside chunks of N frames (mean ± std over seeded draws; N = 1: no randomization).",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(
+            *report.produced_by(res["command"]),
+            report.markdown_table(
                 ["input", *[f"N = {n}" for n in sizes]],
                 [[k, *[cell(k, n) for n in sizes]] for k in ("clean", "ifgsm")],
             ),
@@ -104,7 +112,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.0, 3.6)
+    fig, ax = report.setup_figure(5.0, 3.6)
     for kind, label in (("clean", "clean clips"), ("ifgsm", "I-FGSM clips")):
         rs = [r for r in res["rows"] if r["input"] == kind]
         ax.errorbar(
@@ -115,54 +123,27 @@ def plot(res: dict[str, Any], path: Any) -> None:
             capsize=3,
             label=label,
         )
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("chunk size N")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Fig. 8: chunk-wise frame randomization of attacked clips", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/fig8")
-    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=None, help="default 1,2,4..")
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attack-batch", type=int, default=8, help="clips per attack batch")
-
-
-def run(args: argparse.Namespace) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze fig8")
-    res = run_fig8(args)
-    paths = common.write_report(
-        args.out,
-        "fig8",
-        results=res,
-        header=["input", "chunk_size", "accuracy_mean", "accuracy_std", "draws"],
-        rows=[
-            [
-                r["input"],
-                r["chunk_size"],
-                f"{r['accuracy_mean']:.4f}",
-                f"{r['accuracy_std']:.4f}",
-                r["draws"],
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+    report.style_axes(
+        ax, "Fig. 8: chunk-wise frame randomization of attacked clips", "chunk size N", logx=True
     )
-    for kind in ("clean", "ifgsm"):
-        print(
-            kind
-            + ": "
-            + ", ".join(
-                f"N={r['chunk_size']}: {100 * r['accuracy_mean']:.1f}%"
-                for r in res["rows"]
-                if r["input"] == kind
-            )
-        )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0
+    report.save_figure(fig, path)
+
+
+#: ``fig8.csv``: (column, format) per row.
+FIELDS = report.series_fields("input", "chunk_size")
+
+
+def _summary(res: dict[str, Any]) -> list[str]:
+    return report.series_summary(res["rows"], "input", "chunk_size", ("clean", "ifgsm"))
+
+
+def run(args: Fig8Config) -> int:
+    return report.run_analysis(
+        args,
+        "fig8",
+        run_fig8,
+        table=lambda res: report.csv_table(res["rows"], FIELDS),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
+    )

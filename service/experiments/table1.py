@@ -12,16 +12,27 @@ Writes ``table1.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
-__all__ = ["add_arguments", "run", "run_table1"]
+__all__ = ["Table1Config", "run", "run_table1"]
 
 
-def run_table1(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Table1Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze table1`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table1")
+
+    out: str = out_opt("docs/results/table1")
+    positions: list[int] | None = opt(None, "frames (default all)")
+
+
+def run_table1(args: Table1Config) -> dict[str, Any]:
     from service.analysis import uniformize
 
     t0 = time.perf_counter()
@@ -38,7 +49,7 @@ def run_table1(args: argparse.Namespace) -> dict[str, Any]:
     accs = [r["accuracy"] for r in rows]
     return {
         "analysis": "table1",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "original_accuracy": original,
@@ -48,18 +59,12 @@ def run_table1(args: argparse.Namespace) -> dict[str, Any]:
         "uniformized_max": max(accs),
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
 
 
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts["positions"] = args.positions or None
-    return common.command_line(["shuffleguard", "analyze", "table1"], opts)
-
-
 def markdown(res: dict[str, Any]) -> str:
-    per = ", ".join(f"{r['frame']}: {common.pct(r['accuracy'])}" for r in res["rows"])
+    per = ", ".join(f"{r['frame']}: {report.pct(r['accuracy'])}" for r in res["rows"])
     return "\n".join(
         [
             "# Table 1: accuracy on uniformized clips",
@@ -67,15 +72,15 @@ def markdown(res: dict[str, Any]) -> str:
             f"Top-1 accuracy (%) on {res['clips']} class-stratified test clips when every frame"
             " is replaced by frame i (no motion left), beside the original clips.",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(
+            *report.produced_by(res["command"]),
+            report.markdown_table(
                 ["original", "uniformized (mean over i)", "min over i", "max over i"],
                 [
                     [
-                        common.pct(res["original_accuracy"]),
-                        common.pct(res["uniformized_mean"]),
-                        common.pct(res["uniformized_min"]),
-                        common.pct(res["uniformized_max"]),
+                        report.pct(res["original_accuracy"]),
+                        report.pct(res["uniformized_mean"]),
+                        report.pct(res["uniformized_min"]),
+                        report.pct(res["uniformized_max"]),
                     ]
                 ],
                 "rrrr",
@@ -90,47 +95,37 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.0, 3.4)
+    fig, ax = report.setup_figure(5.0, 3.4)
     xs = [r["frame"] for r in res["rows"]]
     ax.plot(
         xs, [100 * r["accuracy"] for r in res["rows"]], marker="o", label="uniformized to frame i"
     )
     ax.axhline(100 * res["original_accuracy"], color="C1", linestyle="--", label="original clips")
     ax.axhline(100 / 8, color="gray", linestyle=":", linewidth=1, label="chance (8 classes)")
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("frame i")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 1: uniformized clips", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.style_axes(ax, "Table 1: uniformized clips", "frame i")
+    report.save_figure(fig, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/table1")
-    parser.add_argument(
-        "--positions", type=int, nargs="*", default=None, help="frames (default all)"
-    )
+#: ``table1.csv``: (column, format) per row.
+FIELDS = (("frame", ""), ("accuracy", ".4f"), ("original_accuracy", ".4f"))  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze table1")
-    res = run_table1(args)
-    paths = common.write_report(
-        args.out,
-        "table1",
-        results=res,
-        header=["frame", "accuracy", "original_accuracy"],
-        rows=[
-            [r["frame"], f"{r['accuracy']:.4f}", f"{res['original_accuracy']:.4f}"]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
-    )
-    print(
+def _summary(res: dict[str, Any]) -> list[str]:
+    return [
         f"original {100 * res['original_accuracy']:.1f}%, uniformized mean "
         f"{100 * res['uniformized_mean']:.1f}% (min {100 * res['uniformized_min']:.1f}%)"
+    ]
+
+
+def run(args: Table1Config) -> int:
+    return report.run_analysis(
+        args,
+        "table1",
+        run_table1,
+        table=lambda res: report.csv_table(
+            [{**r, "original_accuracy": res["original_accuracy"]} for r in res["rows"]], FIELDS
+        ),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

@@ -18,32 +18,71 @@ Writes ``table2.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
-__all__ = ["add_arguments", "run", "run_table2"]
+__all__ = ["Table2Config", "run", "run_table2"]
 
 ATTACKS = ("clean", "ifgsm", "static", "framewise")
 TITLES = {"clean": "clean", "ifgsm": "regular I-FGSM", "static": "static", "framewise": "framewise"}
 
 
-def run_table2(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Table2Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze table2`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table2")
+
+    out: str = out_opt("docs/results/table2")
+    attacks: list[str] = opt(list(ATTACKS[1:]), "perturbation kinds", choices=ATTACKS[1:])
+    draws: int = opt(3, "seeded full permutations", show="always")
+    seed: int = opt(0, "seed of the permutations", show="always")
+    h1: int | None = opt(None, "preset (default: tune's sidecar)")
+    h2: int | None = opt(None, "preset (default: tune's sidecar)")
+    ensemble: int | None = opt(None, "preset (default: tune's sidecar)")
+    attack_batch: int = opt(8, "clips per attack batch", show="never")
+
+    def check(self) -> None:
+        super().check()
+        if self.draws < 1:
+            raise ValueError("--draws must be >= 1")
+
+
+def _permuted_accuracies(
+    model: Any, clips: torch.Tensor, labels: torch.Tensor, args: Table2Config
+) -> list[float]:
+    """Accuracy on ``clips`` with every clip's frames fully permuted, per seeded draw."""
     from service.analysis import chunk_shuffle_indices
+
+    T, out = clips.shape[2], []
+    for draw in range(args.draws):
+        gen = common.generator(args.seed, 1, draw)
+
+        def transform(b: torch.Tensor, _s: int, gen: torch.Generator = gen) -> torch.Tensor:
+            return common.gather_time(b, chunk_shuffle_indices(T, T, b.shape[0], generator=gen))
+
+        pred = common.predict(model, clips, batch_size=args.batch_size, transform=transform)
+        out.append(common.accuracy(pred, labels))
+    return out
+
+
+def run_table2(args: Table2Config) -> dict[str, Any]:
     from service.experiments.evaluate import preset_for_checkpoint
     from service.robustness.attacks import IFGSM, FramewiseIFGSM, StaticIFGSM
-    from service.robustness.smoothing import ShuffleDefense
+    from service.robustness.registry import DEFENSE_ROWS, RowContext
 
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)
     T = x.shape[2]
     preset, preset_source = preset_for_checkpoint(args.checkpoint, args.h1, args.h2, args.ensemble)
-    ensemble = ShuffleDefense(model, preset, batch_size=args.batch_size)
+    ensemble = DEFENSE_ROWS["shuffle"].build(RowContext(model, 0, preset))
     factories = {"ifgsm": IFGSM, "static": StaticIFGSM, "framewise": FramewiseIFGSM}
     rows = []
     for a_id, name in enumerate(ATTACKS):
@@ -58,15 +97,7 @@ def run_table2(args: argparse.Namespace) -> dict[str, Any]:
         as_crafted = common.accuracy(
             common.predict(model, clips, batch_size=args.batch_size), subset.labels
         )
-        permuted = []
-        for draw in range(args.draws):
-            gen = common.generator(args.seed, 1, draw)
-
-            def transform(b: torch.Tensor, _s: int, gen: torch.Generator = gen) -> torch.Tensor:
-                return common.gather_time(b, chunk_shuffle_indices(T, T, b.shape[0], generator=gen))
-
-            pred = common.predict(model, clips, batch_size=args.batch_size, transform=transform)
-            permuted.append(common.accuracy(pred, subset.labels))
+        permuted = _permuted_accuracies(model, clips, subset.labels, args)
         ens_correct = 0
         for i in range(clips.shape[0]):
             gen = common.generator(args.seed, 2, a_id, subset.index[i])
@@ -88,7 +119,7 @@ def run_table2(args: argparse.Namespace) -> dict[str, Any]:
         )
     return {
         "analysis": "table2",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "preset": preset.to_dict(),
@@ -96,23 +127,8 @@ def run_table2(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts.update(
-        {
-            "attacks": args.attacks if list(args.attacks) != list(ATTACKS[1:]) else None,
-            "draws": args.draws,
-            "seed": args.seed,
-            "h1": args.h1,
-            "h2": args.h2,
-            "ensemble": args.ensemble,
-        }
-    )
-    return common.command_line(["shuffleguard", "analyze", "table2"], opts)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -120,9 +136,9 @@ def markdown(res: dict[str, Any]) -> str:
     body = [
         [
             TITLES[r["attack"]],
-            common.pct(r["accuracy"]),
-            f"{common.pct(r['permuted_mean'])} ± {common.pct(r['permuted_std'])}",
-            common.pct(r["shuffle_ensemble"]),
+            report.pct(r["accuracy"]),
+            f"{report.pct(r['permuted_mean'])} ± {report.pct(r['permuted_std'])}",
+            report.pct(r["shuffle_ensemble"]),
             f"{255 * r['linf_max']:.2f}/255",
         ]
         for r in res["rows"]
@@ -137,8 +153,8 @@ def markdown(res: dict[str, Any]) -> str:
             f" over seeded draws), and by the shuffle ensemble (h1 = {p['h1']}, h2 = {p['h2']},"
             f" {p['ensemble']} copies; {res['preset_source']}).",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(
+            *report.produced_by(res["command"]),
+            report.markdown_table(
                 ["perturbation", "as crafted", "frames permuted", "shuffle ensemble", "L-inf"], body
             ),
             "",
@@ -151,7 +167,7 @@ def markdown(res: dict[str, Any]) -> str:
 def plot(res: dict[str, Any], path: Any) -> None:
     import numpy as np
 
-    fig, ax = common.setup_figure(5.4, 3.6)
+    fig, ax = report.setup_figure(5.4, 3.6)
     names = [TITLES[r["attack"]] for r in res["rows"]]
     xs = np.arange(len(names))
     for j, (key, label) in enumerate(
@@ -164,63 +180,32 @@ def plot(res: dict[str, Any], path: Any) -> None:
         ax.bar(xs + (j - 1) * 0.27, [100 * r[key] for r in res["rows"]], width=0.27, label=label)
     ax.set_xticks(xs)
     ax.set_xticklabels(names)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 2: does the perturbation depend on time?", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    common.save_figure(fig, path)
+    report.style_axes(ax, "Table 2: does the perturbation depend on time?", grid="y")
+    report.save_figure(fig, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/table2")
-    parser.add_argument("--attacks", nargs="+", choices=ATTACKS[1:], default=list(ATTACKS[1:]))
-    parser.add_argument("--draws", type=int, default=3, help="seeded full permutations")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--h1", type=int, default=None)
-    parser.add_argument("--h2", type=int, default=None)
-    parser.add_argument("--ensemble", type=int, default=None)
-    parser.add_argument("--attack-batch", type=int, default=8, help="clips per attack batch")
+#: ``table2.csv``: (column, format) per row.
+FIELDS = (
+    ("attack", ""), ("accuracy", ".4f"), ("permuted_mean", ".4f"), ("permuted_std", ".4f"),
+    ("shuffle_ensemble", ".4f"), ("linf_max", ".6f"), ("seconds_per_clip", ".3f"),
+)  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze table2")
-    if args.draws < 1:
-        raise SystemExit("shuffleguard analyze table2: --draws must be >= 1")
-    res = run_table2(args)
-    paths = common.write_report(
-        args.out,
+def _summary(res: dict[str, Any]) -> list[str]:
+    return [
+        f"{r['attack']:>10}: {100 * r['accuracy']:.1f}% as crafted,"
+        f" {100 * r['permuted_mean']:.1f}% permuted, {100 * r['shuffle_ensemble']:.1f}% ensemble"
+        for r in res["rows"]
+    ]
+
+
+def run(args: Table2Config) -> int:
+    return report.run_analysis(
+        args,
         "table2",
-        results=res,
-        header=[
-            "attack",
-            "accuracy",
-            "permuted_mean",
-            "permuted_std",
-            "shuffle_ensemble",
-            "linf_max",
-            "seconds_per_clip",
-        ],
-        rows=[
-            [
-                r["attack"],
-                f"{r['accuracy']:.4f}",
-                f"{r['permuted_mean']:.4f}",
-                f"{r['permuted_std']:.4f}",
-                f"{r['shuffle_ensemble']:.4f}",
-                f"{r['linf_max']:.6f}",
-                f"{r['seconds_per_clip']:.3f}",
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
+        run_table2,
+        table=lambda res: report.csv_table(res["rows"], FIELDS),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    for r in res["rows"]:
-        print(
-            f"{r['attack']:>10}: {100 * r['accuracy']:.1f}% as crafted,"
-            f" {100 * r['permuted_mean']:.1f}%"
-            f" permuted, {100 * r['shuffle_ensemble']:.1f}% ensemble"
-        )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

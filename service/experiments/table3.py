@@ -12,16 +12,28 @@ Writes ``table3.{csv,json,md,png}`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
 
-__all__ = ["add_arguments", "run", "run_table3"]
+__all__ = ["Table3Config", "run", "run_table3"]
 
 
-def run_table3(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Table3Config(AnalysisConfig):
+    """Settings of ``shuffleguard analyze table3`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table3")
+
+    out: str = out_opt("docs/results/table3")
+    positions: list[int] | None = opt(None, "frames (default all)")
+    attack_batch: int = opt(8, "clips per attack batch", show="never")
+
+
+def run_table3(args: Table3Config) -> dict[str, Any]:
     from service.analysis import uniformize
 
     t0 = time.perf_counter()
@@ -51,7 +63,7 @@ def run_table3(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
     return {
         "analysis": "table3",
-        "command": command(args),
+        "command": args.command(),
         "clips": len(subset),
         "frames": T,
         "attack": {"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
@@ -60,19 +72,13 @@ def run_table3(args: argparse.Namespace) -> dict[str, Any]:
         "uniformized_mean": {k: sum(r[k] for r in rows) / len(rows) for k in ("clean", "ifgsm")},
         "dataset": ckpt.get("dataset"),
         "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
+        "environment": report.environment(args.device),
     }
-
-
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts["positions"] = args.positions or None
-    return common.command_line(["shuffleguard", "analyze", "table3"], opts)
 
 
 def markdown(res: dict[str, Any]) -> str:
     um = res["uniformized_mean"]
-    per = ", ".join(f"{r['frame']}: {common.pct(r['ifgsm'])}" for r in res["rows"])
+    per = ", ".join(f"{r['frame']}: {report.pct(r['ifgsm'])}" for r in res["rows"])
     return "\n".join(
         [
             "# Table 3: attacked and uniformized clips",
@@ -81,12 +87,12 @@ def markdown(res: dict[str, Any]) -> str:
             " against the undefended model; uniformized = every frame replaced by frame i (mean"
             " over i).",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(
+            *report.produced_by(res["command"]),
+            report.markdown_table(
                 ["input", "original order", "uniformized (mean over i)"],
                 [
-                    ["clean", common.pct(res["original"]["clean"]), common.pct(um["clean"])],
-                    ["I-FGSM", common.pct(res["original"]["ifgsm"]), common.pct(um["ifgsm"])],
+                    ["clean", report.pct(res["original"]["clean"]), report.pct(um["clean"])],
+                    ["I-FGSM", report.pct(res["original"]["ifgsm"]), report.pct(um["ifgsm"])],
                 ],
             ),
             "",
@@ -99,62 +105,51 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Any) -> None:
-    fig, ax = common.setup_figure(5.0, 3.4)
+    fig, ax = report.setup_figure(5.0, 3.4)
     xs = [r["frame"] for r in res["rows"]]
     for kind, label in (("clean", "clean, uniformized"), ("ifgsm", "I-FGSM, uniformized")):
         ax.plot(xs, [100 * r[kind] for r in res["rows"]], marker="o", label=label)
     ax.axhline(
         100 * res["original"]["ifgsm"], color="C1", linestyle="--", label="I-FGSM, original order"
     )
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("frame i")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 3: attacked and uniformized", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.style_axes(ax, "Table 3: attacked and uniformized", "frame i")
+    report.save_figure(fig, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser, out_default="docs/results/table3")
-    parser.add_argument(
-        "--positions", type=int, nargs="*", default=None, help="frames (default all)"
-    )
-    parser.add_argument("--attack-batch", type=int, default=8, help="clips per attack batch")
+#: ``table3.csv``: (column, format) per row.
+FIELDS = (
+    ("frame", ""), ("clean_uniformized", ".4f"), ("ifgsm_uniformized", ".4f"),
+    ("clean_original", ".4f"), ("ifgsm_original", ".4f"),
+)  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    common.prepare_torch(args.device, args.threads, "shuffleguard analyze table3")
-    res = run_table3(args)
-    paths = common.write_report(
-        args.out,
-        "table3",
-        results=res,
-        header=[
-            "frame",
-            "clean_uniformized",
-            "ifgsm_uniformized",
-            "clean_original",
-            "ifgsm_original",
-        ],
-        rows=[
-            [
-                r["frame"],
-                f"{r['clean']:.4f}",
-                f"{r['ifgsm']:.4f}",
-                f"{res['original']['clean']:.4f}",
-                f"{res['original']['ifgsm']:.4f}",
-            ]
-            for r in res["rows"]
-        ],
-        markdown=markdown(res),
-        plot=lambda p: plot(res, p),
-    )
+def _summary(res: dict[str, Any]) -> list[str]:
     um = res["uniformized_mean"]
-    print(
+    return [
         f"I-FGSM: {100 * res['original']['ifgsm']:.1f}% as crafted,"
-        f" {100 * um['ifgsm']:.1f}% uniformized"
-        f" (clean uniformized {100 * um['clean']:.1f}%)"
+        f" {100 * um['ifgsm']:.1f}% uniformized (clean uniformized {100 * um['clean']:.1f}%)"
+    ]
+
+
+def run(args: Table3Config) -> int:
+    return report.run_analysis(
+        args,
+        "table3",
+        run_table3,
+        table=lambda res: report.csv_table(
+            [
+                {
+                    "frame": r["frame"],
+                    "clean_uniformized": r["clean"],
+                    "ifgsm_uniformized": r["ifgsm"],
+                    "clean_original": res["original"]["clean"],
+                    "ifgsm_original": res["original"]["ifgsm"],
+                }
+                for r in res["rows"]
+            ],
+            FIELDS,
+        ),
+        markdown=markdown,
+        plot=plot,
+        summary=_summary,
     )
-    print(f"wrote {', '.join(map(str, paths))}")
-    return 0

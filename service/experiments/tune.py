@@ -27,19 +27,60 @@ with ``--archive-meta``, into that ``meta.json``'s ``preset`` (then rebuild the
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from service.defense import ShufflePreset
-from service.experiments import common
+from service.experiments import common, report
+from service.experiments.config import AnalysisConfig, opt, out_opt
+from service.robustness.attacks import EOT
+from service.robustness.registry import DEFENSE_ROWS, RowContext
 
-__all__ = ["choose_cell", "choose_ensemble", "run_tune", "write_preset"]
+__all__ = ["TuneConfig", "choose_cell", "choose_ensemble", "run", "run_tune", "write_preset"]
+
+#: The attacks tune measures (names of the attack registry).
+TUNE_ATTACKS: tuple[str, ...] = ("ifgsm", "eot")
+
+
+@dataclass
+class TuneConfig(AnalysisConfig):
+    """Settings of ``shuffleguard tune`` (see the module docstring)."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "tune")
+
+    split: str = opt("val", "clips to use (default val: the train clips training held out)",
+                     choices=("test", "val", "train", "all"))  # fmt: skip
+    out: str = out_opt("docs/results/tune")
+    h1s: list[int] = opt([1, 2, 3, 4, 8, 16], "grid h1 values", show="always")
+    h2s: list[int] = opt([1, 2, 4], "grid h2 values", show="always")
+    ensembles: list[int] = opt([1, 3, 5, 10, 20], "ensemble sizes (Table 4)", show="always")
+    grid_ensemble: int = opt(10, "ensemble size on the grid", show="always")
+    attacks: list[str] = opt(list(TUNE_ATTACKS), "attacks", show="always", choices=TUNE_ATTACKS)
+    seeds: list[int] = opt([0], "seeds", show="always")
+    clean_ratio: float = opt(0.95, "clean floor vs undefended", show="always")
+    tolerance: float = opt(0.01, "ensemble-size tolerance", show="always")
+    attack_batch: int = opt(8, "clips per attack batch", show="never")
+    archive_meta: str | None = opt(None, "meta.json whose preset to update")
+    no_preset: bool = opt(
+        False, "report only: write no <checkpoint>.preset.json and leave --archive-meta alone"
+    )
+
+    def check(self) -> None:
+        super().check()
+        if min(self.h1s) < 0 or min(self.h2s) < 1 or min(self.ensembles) < 1:
+            raise ValueError("need h1 >= 0, h2 >= 1 and ensemble sizes >= 1")
+        if self.grid_ensemble < 1:
+            raise ValueError("need --grid-ensemble >= 1")
+        self.h1s, self.h2s = sorted(set(self.h1s)), sorted(set(self.h2s))
+        self.ensembles = sorted(set(self.ensembles))
+        self.attacks = [a for a in TUNE_ATTACKS if a in self.attacks]
 
 
 def _ensemble_accuracy(
@@ -50,12 +91,10 @@ def _ensemble_accuracy(
     preset: ShufflePreset,
     seeds: list[int],
     tag: int,
-    batch_size: int,
 ) -> float:
-    """Mean over seeds of the ensemble's accuracy; per-clip generators from (seed, tag, clip)."""
-    from service.robustness.smoothing import ShuffleDefense
-
-    defense = ShuffleDefense(model, preset, batch_size=batch_size)
+    """Mean over seeds of the ``shuffle`` row's accuracy; per-clip generators from
+    (seed, tag, preset, clip)."""
+    defense = DEFENSE_ROWS["shuffle"].build(RowContext(model, 0, preset))
     device = next(model.parameters()).device
     accs = []
     for s in seeds:
@@ -73,18 +112,15 @@ def _eot_clips(
     labels: torch.Tensor,
     preset: ShufflePreset,
     seed: int,
-    args: Any,
+    config: TuneConfig,
 ) -> torch.Tensor:
-    from service.robustness.adaptive import AdaptiveEOT
-
+    """EOT clips adaptive to ``preset``'s shuffles (one set of draws per attack batch)."""
     device = next(model.parameters()).device
     out = []
-    for start in range(0, x.shape[0], args.attack_batch):
-        attack = AdaptiveEOT(
-            model, preset=preset, seed=common.derive_seed(seed, preset.h1, preset.h2, start)
-        )
-        xb = x[start : start + args.attack_batch].to(device)
-        out.append(attack(xb, labels[start : start + args.attack_batch].to(device)).cpu())
+    for start in range(0, x.shape[0], config.attack_batch):
+        attack = EOT(model, preset, seed=common.derive_seed(seed, preset.h1, preset.h2, start))
+        xb = x[start : start + config.attack_batch].to(device)
+        out.append(attack(xb, labels[start : start + config.attack_batch].to(device)).cpu())
     return torch.cat(out)
 
 
@@ -106,89 +142,106 @@ def choose_ensemble(rows: list[dict[str, Any]], tolerance: float) -> dict[str, A
     return min(ok, key=lambda r: r["ensemble"])
 
 
-def run_tune(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+@dataclass
+class _Inputs:
+    model: nn.Module
+    x: torch.Tensor
+    labels: torch.Tensor
+    ids: list[int]
+    attacked: dict[str, torch.Tensor]
 
+
+def _accuracies(
+    inp: _Inputs, preset: ShufflePreset, config: TuneConfig, tags: tuple[int, int, int],
+    eot: list[torch.Tensor] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Clean, I-FGSM and EOT accuracy of the ensemble ``preset``; ``tags`` seed each."""
+    acc = functools.partial(_ensemble_accuracy, inp.model, labels=inp.labels, ids=inp.ids,
+                            preset=preset)  # fmt: skip
+    out: dict[str, Any] = {"clean": acc(inp.x, seeds=config.seeds, tag=tags[0])}
+    if "ifgsm" in config.attacks:
+        out["ifgsm"] = acc(inp.attacked["ifgsm"], seeds=config.seeds, tag=tags[1])
+    if eot is not None:
+        accs = [acc(a, seeds=[s], tag=tags[2]) for a, s in zip(eot, config.seeds, strict=True)]
+        out["eot"] = sum(accs) / len(accs)
+    out["worst"] = min(out[a] for a in config.attacks)
+    return out
+
+
+def _grid(inp: _Inputs, config: TuneConfig) -> tuple[list[dict[str, Any]], dict[Any, Any]]:
+    """Fig. 10: every (h1, h2) cell; and the EOT clips of each cell (for Table 4)."""
+    cells, eot_clips = [], {}
+    grid = [(h1, h2) for h1 in config.h1s for h2 in config.h2s]
+    for h1, h2 in common.progress_bar(
+        grid, desc="h1 x h2 grid", unit="cell", enabled=not config.no_progress
+    ):
+        preset = ShufflePreset(h1, h2, config.grid_ensemble)
+        eot = None
+        if "eot" in config.attacks:
+            eot = [
+                _eot_clips(inp.model, inp.x, inp.labels, preset, s, config) for s in config.seeds
+            ]
+            eot_clips[(h1, h2)] = eot
+        cells.append({"h1": h1, "h2": h2, **_accuracies(inp, preset, config, (0, 1, 2), eot)})
+    return cells, eot_clips
+
+
+def run_tune(config: TuneConfig) -> dict[str, Any]:
+    """The grid, the chosen cell, the ensemble sizes and the chosen preset."""
     t0 = time.perf_counter()
-    model, ckpt, subset, x = common.load_inputs(args)
+    model, ckpt, subset, x = common.load_inputs(config)
     labels, ids = subset.labels, subset.index
-    undefended = common.accuracy(common.predict(model, x, batch_size=args.batch_size), labels)
-    attacked: dict[str, torch.Tensor] = {}
-    if "ifgsm" in args.attacks:
-        attacked["ifgsm"], _ = common.ifgsm_for(args, model, x, labels, ids)
-    cells: list[dict[str, Any]] = []
-    eot_cache: dict[tuple[int, int], list[torch.Tensor]] = {}
-    grid = [(h1, h2) for h1 in args.h1s for h2 in args.h2s]
-    for h1, h2 in tqdm(grid, desc="h1 x h2 grid", unit="cell", disable=args.no_progress):
-        preset = ShufflePreset(h1, h2, args.grid_ensemble)
-        cell: dict[str, Any] = {"h1": h1, "h2": h2}
-        cell["clean"] = _ensemble_accuracy(
-            model, x, labels, ids, preset, args.seeds, 0, args.batch_size
-        )
-        for a_id, name in enumerate(("ifgsm", "eot"), start=1):
-            if name not in args.attacks:
-                continue
-            if name == "eot":
-                advs = [_eot_clips(model, x, labels, preset, s, args) for s in args.seeds]
-                eot_cache[(h1, h2)] = advs
-                accs = [
-                    _ensemble_accuracy(model, a, labels, ids, preset, [s], a_id, args.batch_size)
-                    for a, s in zip(advs, args.seeds, strict=True)
-                ]
-                cell[name] = sum(accs) / len(accs)
-            else:
-                cell[name] = _ensemble_accuracy(
-                    model, attacked[name], labels, ids, preset, args.seeds, a_id, args.batch_size
-                )
-        cell["worst"] = min(cell[a] for a in args.attacks)
-        cells.append(cell)
-    floor = args.clean_ratio * undefended
+    undefended = common.accuracy(common.predict(model, x, batch_size=config.batch_size), labels)
+    attacked = {}
+    if "ifgsm" in config.attacks:
+        attacked["ifgsm"], _ = common.ifgsm_for(config, model, x, labels, ids)
+    inp = _Inputs(model, x, labels, ids, attacked)
+    cells, eot_clips = _grid(inp, config)
+    floor = config.clean_ratio * undefended
     chosen = choose_cell(cells, floor)
     h1, h2 = chosen["h1"], chosen["h2"]
-    ens_rows = []
-    for n in args.ensembles:
-        preset = ShufflePreset(h1, h2, n)
-        row: dict[str, Any] = {"ensemble": n}
-        row["clean"] = _ensemble_accuracy(
-            model, x, labels, ids, preset, args.seeds, 10, args.batch_size
-        )
-        if "ifgsm" in args.attacks:
-            row["ifgsm"] = _ensemble_accuracy(
-                model, attacked["ifgsm"], labels, ids, preset, args.seeds, 11, args.batch_size
-            )
-        if "eot" in args.attacks:
-            accs = [
-                _ensemble_accuracy(model, a, labels, ids, preset, [s], 12, args.batch_size)
-                for a, s in zip(eot_cache[(h1, h2)], args.seeds, strict=True)
-            ]
-            row["eot"] = sum(accs) / len(accs)
-        row["worst"] = min(row[a] for a in args.attacks)
-        ens_rows.append(row)
-    chosen_n = choose_ensemble(ens_rows, args.tolerance)
-    preset = ShufflePreset(h1, h2, chosen_n["ensemble"])
+    ens_rows = [
+        {"ensemble": n, **_accuracies(inp, ShufflePreset(h1, h2, n), config, (10, 11, 12),
+                                      eot_clips.get((h1, h2)))}
+        for n in config.ensembles
+    ]  # fmt: skip
+    chosen_n = choose_ensemble(ens_rows, config.tolerance)
     return {
-        "analysis": "tune",
-        "command": command(args),
-        "clips": len(subset),
-        "split": args.split,
-        "undefended_clean": undefended,
-        "clean_floor": floor,
-        "attacks": list(args.attacks),
-        "grid_ensemble": args.grid_ensemble,
-        "cells": cells,
-        "chosen_cell": chosen,
-        "ensembles": ens_rows,
+        "analysis": "tune", "command": config.command(), "clips": len(subset),
+        "split": config.split, "undefended_clean": undefended, "clean_floor": floor,
+        "attacks": list(config.attacks), "grid_ensemble": config.grid_ensemble,
+        "cells": cells, "chosen_cell": chosen, "ensembles": ens_rows,
         "chosen_ensemble": chosen_n,
-        "preset": preset.to_dict(),
+        "preset": ShufflePreset(h1, h2, chosen_n["ensemble"]).to_dict(),
         "criterion": (
-            f"max worst-case accuracy over {list(args.attacks)} among cells with clean >= "
-            f"{args.clean_ratio} x undefended clean ({100 * floor:.1f}%); ties: higher clean, "
-            f"smaller h1, larger h2; ensemble: smallest within {args.tolerance} of the best"
+            f"max worst-case accuracy over {list(config.attacks)} among cells with clean >= "
+            f"{config.clean_ratio} x undefended clean ({100 * floor:.1f}%); ties: higher clean, "
+            f"smaller h1, larger h2; ensemble: smallest within {config.tolerance} of the best"
         ),
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": common.environment(args.device),
-    }
+        "dataset": ckpt.get("dataset"), "seconds": time.perf_counter() - t0,
+        "environment": report.environment(config.device),
+    }  # fmt: skip
+
+
+def run(config: TuneConfig) -> int:
+    """``shuffleguard tune``: run, write the report and (unless ``--no-preset``) the preset."""
+    common.prepare_torch(config.device, config.threads, "shuffleguard tune")
+    res = run_tune(config)
+    paths = write_outputs(res, config.out)
+    written = [] if config.no_preset else write_preset(res, config.checkpoint, config.archive_meta)
+    p, c = res["preset"], res["chosen_cell"]
+    print(
+        f"chosen preset h1={p['h1']} h2={p['h2']} ensemble={p['ensemble']}: clean "
+        f"{100 * c['clean']:.1f}%, worst case {100 * c['worst']:.1f}% (undefended clean "
+        f"{100 * res['undefended_clean']:.1f}%)"
+    )
+    print(f"wrote {', '.join(map(str, paths + written))}")
+    if config.archive_meta and not config.no_preset:
+        print(
+            f"rebuild the archive: shuffleguard archive --checkpoint {config.checkpoint}"
+            f" --name <name> --h1 {p['h1']} --h2 {p['h2']} --ensemble {p['ensemble']}"
+        )
+    return 0
 
 
 def write_preset(
@@ -205,7 +258,7 @@ def write_preset(
         "chosen_cell": results["chosen_cell"],
         "chosen_ensemble": results["chosen_ensemble"],
     }
-    common.write_json(sidecar, payload)
+    report.write_json(sidecar, payload)
     written = [sidecar]
     if archive_meta:
         path = Path(archive_meta)
@@ -216,29 +269,6 @@ def write_preset(
     return written
 
 
-def command(args: argparse.Namespace) -> str:
-    opts = common.common_options(args)
-    opts["split"] = args.split if args.split != "val" else None
-    opts.update(
-        {
-            "h1s": args.h1s,
-            "h2s": args.h2s,
-            "ensembles": args.ensembles,
-            "grid_ensemble": args.grid_ensemble,
-            "attacks": args.attacks,
-            "seeds": args.seeds,
-            "clean_ratio": args.clean_ratio,
-            "tolerance": args.tolerance,
-            "archive_meta": args.archive_meta,
-            "no_preset": getattr(args, "no_preset", False),
-        }
-    )
-    return common.command_line(["shuffleguard", "tune"], opts)
-
-
-# --------------------------------------------------------------------------- #
-# Outputs
-# --------------------------------------------------------------------------- #
 def fig10_markdown(res: dict[str, Any]) -> str:
     attacks = res["attacks"]
     header = [
@@ -252,9 +282,9 @@ def fig10_markdown(res: dict[str, Any]) -> str:
         [
             c["h1"],
             c["h2"],
-            common.pct(c["clean"]),
-            *[common.pct(c[a]) for a in attacks],
-            common.pct(c["worst"])
+            report.pct(c["clean"]),
+            *[report.pct(c[a]) for a in attacks],
+            report.pct(c["worst"])
             + (" **chosen**" if c is res["chosen_cell"] or c == res["chosen_cell"] else ""),
         ]
         for c in res["cells"]
@@ -266,10 +296,10 @@ def fig10_markdown(res: dict[str, Any]) -> str:
             f"Top-1 accuracy (%) of the shuffle ensemble ({res['grid_ensemble']} copies) on"
             f" {res['clips']} class-stratified {res['split']} clips; I-FGSM crafted against the"
             " undefended model, EOT adaptive to each cell's shuffles (30 steps x 10 draws, eps"
-            f" 4/255). Undefended clean accuracy {common.pct(res['undefended_clean'])}%.",
+            f" 4/255). Undefended clean accuracy {report.pct(res['undefended_clean'])}%.",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(header, body, "rr" + "r" * (len(header) - 2)),
+            *report.produced_by(res["command"]),
+            report.markdown_table(header, body, "rr" + "r" * (len(header) - 2)),
             "",
             f"Rule: {res['criterion']}.",
             "",
@@ -290,8 +320,8 @@ def table4_markdown(res: dict[str, Any]) -> str:
     body = [
         [
             r["ensemble"] if r != res["chosen_ensemble"] else f"**{r['ensemble']}** (chosen)",
-            common.pct(r["clean"]),
-            *[common.pct(r[a]) for a in attacks],
+            report.pct(r["clean"]),
+            *[report.pct(r[a]) for a in attacks],
         ]
         for r in res["ensembles"]
     ]
@@ -304,8 +334,8 @@ def table4_markdown(res: dict[str, Any]) -> str:
             f" {res['split']} clips as Fig. 10. Chosen preset: h1 = {p['h1']}, h2 = {p['h2']},"
             f" ensemble = {p['ensemble']}.",
             "",
-            *common.produced_by(res["command"]),
-            common.markdown_table(header, body),
+            *report.produced_by(res["command"]),
+            report.markdown_table(header, body),
             "",
             "![Table 4](table4.png)",
             "",
@@ -349,57 +379,28 @@ def plot_fig10(res: dict[str, Any], path: Path) -> None:
 
 
 def plot_table4(res: dict[str, Any], path: Path) -> None:
-    fig, ax = common.setup_figure(4.6, 3.4)
+    fig, ax = report.setup_figure(4.6, 3.4)
     ns = [r["ensemble"] for r in res["ensembles"]]
     for key in ["clean", *res["attacks"]]:
         label = {"clean": "clean", "ifgsm": "I-FGSM", "eot": "EOT (adaptive)"}[key]
         ax.plot(ns, [100 * r[key] for r in res["ensembles"]], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("ensemble size")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Table 4: ensemble size", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    common.save_figure(fig, path)
+    report.style_axes(ax, "Table 4: ensemble size", "ensemble size")
+    report.save_figure(fig, path)
 
 
 def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
-    attacks = res["attacks"]
-    paths = common.write_report(
-        out,
-        "fig10",
-        results=res,
-        header=["h1", "h2", "clean", *attacks, "worst"],
-        rows=[
-            [
-                c["h1"],
-                c["h2"],
-                f"{c['clean']:.4f}",
-                *[f"{c[a]:.4f}" for a in attacks],
-                f"{c['worst']:.4f}",
-            ]
-            for c in res["cells"]
-        ],
-        markdown=fig10_markdown(res),
-        plot=lambda p: plot_fig10(res, p),
-    )
-    paths += common.write_report(
-        out,
-        "table4",
-        results={k: v for k, v in res.items() if k != "cells"},
-        header=["ensemble", "clean", *attacks, "worst"],
-        rows=[
-            [
-                r["ensemble"],
-                f"{r['clean']:.4f}",
-                *[f"{r[a]:.4f}" for a in attacks],
-                f"{r['worst']:.4f}",
-            ]
-            for r in res["ensembles"]
-        ],
-        markdown=table4_markdown(res),
-        plot=lambda p: plot_table4(res, p),
-    )
+    """``fig10.{csv,json,md,png}`` (the grid) and ``table4.{...}`` (ensemble sizes)."""
+    scores = [(k, ".4f") for k in ("clean", *res["attacks"], "worst")]
+    header, rows = report.csv_table(res["cells"], [("h1", ""), ("h2", ""), *scores])
+    paths = report.write_report(
+        out, "fig10", results=res, header=header, rows=rows,
+        markdown=fig10_markdown(res), plot=lambda p: plot_fig10(res, p),
+    )  # fmt: skip
+    header, rows = report.csv_table(res["ensembles"], [("ensemble", ""), *scores])
+    paths += report.write_report(
+        out, "table4", results={k: v for k, v in res.items() if k != "cells"}, header=header,
+        rows=rows, markdown=table4_markdown(res), plot=lambda p: plot_table4(res, p),
+    )  # fmt: skip
     return paths

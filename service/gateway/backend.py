@@ -83,7 +83,18 @@ class ModelMeta:
     preset: ShufflePreset
     format: str = "torchscript"
     sha256: str = ""
+    #: before the crop: short side (int) or fixed (h, w); meta.json's ``resize``,
+    #: default ``crop_size`` (archives older than the field)
+    resize: int | tuple[int, int] = 0
+    #: resize/crop arithmetic of :func:`service.video.decode_clip`
+    transform: str = "shuffleguard"
+    #: "trained" or "random" (a random-init archive for smoke tests and benchmarks)
+    weights: str = "trained"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.resize:  # built without one: the crop size, as archives before the field
+            object.__setattr__(self, "resize", self.crop_size)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, name: str | None = None) -> ModelMeta:
@@ -96,6 +107,12 @@ class ModelMeta:
                 ensemble=int(preset_raw["ensemble"]),
             )
             labels = tuple(str(x) for x in data["labels"])
+            resize_raw = data.get("resize", data["crop_size"])
+            resize: int | tuple[int, int] = (
+                int(resize_raw)
+                if isinstance(resize_raw, int | float | str)
+                else (int(resize_raw[0]), int(resize_raw[1]))
+            )
             meta = cls(
                 name=str(name or data["name"]),
                 arch=str(data.get("arch", "unknown")),
@@ -106,6 +123,9 @@ class ModelMeta:
                 preset=preset,
                 format=str(data.get("format", "torchscript")),
                 sha256=str(data.get("sha256", "")),
+                resize=resize,
+                transform=str(data.get("transform", "shuffleguard")),
+                weights=str(data.get("weights", "trained")),
                 extra={k: v for k, v in data.items() if k not in _META_FIELDS},
             )
         except (KeyError, TypeError) as exc:
@@ -114,6 +134,13 @@ class ModelMeta:
             raise ValueError(f"model metadata has a non-positive clip geometry: {dict(data)}")
         if not meta.labels:
             raise ValueError("model metadata has no labels")
+        sides = (meta.resize,) if isinstance(meta.resize, int) else meta.resize
+        if min(sides) < meta.crop_size:
+            raise ValueError(f"resize {meta.resize} is below crop_size={meta.crop_size}")
+        if meta.transform not in ("shuffleguard", "torchvision"):
+            raise ValueError(f"unknown transform {meta.transform!r}")
+        if meta.weights not in ("trained", "random"):
+            raise ValueError(f"weights must be 'trained' or 'random', got {meta.weights!r}")
         if meta.preset.h2 > meta.clip_len:
             raise ValueError(f"preset h2={meta.preset.h2} exceeds clip_len={meta.clip_len}")
         return meta
@@ -131,6 +158,8 @@ class ModelMeta:
             "crop_size": self.crop_size,
             "labels": list(self.labels),
             "preset": self.preset.to_dict(),
+            "resize": self.resize if isinstance(self.resize, int) else list(self.resize),
+            "weights": self.weights,
         }
 
 
@@ -144,6 +173,9 @@ _META_FIELDS = {
     "preset",
     "format",
     "sha256",
+    "resize",
+    "transform",
+    "weights",
 }
 
 

@@ -328,6 +328,8 @@ class Pipeline:
             clip_len=meta.clip_len,
             frame_interval=meta.frame_interval,
             crop_size=meta.crop_size,
+            resize=meta.resize,
+            transform=meta.transform,
             limits=self.limits,
             content_type=upload.content_type,
         ).frames

@@ -109,6 +109,12 @@ class ModelEntry(BaseModel):
     crop_size: int
     labels: list[str]
     preset: Preset
+    resize: int | list[int] = Field(
+        description="before the centre crop: the short side, or a fixed [h, w]"
+    )
+    weights: str = Field(
+        description='"trained", or "random" for an untrained smoke-test/benchmark archive'
+    )
 
 
 class ModelList(BaseModel):

@@ -6,7 +6,9 @@ Imports torch, scipy and tqdm only -- no server code -- so it runs from a notebo
   (paper Sec. 4.2), the one frame attack, adversarial flickering and the adaptive
   EOT attack, all behind one :class:`Attack` base class.
 * :mod:`service.robustness.smoothing` -- randomized smoothing with an explicit
-  ``ABSTAIN``, the :class:`Defense` protocol and the comparison rows.
+  ``ABSTAIN``, the :class:`Defense` protocol and the comparison rows' classes.
+* :mod:`service.robustness.registry` -- the defense rows and attacks of the
+  evaluation, each declared once.
 * :mod:`service.robustness.denoise` -- DnCNN per-frame denoiser for denoised smoothing.
 """
 
@@ -22,20 +24,22 @@ from service.robustness.attacks import (
     flicker_metrics,
 )
 from service.robustness.denoise import DenoisedClassifier, DnCNN, train_denoiser
+from service.robustness.registry import ATTACKS, DEFENSE_ROWS
 from service.robustness.smoothing import (
     ABSTAIN,
     CopyTransform,
     Defense,
     NoDefense,
     ShuffleCopies,
-    ShuffleDefense,
+    ShuffleVote,
     Smooth,
     SmoothedDefense,
-    make_defenses,
 )
 
 __all__ = [
     "ABSTAIN",
+    "ATTACKS",
+    "DEFENSE_ROWS",
     "EOT",
     "IFGSM",
     "Attack",
@@ -48,12 +52,11 @@ __all__ = [
     "NoDefense",
     "OneFrameAttack",
     "ShuffleCopies",
-    "ShuffleDefense",
+    "ShuffleVote",
     "Smooth",
     "SmoothedDefense",
     "StaticIFGSM",
     "attack_mode",
     "flicker_metrics",
-    "make_defenses",
     "train_denoiser",
 ]

@@ -16,7 +16,8 @@ constructor keywords with the defaults of the paper each attack comes from.
 * :class:`FramewiseIFGSM` -- Sec. 4.2 Case 2: one one-frame perturbation per frame.
 * :class:`OneFrameAttack` -- Hwang et al., ICCV 2021 ("Just One Moment").
 * :class:`Flickering` -- Pony et al., CVPR 2021 (over-the-air flickering).
-* :class:`EOT` -- adaptive I-FGSM through the temporal-shuffling defense.
+* :class:`EOT` -- adaptive I-FGSM through a defense's randomness (shuffles, noise,
+  a denoiser).
 
 Attacks are meant to be measured at full strength: the defaults are the papers'
 settings, and gradients always flow through whatever the attacked model contains.
@@ -27,13 +28,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from service.defense import ShuffleEnsemble, ShufflePreset, apply_shuffles, shuffle_indices
+from service.robustness.denoise import DenoisedClassifier
 
 __all__ = [
     "EOT",
@@ -45,6 +47,7 @@ __all__ = [
     "StaticIFGSM",
     "attack_mode",
     "flicker_metrics",
+    "per_clip_loss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def _per_clip_loss(logits: torch.Tensor, labels: torch.Tensor, loss: LossName) -> torch.Tensor:
+def per_clip_loss(logits: torch.Tensor, labels: torch.Tensor, loss: LossName) -> torch.Tensor:
     """Loss to *ascend*, one value per clip: ``[B]``.
 
     ``"ce"``: cross-entropy of the true label. ``"cw"``: the Carlini-Wagner margin on
@@ -102,6 +105,7 @@ class Attack:
     Args:
         model: classifier, ``[B, 3, T, H, W]`` float in ``[0, 1]`` -> logits ``[B, K]``.
         eps: L-inf radius in pixel units (``[0, 1]`` scale).
+        steps: iterations of the attack (>= 1; each subclass gives its default).
         seed: seeds a fresh ``torch.Generator`` at every call, so the same seed gives
             the same result; ``None`` draws fresh entropy (logged, so still
             reproducible).
@@ -117,10 +121,14 @@ class Attack:
         model: nn.Module,
         *,
         eps: float,
+        steps: int = 1,
         seed: int | None = 0,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = int(steps)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.model = model
@@ -208,18 +216,15 @@ class IFGSM(Attack):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(model, eps=eps, seed=seed, generator=generator, device=device)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        super().__init__(model, eps=eps, steps=steps, seed=seed, generator=generator, device=device)
         if loss not in ("ce", "cw"):
             raise ValueError(f"unknown loss {loss!r}; use 'ce' or 'cw'")
-        self.steps = int(steps)
         self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
         self.loss = loss
 
     def clip_loss(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-clip loss ``[B]`` of the attacked model at ``videos``."""
-        return _per_clip_loss(self.model(videos), labels, self.loss)
+        return per_clip_loss(self.model(videos), labels, self.loss)
 
     def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Gradient of the summed per-clip loss w.r.t. ``videos`` (same shape)."""
@@ -319,29 +324,8 @@ class OneFrameAttack(IFGSM):
 
     name = "one_frame"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        eps: float = 4 / 255,
-        steps: int = 30,
-        alpha: float | None = None,
-        loss: LossName = "ce",
-        frame: int | None = None,
-        seed: int | None = 0,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            loss=loss,
-            seed=seed,
-            generator=generator,
-            device=device,
-        )
+    def __init__(self, model: nn.Module, *, frame: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
         self.frame = frame
         self.last_frames: torch.Tensor | None = None
 
@@ -356,7 +340,7 @@ class OneFrameAttack(IFGSM):
             adv = self.iterate(videos, labels, _frame_mask(T, i, videos))
             with torch.no_grad():
                 logits = self.model(adv)
-                loss = _per_clip_loss(logits, labels, self.loss)
+                loss = per_clip_loss(logits, labels, self.loss)
                 fooled = logits.argmax(dim=1) != labels
             better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
             best = torch.where(better.view(B, 1, 1, 1, 1), adv, best)
@@ -369,28 +353,42 @@ class OneFrameAttack(IFGSM):
 
 
 class EOT(IFGSM):
-    """Adaptive I-FGSM against the temporal-shuffling defense (EOT, Athalye et al.).
+    """Adaptive I-FGSM on the expectation over a defense's randomness (EOT, Athalye et al.).
 
-    At every step the gradient is the average over ``draws`` fresh random shuffles
-    (:func:`service.defense.shuffle_indices` + :func:`service.defense.apply_shuffles`;
-    the gather is differentiable, so the gradient flows through the defense):
-    ``L(x) = mean_k CE(f(S_k(x)), y)``, ``x <- clip_{x0,eps}(x + alpha * sign(grad L))``.
-    The shuffles are drawn from this attack's generator (``seed=``/``generator=``).
+    The one EOT of the project: every randomized defense row of the evaluation gets
+    it, configured with that row's randomness (the row registry,
+    :mod:`service.robustness.registry`, says which), in the defense's own order
+    ``f(D(S(x) + sigma * n))``:
 
-    With ``preset=None`` or ``h1 = 0`` every shuffle is the identity (the defense is
-    off) and the attack is plain I-FGSM on the undefended model, run through the
-    same gather-and-average code path -- the credibility check: EOT against the
-    undefended model must fool it at least as well as :class:`IFGSM`.
+    * a temporal shuffle ``S`` (Algorithm 1: :func:`service.defense.shuffle_indices` +
+      :func:`service.defense.apply_shuffles`; the gather is differentiable),
+    * additive Gaussian noise of std ``sigma`` in pixel space (optionally clamped to
+      ``[0, 1]`` as the defense does),
+    * a per-frame denoiser ``D`` (:class:`~service.robustness.denoise.DenoisedClassifier`,
+      differentiated through, no straight-through approximation).
+
+    Each step draws ``draws`` randomizations -- shuffle indices first (one
+    ``shuffle_indices(T, h1, h2, draws)`` call), then the noise -- and ascends
+    ``mean_k loss(f(R_k(x)), y)``: ``x <- clip_{x0,eps}(x + alpha * sign(grad))``.
+
+    With ``preset=None`` or ``h1 = 0`` every shuffle is the identity and, without
+    noise, the attack is plain I-FGSM on the undefended model run through the same
+    gather-and-average path -- the credibility check: against the undefended model it
+    must fool at least as many clips as :class:`IFGSM`.
 
     Args:
-        model: the undefended classifier, or a :class:`~service.defense.ShuffleEnsemble`
-            (its inner model, preset and ``temporal_dim`` are then used).
-        preset: shuffle hyper-parameters (``h1``, ``h2``); ``ensemble`` is not used.
-        draws: shuffles averaged per step (>= 1; default 10, the ensemble size of the
-            paper's presets).
-        batch_size: at most this many clips per forward pass (draws are split into
-            chunks and their gradients summed); ``None`` = all ``draws * B`` at once.
-        eps, steps, alpha, loss: as :class:`IFGSM` (``4/255``, 30, ``eps/steps``, CE).
+        model: the undefended classifier, float ``[B, 3, T, H, W]`` in ``[0, 1]`` ->
+            logits ``[B, K]`` (see :meth:`for_ensemble` for a
+            :class:`~service.defense.ShuffleEnsemble`).
+        preset: shuffle hyper-parameters (``h1``, ``h2``; ``ensemble`` unused) or None.
+        sigma: std of the Gaussian noise in pixel units, or None for no noise.
+        denoiser: per-frame denoiser applied after the noise (needs ``sigma``).
+        clamp_noise: clamp the noisy clip to ``[0, 1]`` (default False, as
+            :class:`~service.robustness.smoothing.Smooth`).
+        draws: randomizations averaged per step (default 10).
+        batch_size: at most this many copies per forward pass (draws are chunked and
+            their gradients summed); None = all ``draws * B`` at once.
+        eps, steps, alpha, loss: as :class:`IFGSM` (``4/255``, 30, ``eps / steps``, CE).
     """
 
     name = "eot"
@@ -400,10 +398,13 @@ class EOT(IFGSM):
         model: nn.Module,
         preset: ShufflePreset | None = None,
         *,
+        sigma: float | None = None,
+        denoiser: nn.Module | None = None,
+        clamp_noise: bool = False,
+        draws: int = 10,
         eps: float = 4 / 255,
         steps: int = 30,
         alpha: float | None = None,
-        draws: int = 10,
         loss: LossName = "ce",
         temporal_dim: int = 2,
         batch_size: int | None = None,
@@ -411,68 +412,152 @@ class EOT(IFGSM):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(model, ShuffleEnsemble):
-            preset = preset if preset is not None else model.preset
-            temporal_dim = model.temporal_dim
-            model = model.model
+        _check_eot(sigma, denoiser, draws, batch_size)
+        classifier: nn.Module = model
+        if denoiser is not None:
+            classifier = DenoisedClassifier(denoiser, model, temporal_dim=temporal_dim)
         super().__init__(
-            model,
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            loss=loss,
-            seed=seed,
-            generator=generator,
-            device=device,
-        )
-        if draws < 1:
-            raise ValueError(f"draws must be >= 1, got {draws}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            classifier, eps=eps, steps=steps, alpha=alpha, loss=loss, seed=seed,
+            generator=generator, device=device,
+        )  # fmt: skip
         self.preset = preset
+        self.sigma = sigma
+        self.denoised = denoiser is not None
+        self.clamp_noise = clamp_noise
         self.draws = int(draws)
         self.temporal_dim = temporal_dim
         self.batch_size = batch_size
+        self.clip_generators: list[torch.Generator] | None = None
 
-    def _draw(self, T: int) -> torch.Tensor:
-        """``[draws, T]`` shuffle indices for this step (identity rows when the defense is off)."""
-        if self.preset is None:
-            return torch.arange(T, dtype=torch.int64).expand(self.draws, T)
-        return shuffle_indices(
-            T, self.preset.h1, self.preset.h2, self.draws, generator=self.generator
+    @classmethod
+    def for_ensemble(cls, ensemble: ShuffleEnsemble, **kwargs: object) -> EOT:
+        """EOT against a :class:`~service.defense.ShuffleEnsemble` (its model, preset, axis)."""
+        return cls(
+            ensemble.model,
+            ensemble.preset,
+            temporal_dim=ensemble.temporal_dim,
+            **kwargs,  # type: ignore[arg-type]
         )
 
-    def _shuffled_loss(
-        self, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
-    ) -> torch.Tensor:
-        """Summed-over-clips, averaged-over-draws loss of the copies ``idx`` ``[d, T]``."""
-        d, B = idx.shape[0], x.shape[0]
-        copies = apply_shuffles(x, idx, self.temporal_dim)  # [d, B, ...]
-        logits = self.model(copies.reshape(d * B, *x.shape[1:]))
-        per_copy = _per_clip_loss(logits, labels.repeat(d), self.loss)
-        return per_copy.sum() / self.draws
+    # ------------------------------------------------------------- randomness
+    def set_clip_generators(self, generators: list[torch.Generator] | None) -> EOT:
+        """Draw each clip's randomness from its own generator (one per clip of the next call).
 
+        Clip ``b``'s shuffles and noise then come from ``generators[b]`` exactly as a
+        one-clip call with that generator would draw them, so a clip's attack does not
+        depend on the other clips batched with it (up to float round-off of batched
+        kernels). ``None`` goes back to one set of draws shared by the batch.
+        """
+        self.clip_generators = generators
+        return self
+
+    def _draw(self, T: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        """``[draws, T]`` shuffle indices (identity rows without a preset)."""
+        if self.preset is None:
+            return torch.arange(T, dtype=torch.int64).expand(self.draws, T)
+        gen = gen if gen is not None else self.generator
+        return shuffle_indices(T, self.preset.h1, self.preset.h2, self.draws, generator=gen)
+
+    def _noise_from(
+        self, shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None
+    ) -> torch.Tensor:
+        gen_device = gen.device if gen is not None else like.device
+        noise = torch.randn(
+            (self.draws, *shape), generator=gen, device=gen_device, dtype=like.dtype
+        )
+        return noise.to(like.device)
+
+    def _draw_shuffles(self, T: int, B: int = 1) -> torch.Tensor:
+        """``[draws, T]`` shuffle indices shared by the batch, or ``[draws, B, T]`` per clip."""
+        if self.clip_generators is None:
+            return self._draw(T)
+        self._check_generators(B)
+        return torch.stack([self._draw(T, g) for g in self.clip_generators], dim=1)
+
+    def _draw_noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor | None:
+        """``[draws, *shape]`` standard normal noise on ``like``'s device (None without noise)."""
+        if self.sigma is None:
+            return None
+        if self.clip_generators is None:
+            return self._noise_from(tuple(shape), like, self.generator)
+        self._check_generators(shape[0])
+        per_clip = [self._noise_from(tuple(shape[1:]), like, g) for g in self.clip_generators]
+        return torch.stack(per_clip, dim=1)
+
+    def _check_generators(self, B: int) -> None:
+        assert self.clip_generators is not None
+        if len(self.clip_generators) != B:
+            raise ValueError(f"{len(self.clip_generators)} clip generators for {B} clips")
+
+    def _copies(
+        self, x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The randomized copies ``[d * B, ...]`` of ``x`` for draws ``idx`` (``[d, T]``
+        shared by the batch, or ``[d, B, T]`` per clip)."""
+        d = idx.shape[0]
+        if idx.dim() == 2:
+            copies = apply_shuffles(x, idx, self.temporal_dim)  # [d, B, ...]
+        else:
+            # per clip: copies[k, b] = x[b] with its frames taken in the order idx[k, b]
+            dim = self.temporal_dim % x.dim()
+            view = [d, x.shape[0]] + [1] * (x.dim() - 1)
+            view[dim + 1] = x.shape[dim]
+            index = idx.to(x.device).view(view).expand(d, *x.shape)
+            copies = x.unsqueeze(0).expand(d, *x.shape).gather(dim + 1, index)
+        if noise is not None and self.sigma is not None:
+            copies = copies + self.sigma * noise
+            if self.clamp_noise:
+                copies = copies.clamp(0.0, 1.0)
+        return copies.reshape(d * x.shape[0], *x.shape[1:])
+
+    # ------------------------------------------------------------- gradients
     def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        T = videos.shape[self.temporal_dim]
-        idx = self._draw(T)
+        idx = self._draw_shuffles(videos.shape[self.temporal_dim], videos.shape[0])
+        noise = self._draw_noise(videos.shape, videos)
         per_chunk = self.draws
         if self.batch_size is not None:
             per_chunk = max(1, self.batch_size // videos.shape[0])
         x = videos.detach().requires_grad_(True)
         grad = torch.zeros_like(videos)
         for start in range(0, self.draws, per_chunk):
-            loss = self._shuffled_loss(x, labels, idx[start : start + per_chunk])
+            stop = min(start + per_chunk, self.draws)
+            chunk_noise = None if noise is None else noise[start:stop]
+            logits = self.model(self._copies(x, idx[start:stop], chunk_noise))
+            labels_d = labels.repeat(stop - start)
+            loss = per_clip_loss(logits, labels_d, self.loss).sum() / self.draws
             (g,) = torch.autograd.grad(loss, x)
             grad = grad + g
         return grad
 
     def clip_loss(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-clip loss ``[B]`` averaged over ``draws`` fresh shuffles."""
-        idx = self._draw(videos.shape[self.temporal_dim])
-        d, B = idx.shape[0], videos.shape[0]
-        copies = apply_shuffles(videos, idx, self.temporal_dim)
-        logits = self.model(copies.reshape(d * B, *videos.shape[1:]))
-        return _per_clip_loss(logits, labels.repeat(d), self.loss).view(d, B).mean(dim=0)
+        """Per-clip loss ``[B]`` averaged over ``draws`` fresh randomizations."""
+        idx = self._draw_shuffles(videos.shape[self.temporal_dim], videos.shape[0])
+        noise = self._draw_noise(videos.shape, videos)
+        logits = self.model(self._copies(videos, idx, noise))
+        d, B = self.draws, videos.shape[0]
+        return per_clip_loss(logits, labels.repeat(d), self.loss).view(d, B).mean(dim=0)
+
+    def describe(self) -> dict[str, object]:
+        """The attack's settings, JSON-able (for records)."""
+        shuffle = None if self.preset is None else {"h1": self.preset.h1, "h2": self.preset.h2}
+        return {
+            "attack": "eot", "shuffle": shuffle, "sigma": self.sigma,
+            "denoiser": self.denoised, "clamp_noise": self.clamp_noise, "draws": self.draws,
+            "eps": self.eps, "steps": self.steps, "alpha": self.alpha, "loss": self.loss,
+        }  # fmt: skip
+
+
+def _check_eot(
+    sigma: float | None, denoiser: nn.Module | None, draws: int, batch_size: int | None
+) -> None:
+    if denoiser is not None and sigma is None:
+        raise ValueError("a denoiser row needs its noise sigma")
+    if sigma is not None and sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
 # --------------------------------------------------------------------------- #
@@ -545,12 +630,9 @@ class Flickering(Attack):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(model, eps=eps, seed=seed, generator=generator, device=device)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        super().__init__(model, eps=eps, steps=steps, seed=seed, generator=generator, device=device)
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
-        self.steps = int(steps)
         self.lr = float(lr)
         self.margin = float(margin)
         self.reg_weight = float(reg_weight)

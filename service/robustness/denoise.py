@@ -176,17 +176,26 @@ def train_denoiser(
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
     bar = tqdm(range(epochs), desc="denoiser", unit="epoch", disable=not progress)
     for epoch in bar:
-        order = torch.randperm(frames.shape[0], generator=gen)
-        total, count = 0.0, 0
-        for batch_idx in order.split(batch_size):
-            clean = frames[batch_idx].to(device)
-            noise = torch.randn(clean.shape, generator=gen).to(device)
-            loss = F.mse_loss(denoiser(clean + sigma * noise), clean)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * clean.shape[0]
-            count += clean.shape[0]
-        bar.set_postfix(mse=total / count)
-        logger.info("denoiser epoch %d/%d: mse %.6f", epoch + 1, epochs, total / count)
+        mse = _train_epoch(denoiser, optimizer, frames, sigma, batch_size, gen, device)
+        bar.set_postfix(mse=mse)
+        logger.info("denoiser epoch %d/%d: mse %.6f", epoch + 1, epochs, mse)
     return denoiser.eval()
+
+
+def _train_epoch(
+    denoiser: nn.Module, optimizer: torch.optim.Optimizer, frames: torch.Tensor, sigma: float,
+    batch_size: int, gen: torch.Generator, device: torch.device,
+) -> float:  # fmt: skip
+    """One pass over ``frames`` (a seeded order, fresh noise per batch); the mean MSE."""
+    order = torch.randperm(frames.shape[0], generator=gen)
+    total, count = 0.0, 0
+    for batch_idx in order.split(batch_size):
+        clean = frames[batch_idx].to(device)
+        noise = torch.randn(clean.shape, generator=gen).to(device)
+        loss = F.mse_loss(denoiser(clean + sigma * noise), clean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * clean.shape[0]
+        count += clean.shape[0]
+    return total / count

@@ -4,11 +4,12 @@
   video classifier with Gaussian noise in pixel space, with an explicit
   :attr:`Smooth.ABSTAIN`; optionally each noisy copy is first passed through a copy
   transform (a temporal shuffle: :class:`ShuffleCopies`).
-* :class:`Defense` -- what the evaluation loops over: a ``name`` and
-  ``predict(videos, generator) -> labels [B]`` (``ABSTAIN = -1`` allowed).
-* Rows: :class:`NoDefense` ("none"), :class:`ShuffleDefense` ("shuffle"),
-  :class:`SmoothedDefense` ("rs", "denoise", "shuffle+rs", "shuffle+denoise");
-  :func:`make_defenses` builds them all.
+* :class:`Defense` -- what the evaluation loops over: a ``name``,
+  ``vote(videos, generator) -> (labels [B], counts [B, K] or None)`` and ``predict``
+  (``ABSTAIN = -1`` allowed).
+* Rows: :class:`NoDefense` ("none"), :class:`ShuffleVote` ("shuffle"),
+  :class:`SmoothedDefense` ("rs", "denoise", "shuffle+rs", "shuffle+denoise"); the
+  row registry (:mod:`service.robustness.registry`) declares and builds them.
 
 Everything works on float ``[B, 3, T, H, W]`` clips in ``[0, 1]``.
 """
@@ -20,13 +21,13 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
-from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from service.defense import ShufflePreset, apply_shuffles, majority_vote_batch, shuffle_indices
+from service.defense import ShuffleEnsemble, ShufflePreset, apply_shuffles, shuffle_indices
 from service.robustness.attacks import attack_mode
 from service.robustness.denoise import DenoisedClassifier
+from service.stats import clopper_pearson_lower
 
 __all__ = [
     "ABSTAIN",
@@ -34,10 +35,13 @@ __all__ = [
     "Defense",
     "NoDefense",
     "ShuffleCopies",
-    "ShuffleDefense",
+    "RS_ALPHA",
+    "RS_N",
+    "SIGMA",
+    "ShuffleVote",
     "Smooth",
     "SmoothedDefense",
-    "make_defenses",
+    "VotingDefense",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,7 +208,7 @@ class Smooth:
                 clip = x[i : i + 1]
                 c_a = int(self._sample_counts(clip, n0, batch_size, generator).argmax())
                 n_a = int(self._sample_counts(clip, n, batch_size, generator)[c_a])
-                p_a = float(beta_dist.ppf(alpha, n_a, n - n_a + 1)) if n_a > 0 else 0.0
+                p_a = clopper_pearson_lower(n_a, n, alpha)
                 if p_a > 0.5:
                     labels[i] = c_a
                     radii[i] = self.sigma * float(norm.ppf(p_a))
@@ -212,25 +216,53 @@ class Smooth:
 
 
 # --------------------------------------------------------------------------- #
-# The defenses the evaluation compares
+# The defenses the evaluation compares (the rows: service.robustness.registry)
 # --------------------------------------------------------------------------- #
+#: Smoothing defaults: ``sigma = 0.25`` (a middle value of Cohen et al.'s grid
+#: 0.12/0.25/0.5, pixel units); ``n = 100`` copies per clip and ``alpha = 0.001``
+#: (Cohen et al. predict with ``n = 100,000`` for images; a video forward is ~two
+#: orders of magnitude dearer, so ``n`` is the main knob, reported by the evaluation).
+SIGMA: float = 0.25
+RS_N: int = 100
+RS_ALPHA: float = 0.001
+
+
 @runtime_checkable
 class Defense(Protocol):
     """A defended classifier as the evaluation sees it.
 
-    ``predict(videos, generator)``: float ``[B, 3, T, H, W]`` in ``[0, 1]`` -> int64
-    labels ``[B]`` on ``videos``' device; :data:`ABSTAIN` (-1) allowed. All randomness
-    comes from ``generator`` (the global RNG when it is None).
+    ``vote(videos, generator)``: float ``[B, 3, T, H, W]`` in ``[0, 1]`` -> int64
+    labels ``[B]`` on ``videos``' device (:data:`ABSTAIN` = -1 allowed) and the vote
+    counts ``[B, K]`` of an ensemble (None for other defenses); ``predict`` returns
+    the labels only. All randomness comes from ``generator`` (the global RNG when None).
     """
 
     name: str
+
+    def vote(
+        self, videos: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
     def predict(
         self, videos: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor: ...
 
 
-class NoDefense:
+class VotingDefense:
+    """``predict`` = the labels of ``vote``."""
+
+    def vote(
+        self, videos: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def predict(
+        self, videos: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self.vote(videos, generator)[0]
+
+
+class NoDefense(VotingDefense):
     """Row "none": the undefended model's argmax."""
 
     name = "none"
@@ -239,61 +271,37 @@ class NoDefense:
         self.model = model
 
     @torch.no_grad()
-    def predict(
+    def vote(
         self, videos: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, None]:
         with attack_mode(self.model):
-            return self.model(videos).argmax(dim=1)
+            return self.model(videos).argmax(dim=1), None
 
 
-class ShuffleDefense:
-    """Row "shuffle": the paper's ensemble of ``preset.ensemble`` temporal shuffles.
-
-    Same maths as :meth:`service.defense.ShuffleEnsemble.predict` (one set of
-    shuffles for the batch, majority vote, ties to the higher mean softmax), with the
-    generator passed per call; ``batch_size`` bounds the clips per forward pass.
-    """
+class ShuffleVote(VotingDefense):
+    """Row "shuffle": the paper's ensemble, :class:`service.defense.ShuffleEnsemble`,
+    with the generator given per call (one set of ``preset.ensemble`` shuffles for the
+    batch, majority vote, ties to the higher mean softmax)."""
 
     name = "shuffle"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        preset: ShufflePreset,
-        *,
-        temporal_dim: int = 2,
-        batch_size: int | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, preset: ShufflePreset, *, temporal_dim: int = 2) -> None:
         self.model = model
         self.preset = preset
         self.temporal_dim = temporal_dim
-        self.batch_size = batch_size
 
     @torch.no_grad()
-    def logits(
+    def vote(
         self, videos: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Logits of every shuffled copy, ``[B, n, K]``."""
-        n = self.preset.ensemble
-        T = videos.shape[self.temporal_dim]
-        idx = shuffle_indices(T, self.preset.h1, self.preset.h2, n, generator=generator)
-        copies = apply_shuffles(videos, idx, self.temporal_dim)  # [n, B, ...]
-        flat = copies.reshape(n * videos.shape[0], *videos.shape[1:])
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ensemble = ShuffleEnsemble(
+            self.model, self.preset, temporal_dim=self.temporal_dim, generator=generator
+        )
         with attack_mode(self.model):
-            if self.batch_size is None:
-                out = self.model(flat)
-            else:
-                out = torch.cat([self.model(chunk) for chunk in flat.split(self.batch_size)])
-        return out.view(n, videos.shape[0], -1).transpose(0, 1)
-
-    def predict(
-        self, videos: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        labels, _, _ = majority_vote_batch(self.logits(videos, generator))
-        return labels
+            return ensemble.predict(videos)
 
 
-class SmoothedDefense:
+class SmoothedDefense(VotingDefense):
     """Rows "rs", "denoise", "shuffle+rs", "shuffle+denoise": :class:`Smooth` variants.
 
     * ``denoiser=None, preset=None`` -> "rs": Gaussian randomized smoothing of ``model``.
@@ -304,10 +312,7 @@ class SmoothedDefense:
       over all ``n`` copies -- a shuffle ensemble whose members are also noised (and
       denoised). Same ``n``, ``alpha`` and abstain test as "rs", so rows compare.
 
-    Defaults: ``sigma = 0.25`` (a middle value of Cohen et al.'s grid 0.12/0.25/0.5,
-    pixel units); ``n = 100`` copies per clip and ``alpha = 0.001`` (Cohen et al.
-    predict with ``n = 100,000`` for images; a video forward is ~two orders of
-    magnitude dearer, so ``n`` is the main knob, reported by the evaluation).
+    Defaults: :data:`SIGMA`, :data:`RS_N`, :data:`RS_ALPHA`.
     """
 
     def __init__(
@@ -315,9 +320,9 @@ class SmoothedDefense:
         model: nn.Module,
         num_classes: int,
         *,
-        sigma: float = 0.25,
-        n: int = 100,
-        alpha: float = 0.001,
+        sigma: float = SIGMA,
+        n: int = RS_N,
+        alpha: float = RS_ALPHA,
         batch_size: int = 32,
         preset: ShufflePreset | None = None,
         denoiser: nn.Module | None = None,
@@ -337,50 +342,8 @@ class SmoothedDefense:
         kind = "denoise" if denoiser is not None else "rs"
         self.name = f"shuffle+{kind}" if preset is not None else kind
 
-    def predict(
+    def vote(
         self, videos: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return self.smooth.predict(videos, self.n, self.alpha, self.batch_size, generator)
-
-
-def make_defenses(
-    model: nn.Module,
-    *,
-    num_classes: int,
-    preset: ShufflePreset,
-    sigma: float = 0.25,
-    n: int = 100,
-    alpha: float = 0.001,
-    batch_size: int = 32,
-    denoiser: nn.Module | None = None,
-    temporal_dim: int = 2,
-) -> dict[str, Defense]:
-    """All comparison rows, by name, in report order.
-
-    ``none, rs, [denoise], shuffle, shuffle+rs, [shuffle+denoise]`` -- the denoised
-    rows only when a trained ``denoiser`` is given.
-    """
-
-    def smoothed(
-        preset: ShufflePreset | None = None, denoiser: nn.Module | None = None
-    ) -> SmoothedDefense:
-        return SmoothedDefense(
-            model,
-            num_classes,
-            sigma=sigma,
-            n=n,
-            alpha=alpha,
-            batch_size=batch_size,
-            preset=preset,
-            denoiser=denoiser,
-            temporal_dim=temporal_dim,
-        )
-
-    rows: list[Defense] = [NoDefense(model), smoothed()]
-    if denoiser is not None:
-        rows.append(smoothed(denoiser=denoiser))
-    rows.append(ShuffleDefense(model, preset, temporal_dim=temporal_dim, batch_size=batch_size))
-    rows.append(smoothed(preset=preset))
-    if denoiser is not None:
-        rows.append(smoothed(preset=preset, denoiser=denoiser))
-    return {row.name: row for row in rows}
+    ) -> tuple[torch.Tensor, None]:
+        labels = self.smooth.predict(videos, self.n, self.alpha, self.batch_size, generator)
+        return labels, None

@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from service.defense import ShufflePreset
-from service.robustness.adaptive import ROW_RANDOMNESS, AdaptiveEOT, eot_for_row
 from service.robustness.attacks import EOT, IFGSM
 from service.robustness.denoise import DnCNN
+from service.robustness.registry import DEFENSE_ROWS, Budget, RowContext, eot_for_row
+
+AdaptiveEOT = EOT  # the one EOT: shuffles, noise and a denoiser
+
+
+def _ctx(model, preset, sigma, denoiser=None):  # type: ignore[no-untyped-def]
+    return RowContext(model, 8, preset, sigma=sigma, denoiser=denoiser)
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +31,18 @@ def setup(tiny):  # type: ignore[no-untyped-def]
     return model, to_float(sub.clips), sub.labels, denoiser
 
 
-@pytest.mark.parametrize("row", list(ROW_RANDOMNESS))
+@pytest.mark.parametrize("row", list(DEFENSE_ROWS))
 def test_every_row_attack_keeps_the_invariants(setup, row: str) -> None:  # type: ignore[no-untyped-def]
     model, x, y, denoiser = setup
     model.train()
     denoiser.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     attack = eot_for_row(
-        row, model, preset=ShufflePreset(2, 1), sigma=0.25, denoiser=denoiser, steps=3, draws=2
+        row,
+        model,
+        _ctx(model, ShufflePreset(2, 1), 0.25, denoiser),
+        Budget(steps=3, eot_draws=2),
+        batch_size=None,
     )
     adv = attack(x, y)
     assert adv.shape == x.shape and not adv.requires_grad
@@ -45,7 +55,8 @@ def test_every_row_attack_keeps_the_invariants(setup, row: str) -> None:  # type
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
     denoiser.eval()
-    shuffles, noise, denoised = ROW_RANDOMNESS[row]
+    rnd = DEFENSE_ROWS[row].randomness
+    shuffles, noise, denoised = rnd.shuffles, rnd.noise, rnd.denoiser
     assert (attack.preset.h1 > 0) == shuffles and (attack.sigma is not None) == noise
     assert attack.denoised == denoised
 
@@ -61,7 +72,8 @@ def test_shuffle_only_is_the_library_eot(setup) -> None:  # type: ignore[no-unty
 def test_identity_row_is_ifgsm_through_the_eot_path(setup) -> None:  # type: ignore[no-untyped-def]
     model, x, y, _ = setup
     x, y = x[:2], y[:2]
-    eot = eot_for_row("none", model, preset=ShufflePreset(2, 1), sigma=0.25)(x, y)
+    ctx = _ctx(model, ShufflePreset(2, 1), 0.25)
+    eot = eot_for_row("none", model, ctx, Budget(), batch_size=None)(x, y)
     ifgsm = IFGSM(model)(x, y)
     # The same maths (mean of 10 identical copies); only float summation order differs.
     assert float((eot == ifgsm).float().mean()) > 0.99
@@ -113,6 +125,8 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         AdaptiveEOT(model, denoiser=DnCNN(depth=2, features=2))  # denoiser without sigma
     with pytest.raises(KeyError):
-        eot_for_row("nope", model, preset=ShufflePreset(1, 1), sigma=0.1)
+        eot_for_row("nope", model, _ctx(model, ShufflePreset(1, 1), 0.1), Budget(), batch_size=None)
     with pytest.raises(ValueError):
-        eot_for_row("denoise", model, preset=ShufflePreset(1, 1), sigma=0.1)
+        eot_for_row(
+            "denoise", model, _ctx(model, ShufflePreset(1, 1), 0.1), Budget(), batch_size=None
+        )

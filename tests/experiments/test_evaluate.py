@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from service import stats
 from service.cli import main
 from service.experiments import common
-from service.experiments.evaluate import (
-    COLUMNS,
-    ROWS,
-    EvalConfig,
-    RecordStore,
-    credibility_check,
-    summarize,
-)
+from service.experiments.evaluate import EvalConfig
+from service.experiments.records import Records
+from service.experiments.table5 import credibility_check, summarize
+from service.robustness.registry import ATTACKS, DEFENSE_ROWS
+
+ROWS = tuple(DEFENSE_ROWS)
+COLUMNS = ("clean", *ATTACKS)
 
 
 def _records(path: Path) -> list[dict]:
@@ -108,11 +108,11 @@ def test_interrupted_run_resumes_only_the_missing_work(smoke, tmp_path: Path) ->
     assert summary["computed_this_run"] == 4
     recs = _records(path)
     assert len(recs) == len(lines)
-    assert len({RecordStore.key(r) for r in recs}) == len(recs)
+    assert len({Records.key(r) for r in recs}) == len(recs)
     # the recomputed results equal the originals (every draw is seeded per work unit)
-    old = {RecordStore.key(json.loads(x)): json.loads(x) for x in lines}
+    old = {Records.key(json.loads(x)): json.loads(x) for x in lines}
     for r in recs:
-        assert r["pred"] == old[RecordStore.key(r)]["pred"]
+        assert r["pred"] == old[Records.key(r)]["pred"]
 
 
 def test_other_settings_in_the_same_out_are_refused(smoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -136,7 +136,7 @@ def test_record_store_drops_a_cut_line(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     rec = {"seed": 0, "clip": 1, "attack": "clean", "defense": "none", "pred": 2}
     path.write_text(json.dumps(rec) + "\n" + '{"seed": 0, "cl')
-    store = RecordStore(path)
+    store = Records(path)
     assert (0, 1, "clean", "none") in store and len(store.records) == 1
     store.add({**rec, "clip": 2})
     store.close()
@@ -171,9 +171,9 @@ def test_summary_intervals_over_seeds() -> None:
     out = summarize(recs, cfg, rows=["none", "shuffle"], columns=["clean"], clip_ids=[0, 1, 2, 3])
     cell = next(c for c in out["cells"] if c["defense"] == "shuffle")
     assert cell["per_seed"] == [0.5, 0.75, 1.0] and cell["accuracy"] == pytest.approx(0.75)
-    mean, half = common.mean_ci([0.5, 0.75, 1.0])
+    mean, half = stats.mean_ci([0.5, 0.75, 1.0])
     assert cell["ci95_seeds"] == pytest.approx(half) and half == pytest.approx(0.621, abs=1e-3)
-    lo, hi = common.wilson(9, 12)
+    lo, hi = stats.wilson(9, 12)
     assert cell["wilson_low"] == pytest.approx(lo) and lo < 0.75 < hi
     goals = {g["column"]: g for g in out["goals"]}
     assert goals["clean"]["ratio"] == pytest.approx(0.75) and not goals["clean"]["met"]

@@ -112,7 +112,7 @@ def test_eot_gradient_is_the_average_over_fresh_shuffles(toy, model: nn.Module) 
 
 def test_eot_takes_a_shuffle_ensemble(model: nn.Module) -> None:
     preset = ShufflePreset(h1=3, h2=4)
-    attack = EOT(ShuffleEnsemble(model, preset))
+    attack = EOT.for_ensemble(ShuffleEnsemble(model, preset))
     assert attack.model is model and attack.preset == preset and attack.draws == 10
 
 

@@ -9,15 +9,15 @@ from torch import nn
 
 from service.defense import ShuffleEnsemble, ShufflePreset, make_generator, shuffle_indices
 from service.robustness.denoise import DnCNN
+from service.robustness.registry import DEFENSE_ROWS, RowContext, build_rows
 from service.robustness.smoothing import (
     ABSTAIN,
     Defense,
     NoDefense,
     ShuffleCopies,
-    ShuffleDefense,
+    ShuffleVote,
     Smooth,
     SmoothedDefense,
-    make_defenses,
 )
 
 K = 3
@@ -137,9 +137,9 @@ def test_shuffle_copies_are_the_drawn_shuffles() -> None:
     assert torch.equal(copies[:, 0, :, 0, 0], expected)
 
 
-def test_shuffle_defense_matches_the_shuffle_ensemble(toy) -> None:
+def test_shuffle_row_is_the_shuffle_ensemble(toy) -> None:
     preset = ShufflePreset(h1=2, h2=2, ensemble=10)
-    ours = ShuffleDefense(toy.model, preset, batch_size=16).predict(toy.clips, make_generator(3))
+    ours = ShuffleVote(toy.model, preset).predict(toy.clips, make_generator(3))
     ens = ShuffleEnsemble(toy.model, preset, generator=make_generator(3))
     assert torch.equal(ours, ens.predict(toy.clips)[0])
 
@@ -155,16 +155,8 @@ def test_shuffle_smoothing_without_noise_or_shuffle_is_the_model(toy) -> None:
 def test_all_rows_return_valid_labels(toy, model: nn.Module) -> None:
     model.train()
     denoiser = DnCNN(depth=3, features=4)
-    rows = make_defenses(
-        model,
-        num_classes=K,
-        preset=ShufflePreset(h1=2, h2=1, ensemble=10),
-        sigma=0.01,
-        n=20,
-        alpha=0.01,
-        batch_size=40,
-        denoiser=denoiser,
-    )
+    ctx = RowContext(model, K, ShufflePreset(h1=2, h2=1, ensemble=10), 0.01, 20, 0.01, 40, denoiser)
+    rows = build_rows(list(DEFENSE_ROWS), ctx)
     assert list(rows) == ["none", "rs", "denoise", "shuffle", "shuffle+rs", "shuffle+denoise"]
     clips = toy.clips[:4]
     for name, row in rows.items():
@@ -177,7 +169,7 @@ def test_all_rows_return_valid_labels(toy, model: nn.Module) -> None:
     assert torch.equal(rows["none"].predict(clips), toy.labels[:4])
     # tiny noise does not move the toy model
     assert torch.equal(rows["rs"].predict(clips, make_generator(0)), toy.labels[:4])
-    assert list(make_defenses(model, num_classes=K, preset=ShufflePreset(1, 1))) == [
+    assert [r for r in DEFENSE_ROWS if not DEFENSE_ROWS[r].needs_denoiser] == [
         "none",
         "rs",
         "shuffle",

@@ -1,0 +1,166 @@
+"""Typed experiment configs: one dataclass per experiment, everything else derived.
+
+A config is a dataclass whose fields are declared with :func:`opt`: the default, the
+help text, how the field shows in the "produced by" command line (``show``) and, for
+the command line, nothing else -- :mod:`service.cli` builds each command's options
+from the fields (``--rs-n`` from ``rs_n``; list fields take several values), the
+defaults come from the dataclass, validation is the config's :meth:`check`, and
+:meth:`ExperimentConfig.command` writes the command back.
+
+``show`` rules for the produced-by command: ``"always"`` (every run shows it),
+``"changed"`` (only when it differs from the default; None and False never show),
+``"never"`` (settings that do not change a result: threads, batch sizes, progress).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = ["AnalysisConfig", "ExperimentConfig", "command_line", "opt"]
+
+#: torch CPU threads unless told (the development machine has 2 cores).
+DEFAULT_THREADS = 2
+
+
+def opt(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002 - the option's help, as click calls it
+    *,
+    show: str = "changed",
+    choices: Collection[Any] | None = None,
+) -> Any:
+    """A config field: ``default`` (a list default is copied per instance), ``help``,
+    ``show`` (see the module docstring) and, for names, the allowed ``choices`` (a
+    registry dict stays live: rows registered later are accepted)."""
+    meta = {"help": help, "show": show, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)  # type: ignore[misc]
+    return field(default=default, metadata=meta)
+
+
+def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
+    """``shuffleguard ...`` with ``--key value`` options (lists spread, None and False skipped)."""
+    parts = list(words)
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list | tuple):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def device_opt(show: str = "always") -> Any:
+    """``--device``: where torch runs."""
+    return opt("cpu", "cpu (default) or cuda", show=show)
+
+
+def threads_opt(show: str = "never") -> Any:
+    """``--threads``: torch CPU threads."""
+    return opt(DEFAULT_THREADS, "CPU threads for torch", show=show)
+
+
+def progress_opt() -> Any:
+    """``--no-progress``: no progress bars (never changes a result)."""
+    return opt(False, "no progress bars", show="never")
+
+
+def out_opt(default: str, help: str = "output directory") -> Any:  # noqa: A002
+    """``--out``: where the report goes."""
+    return opt(default, help, show="always")
+
+
+def checkpoint_opt() -> Any:
+    """``--checkpoint``: the model, required."""
+    return opt(
+        help="a `shuffleguard train` checkpoint, or a served .mar (model_store/toy_r3d18.mar)",
+        show="always",
+    )
+
+
+def data_opt(help: str = "toy-data directory of the model's dataset") -> Any:  # noqa: A002
+    """``--data``: the clips, required."""
+    return opt(help=help, show="always")
+
+
+@dataclass
+class ExperimentConfig:
+    """Base of every experiment's config: :meth:`check` on creation, :meth:`command`."""
+
+    #: the command words, e.g. ``("shuffleguard", "analyze", "fig2")``
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard",)
+    #: field order in the produced-by command (default: declaration order)
+    ORDER: ClassVar[tuple[str, ...] | None] = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            values = value if isinstance(value, list | tuple) else [value]
+            bad = [v for v in values if allowed and v is not None and v not in allowed]
+            if bad and allowed:
+                flag = "--" + f.name.replace("_", "-")
+                raise ValueError(f"{flag}: unknown {bad}; choose from {list(allowed)}")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError on nonsense (each config adds its rules)."""
+
+    def command(self) -> str:
+        """The command line that reproduces this run (see the module docstring)."""
+        by_name = {f.name: f for f in dataclasses.fields(self)}
+        names = list(self.ORDER or by_name)
+        names += [n for n in by_name if n not in names]
+        opts: dict[str, Any] = {}
+        for name in names:
+            f, value = by_name[name], getattr(self, name)
+            show = f.metadata.get("show", "changed")
+            if show == "never" or (show == "changed" and value == _default(f)):
+                continue
+            opts[name] = value
+        return command_line(self.COMMAND, opts)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+@dataclass
+class AnalysisConfig(ExperimentConfig):
+    """What every model-and-clips experiment shares: the model, the clips, the device."""
+
+    checkpoint: str = checkpoint_opt()
+    data: str = data_opt()
+    split: str = opt(
+        "test",
+        "clips to use (val: the train clips training held out; default test)",
+        choices=("test", "val", "train", "all"),
+    )
+    clips: int | None = opt(None, "seeded class-stratified subset size (default all)")
+    subset_seed: int = opt(0, "seed of the clip subset")
+    out: str = out_opt("docs/results")
+    device: str = device_opt()
+    threads: int = threads_opt()
+    batch_size: int = opt(32, "clips per forward pass", show="never")
+    no_progress: bool = progress_opt()
+    adv_cache: str | None = opt(
+        None, "directory caching I-FGSM clips (deterministic) across analyses (default: none)"
+    )
+
+    def check(self) -> None:
+        if self.clips is not None and self.clips < 1:
+            raise ValueError(f"--clips must be >= 1, got {self.clips}")
+        if self.threads < 1 or self.batch_size < 1:
+            raise ValueError("--threads and --batch-size must be >= 1")

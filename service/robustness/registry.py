@@ -1,0 +1,260 @@
+"""The defense rows and attacks of the evaluation, each declared once.
+
+A **defense row** (:class:`DefenseRow`) has a name, a title for the tables, a stable
+``seed_id`` (part of every per-record seed, so adding a row never changes another
+row's draws), the randomness an adaptive EOT attack must average over
+(:class:`Randomness`) and a factory ``build(RowContext) -> Defense``. An **attack**
+(:class:`AttackSpec`) has a name, a title, a stable ``seed_id``, whether it adapts to
+each row (EOT) or is crafted once against the undefended model, and a factory
+``build(model, Budget) -> Attack``.
+
+``evaluate``, ``analyze detection``, ``tune`` and the command line read
+:data:`DEFENSE_ROWS` and :data:`ATTACKS`; adding a row or an attack is one
+:func:`register_row` / :func:`register_attack` call (see CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.defense import ShufflePreset
+from service.robustness.attacks import (
+    EOT,
+    IFGSM,
+    Attack,
+    Flickering,
+    OneFrameAttack,
+    flicker_metrics,
+)
+from service.robustness.smoothing import (
+    RS_ALPHA,
+    RS_N,
+    SIGMA,
+    Defense,
+    NoDefense,
+    ShuffleVote,
+    SmoothedDefense,
+)
+
+__all__ = [
+    "ATTACKS",
+    "DEFENSE_ROWS",
+    "IDENTITY",
+    "AttackSpec",
+    "Budget",
+    "DefenseRow",
+    "Randomness",
+    "RowContext",
+    "build_rows",
+    "eot_for_row",
+    "register_attack",
+    "register_row",
+]
+
+#: Identity shuffles: Algorithm 1 with ``h1 = 0`` keeps every frame in place.
+IDENTITY = ShufflePreset(h1=0, h2=1, ensemble=1)
+
+
+@dataclass(frozen=True)
+class Randomness:
+    """What a row draws at random, hence what EOT must average over."""
+
+    shuffles: bool = False
+    noise: bool = False
+    denoiser: bool = False
+
+
+@dataclass
+class RowContext:
+    """Everything a row factory may use: the model and the evaluation's settings."""
+
+    model: nn.Module
+    num_classes: int
+    preset: ShufflePreset
+    sigma: float = SIGMA
+    rs_n: int = RS_N
+    rs_alpha: float = RS_ALPHA
+    batch_size: int = 32
+    denoiser: nn.Module | None = None
+    temporal_dim: int = 2
+
+
+@dataclass(frozen=True)
+class DefenseRow:
+    """One row of the attacks x defenses table."""
+
+    name: str
+    title: str
+    seed_id: int
+    randomness: Randomness
+    build: Callable[[RowContext], Defense]
+
+    @property
+    def needs_denoiser(self) -> bool:
+        return self.randomness.denoiser
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Attack budgets; the defaults are full strength (the attack classes' defaults)."""
+
+    eps: float = 4 / 255
+    steps: int = 30
+    eot_draws: int = 10
+    flicker_steps: int = 2500
+    flicker_eps: float = 0.2
+
+    def reduced(self) -> list[str]:
+        """The budgets below full strength (empty for a reportable run)."""
+        full = Budget()
+        return [
+            f"{k}={getattr(self, k):.6g} < {getattr(full, k):.6g}"
+            for k in full.__dataclass_fields__
+            if getattr(self, k) < getattr(full, k) - 1e-12
+        ]
+
+
+#: ``(attack after its call, adv, clean) -> one extras dict per clip`` for the records.
+Extras = Callable[[Any, torch.Tensor, torch.Tensor], list[dict[str, Any]]]
+
+
+def _no_extras(_attack: Any, adv: torch.Tensor, _clean: torch.Tensor) -> list[dict[str, Any]]:
+    return [{} for _ in range(adv.shape[0])]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack column. ``adaptive`` attacks are built per row by :func:`eot_for_row`."""
+
+    name: str
+    title: str
+    seed_id: int
+    adaptive: bool = False
+    build: Callable[[nn.Module, Budget], Attack] | None = None
+    extras: Extras = field(default=_no_extras)
+
+
+DEFENSE_ROWS: dict[str, DefenseRow] = {}
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_row(row: DefenseRow) -> DefenseRow:
+    """Add a defense row (report order = registration order; ``seed_id`` must be new)."""
+    if row.name in DEFENSE_ROWS or any(r.seed_id == row.seed_id for r in DEFENSE_ROWS.values()):
+        raise ValueError(f"defense row {row.name!r} or seed_id {row.seed_id} already registered")
+    DEFENSE_ROWS[row.name] = row
+    return row
+
+
+def register_attack(spec: AttackSpec) -> AttackSpec:
+    """Add an attack column (report order = registration order; ``seed_id`` must be new)."""
+    if spec.name in ATTACKS or any(a.seed_id == spec.seed_id for a in ATTACKS.values()):
+        raise ValueError(f"attack {spec.name!r} or seed_id {spec.seed_id} already registered")
+    ATTACKS[spec.name] = spec
+    return spec
+
+
+def build_rows(names: list[str], ctx: RowContext) -> dict[str, Defense]:
+    """The named rows' defenses, built from ``ctx``."""
+    return {name: DEFENSE_ROWS[name].build(ctx) for name in names}
+
+
+def eot_for_row(
+    row: str, model: nn.Module, ctx: RowContext, budget: Budget, *, batch_size: int | None
+) -> EOT:
+    """The EOT attack adapted to ``row``'s randomness (white box: the attacker knows the
+    defense and its settings, not the defender's draws). Row ``none`` gets identity
+    shuffles: the credibility check against I-FGSM."""
+    try:
+        rnd = DEFENSE_ROWS[row].randomness
+    except KeyError:
+        raise KeyError(f"unknown defense row {row!r}; known: {list(DEFENSE_ROWS)}") from None
+    if rnd.denoiser and ctx.denoiser is None:
+        raise ValueError(f"row {row!r} needs a denoiser")
+    return EOT(
+        model,
+        ctx.preset if rnd.shuffles else IDENTITY,
+        sigma=ctx.sigma if rnd.noise else None,
+        denoiser=ctx.denoiser if rnd.denoiser else None,
+        draws=budget.eot_draws,
+        eps=budget.eps,
+        steps=budget.steps,
+        temporal_dim=ctx.temporal_dim,
+        batch_size=batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# The rows of paper Table 5
+# --------------------------------------------------------------------------- #
+def _smoothed(shuffles: bool, denoised: bool) -> Callable[[RowContext], Defense]:
+    def build(ctx: RowContext) -> Defense:
+        return SmoothedDefense(
+            ctx.model, ctx.num_classes, sigma=ctx.sigma, n=ctx.rs_n, alpha=ctx.rs_alpha,
+            batch_size=ctx.batch_size, preset=ctx.preset if shuffles else None,
+            denoiser=ctx.denoiser if denoised else None, temporal_dim=ctx.temporal_dim,
+        )  # fmt: skip
+
+    return build
+
+
+register_row(DefenseRow("none", "none", 0, Randomness(), lambda c: NoDefense(c.model)))
+register_row(DefenseRow("rs", "RS", 1, Randomness(noise=True), _smoothed(False, False)))
+register_row(
+    DefenseRow(
+        "denoise", "denoise", 2, Randomness(noise=True, denoiser=True), _smoothed(False, True)
+    )
+)
+register_row(
+    DefenseRow(
+        "shuffle", "shuffle", 3, Randomness(shuffles=True),
+        lambda c: ShuffleVote(c.model, c.preset, temporal_dim=c.temporal_dim),
+    )
+)  # fmt: skip
+register_row(
+    DefenseRow("shuffle+rs", "shuffle+RS", 4, Randomness(True, True), _smoothed(True, False))
+)
+register_row(
+    DefenseRow(
+        "shuffle+denoise", "shuffle+denoise", 5, Randomness(True, True, True), _smoothed(True, True)
+    )
+)
+
+
+# --------------------------------------------------------------------------- #
+# The attacks of paper Table 5 (``clean`` is column 0 of the seeds, not an attack)
+# --------------------------------------------------------------------------- #
+def _ofa_extras(attack: Any, adv: torch.Tensor, _clean: torch.Tensor) -> list[dict[str, Any]]:
+    return [{"frame": int(f)} for f in attack.last_frames.tolist()]
+
+
+def _flicker_extras(_attack: Any, adv: torch.Tensor, clean: torch.Tensor) -> list[dict[str, Any]]:
+    thick, rough = flicker_metrics(adv - clean)
+    return [
+        {"thickness_pct": float(t), "roughness_pct": float(r)}
+        for t, r in zip(thick.tolist(), rough.tolist(), strict=True)
+    ]
+
+
+register_attack(
+    AttackSpec("ifgsm", "I-FGSM", 1, build=lambda m, b: IFGSM(m, eps=b.eps, steps=b.steps))
+)
+register_attack(
+    AttackSpec(
+        "flickering", "flickering", 2,
+        build=lambda m, b: Flickering(m, eps=b.flicker_eps, steps=b.flicker_steps),
+        extras=_flicker_extras,
+    )
+)  # fmt: skip
+register_attack(
+    AttackSpec(
+        "ofa", "OFA", 3, build=lambda m, b: OneFrameAttack(m, eps=b.eps, steps=b.steps),
+        extras=_ofa_extras,
+    )
+)  # fmt: skip
+register_attack(AttackSpec("eot", "EOT (adaptive)", 4, adaptive=True))
