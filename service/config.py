@@ -13,6 +13,8 @@ threshold outside [0, 1], a limit of zero.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +22,15 @@ import httpx
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MODEL_NAME_PATTERN", "MAX_ENSEMBLE", "Settings", "normalize_url"]
+__all__ = [
+    "MODEL_NAME_PATTERN",
+    "MAX_ENSEMBLE",
+    "BackendEndpoint",
+    "Settings",
+    "management_url_for",
+    "normalize_url",
+    "split_urls",
+]
 
 #: Model names the gateway accepts (they become part of a backend URL path).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -46,6 +56,35 @@ def normalize_url(value: str, *, name: str) -> str:
     return text.rstrip("/")
 
 
+def split_urls(value: str | Sequence[str], *, name: str) -> tuple[str, ...]:
+    """One URL, a comma-separated list, or a sequence of them -> normalized URLs."""
+    items = [value] if isinstance(value, str) else list(value)
+    urls = tuple(
+        normalize_url(part, name=name)
+        for item in items
+        for part in str(item).split(",")
+        if part.strip()
+    )
+    if not urls:
+        raise ValueError(f"{name}: no URL given")
+    return urls
+
+
+def management_url_for(inference_url: str) -> str:
+    """TorchServe's management API next to ``inference_url``: same host, port + 1."""
+    url = httpx.URL(inference_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return str(url.copy_with(port=port + 1)).rstrip("/")
+
+
+@dataclass(frozen=True)
+class BackendEndpoint:
+    """One model server: its inference URL and (TorchServe only) its management URL."""
+
+    url: str
+    management_url: str
+
+
 class Settings(BaseSettings):
     """Gateway and serving settings (env prefix ``SHUFFLEGUARD_``)."""
 
@@ -57,11 +96,23 @@ class Settings(BaseSettings):
     )
 
     # ---------------------------------------------------------------- backend
+    backend_kind: Literal["torchserve", "oip"] = Field(
+        default="torchserve",
+        description="torchserve: TorchServe's REST APIs; oip: an Open Inference Protocol v2 "
+        "server (KServe, Triton)",
+    )
     backend_url: str = Field(
-        default="http://127.0.0.1:8080", description="TorchServe inference API base URL"
+        default="http://127.0.0.1:8080",
+        description="model server base URL (TorchServe: its inference API); several "
+        "comma-separated URLs make a pool with least-in-flight spreading and failover",
     )
     backend_management_url: str = Field(
-        default="http://127.0.0.1:8081", description="TorchServe management API base URL"
+        default="http://127.0.0.1:8081",
+        description="TorchServe management API base URL, one per backend URL (comma-separated); "
+        "when left unset with several backend URLs: each inference URL's port + 1",
+    )
+    backend_probe_interval_s: PositiveFloat = Field(
+        default=1.0, description="how often a pool re-probes a backend it found unhealthy"
     )
     backend_timeout_s: PositiveFloat = Field(
         default=30.0, description="no answer from the backend within this -> 504"
@@ -152,10 +203,10 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR")
 
     # ------------------------------------------------------------ validators
-    @field_validator("backend_url", "backend_management_url")
+    @field_validator("backend_url", "backend_management_url", mode="before")
     @classmethod
-    def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        return normalize_url(value, name=info.field_name or "url")
+    def _check_url(cls, value: str | Sequence[str], info: ValidationInfo) -> str:
+        return ",".join(split_urls(value, name=info.field_name or "url"))
 
     @field_validator("log_level")
     @classmethod
@@ -175,6 +226,31 @@ class Settings(BaseSettings):
         if len(set(ports)) != len(ports):
             raise ValueError(f"TorchServe inference/management/metrics ports must differ: {ports}")
         return self
+
+    @model_validator(mode="after")
+    def _check_backends(self) -> Settings:
+        self._pair_backends()
+        return self
+
+    def _pair_backends(self) -> tuple[BackendEndpoint, ...]:
+        urls = self.backend_url.split(",")
+        management = self.backend_management_url.split(",")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"backend_url lists a URL twice: {self.backend_url}")
+        if len(management) != len(urls):
+            if len(urls) > 1 and "backend_management_url" not in self.model_fields_set:
+                management = [management_url_for(u) for u in urls]
+            else:
+                raise ValueError(
+                    f"{len(urls)} backend URL(s) but {len(management)} management URL(s); "
+                    "give one management URL per backend URL, or none"
+                )
+        return tuple(BackendEndpoint(u, m) for u, m in zip(urls, management, strict=True))
+
+    @property
+    def backends(self) -> tuple[BackendEndpoint, ...]:
+        """The model servers, in the order given (validated at construction)."""
+        return self._pair_backends()
 
     @property
     def max_admitted(self) -> int:

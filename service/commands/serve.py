@@ -7,7 +7,10 @@ TorchServe is started again. Ctrl-C or SIGTERM stops both; no Java process is
 left behind.
 
 With ``--backend-url`` (or ``SHUFFLEGUARD_BACKEND_URL``) the gateway uses a
-TorchServe that is already running and leaves it alone on exit.
+model server that is already running and leaves it alone on exit: a TorchServe,
+or with ``--backend-kind oip`` an Open Inference Protocol v2 server (KServe,
+Triton). Several URLs (the option repeated, or comma-separated) make a pool:
+requests go to the least busy ready server and fail over when one goes down.
 
 Every option also has an environment variable ``SHUFFLEGUARD_<NAME>`` (see
 ``service/config.py``); options given here win.
@@ -48,11 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = parser.add_argument_group("backend")
     b.add_argument(
         "--backend-url",
-        help="inference URL of a running TorchServe to use instead of starting one",
+        action="append",
+        help="URL of a running model server to use instead of starting a TorchServe; "
+        "repeat it (or give a comma-separated list) for a pool with failover",
     )
     b.add_argument(
         "--backend-management-url",
-        help="its management URL (default: the inference URL's host, port + 1)",
+        action="append",
+        help="TorchServe management URL, one per --backend-url (default: each inference "
+        "URL's host, port + 1)",
+    )
+    b.add_argument(
+        "--backend-kind",
+        choices=("torchserve", "oip"),
+        help="torchserve (default) or oip: an Open Inference Protocol v2 server "
+        "(KServe, Triton; needs --backend-url)",
     )
     b.add_argument("--model-store", type=Path, help="TorchServe model store (default model_store)")
     b.add_argument("--ts-host", help="TorchServe bind address (default 127.0.0.1)")
@@ -70,6 +83,7 @@ _OVERRIDES = {
     "default_model": "default_model",
     "backend_url": "backend_url",
     "backend_management_url": "backend_management_url",
+    "backend_kind": "backend_kind",
     "model_store": "model_store",
     "ts_host": "torchserve_host",
     "ts_inference_port": "torchserve_inference_port",
@@ -78,32 +92,30 @@ _OVERRIDES = {
 }
 
 
-def management_url_for(inference_url: str) -> str:
-    """TorchServe's management API next to ``inference_url``: same host, port + 1."""
-    import httpx
-
-    url = httpx.URL(inference_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return str(url.copy_with(port=port + 1)).rstrip("/")
-
-
 def _settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
     """``(settings, external)``: external when the backend is a running TorchServe."""
-    from service.config import Settings
+    from service.config import Settings, management_url_for, split_urls
 
     overrides = {
         field: getattr(args, dest)
         for dest, field in _OVERRIDES.items()
         if getattr(args, dest, None) is not None
     }
+    for name in ("backend_url", "backend_management_url"):  # repeated options: one list
+        if name in overrides:
+            overrides[name] = ",".join(overrides[name])
     external = "backend_url" in overrides or bool(os.environ.get("SHUFFLEGUARD_BACKEND_URL"))
     if (
         "backend_url" in overrides
         and "backend_management_url" not in overrides
         and not os.environ.get("SHUFFLEGUARD_BACKEND_MANAGEMENT_URL")
     ):
-        overrides["backend_management_url"] = management_url_for(overrides["backend_url"])
+        overrides["backend_management_url"] = ",".join(
+            management_url_for(url) for url in split_urls(overrides["backend_url"], name="url")
+        )
     settings = Settings(**overrides)
+    if settings.backend_kind == "oip" and not external:
+        raise ValueError("--backend-kind oip needs --backend-url (serve starts TorchServe only)")
     return settings, external
 
 
@@ -158,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"shuffleguard serve: bad settings:\n{exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        print(f"shuffleguard serve: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, json_lines=args.log_format == "json")
     if args.workers < 1:
         print("shuffleguard serve: --workers must be >= 1", file=sys.stderr)
@@ -171,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_system_exit)
 
     if external:
-        logger.info("using the running TorchServe at %s (left alone on exit)", settings.backend_url)
+        logger.info(
+            "using the running %s backend(s) at %s (left alone on exit)",
+            settings.backend_kind,
+            settings.backend_url,
+        )
         return _run_gateway(settings, args)
 
     from service.torchserve_proc import (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -24,6 +25,7 @@ from service.gateway.errors import install_error_handlers
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.pipeline import Pipeline
+from service.gateway.pool import BackendPool, PoolCollector
 from service.gateway.routes import classify, health, models
 from service.gateway.schemas import CLASSIFY_RESPONSES, MODELS_RESPONSES
 
@@ -32,14 +34,31 @@ logger = logging.getLogger(__name__)
 __all__ = ["create_app", "create_app_from_env", "make_backend"]
 
 
-def make_backend(settings: Settings) -> TorchServeBackend:
-    return TorchServeBackend(
-        settings.backend_url,
-        settings.backend_management_url,
-        timeout_s=settings.backend_timeout_s,
-        connect_timeout_s=settings.backend_connect_timeout_s,
-        connect_retries=settings.backend_connect_retries,
-        max_connections=settings.backend_max_connections,
+def make_backend(settings: Settings) -> Backend:
+    """The backend ``settings`` describe: one server, or a :class:`BackendPool` of several."""
+    endpoints = settings.backends
+    pooled = len(endpoints) > 1
+    members: list[Backend] = []
+    for endpoint in endpoints:
+        common: dict[str, Any] = {
+            "timeout_s": settings.backend_timeout_s,
+            "connect_timeout_s": settings.backend_connect_timeout_s,
+            # in a pool a refused connection fails over at once instead of backing off
+            "connect_retries": 0 if pooled else settings.backend_connect_retries,
+            "max_connections": settings.backend_max_connections,
+        }
+        if settings.backend_kind == "oip":
+            from service.gateway.oip import OIPBackend
+
+            members.append(OIPBackend(endpoint.url, **common))
+        else:
+            members.append(TorchServeBackend(endpoint.url, endpoint.management_url, **common))
+    if not pooled:
+        return members[0]
+    return BackendPool(
+        members,
+        [e.url for e in endpoints],
+        probe_interval_s=settings.backend_probe_interval_s,
     )
 
 
@@ -55,6 +74,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = backend or make_backend(settings)
+        collector = PoolCollector(client) if isinstance(client, BackendPool) else None
+        if collector is not None:
+            metrics.registry.register(collector)
         catalog = ModelCatalog(
             client,
             default_model=settings.default_model,
@@ -76,8 +98,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             pipeline=Pipeline(settings, client, catalog, metrics=metrics, admission=admission),
         )
         logger.info(
-            "gateway up: backend %s (management %s), default model %s, %s mode, "
+            "gateway up: %s backend %s (management %s), default model %s, %s mode, "
             "max_inflight=%d max_queue=%d, shuffle_mode=%s, early_stop=%s",
+            settings.backend_kind,
             settings.backend_url,
             settings.backend_management_url,
             settings.default_model,
@@ -90,6 +113,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         try:
             yield
         finally:
+            if collector is not None:
+                metrics.registry.unregister(collector)
             await client.aclose()
 
     app = FastAPI(

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FORWARDED_HEADERS",
     "Backend",
+    "HttpBackend",
     "ModelMeta",
     "TorchServeBackend",
     "forwardable_headers",
@@ -215,13 +216,11 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-class TorchServeBackend:
-    """:class:`Backend` on TorchServe's REST APIs, with one pooled ``httpx.AsyncClient``."""
+class HttpBackend:
+    """What the HTTP backends share: one pooled ``httpx.AsyncClient`` and the retry rule."""
 
     def __init__(
         self,
-        inference_url: str,
-        management_url: str,
         *,
         timeout_s: float = 30.0,
         connect_timeout_s: float = 2.0,
@@ -230,8 +229,6 @@ class TorchServeBackend:
         retry_backoff_s: float = 0.05,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.inference_url = inference_url.rstrip("/")
-        self.management_url = management_url.rstrip("/")
         self.timeout_s = timeout_s
         self.connect_retries = connect_retries
         self.retry_backoff_s = retry_backoff_s
@@ -298,7 +295,7 @@ class TorchServeBackend:
         status = response.status_code
         if status < 400:
             return
-        detail = _error_detail(response)
+        detail = error_detail(response)
         if status == 404:
             raise ModelNotFound(f"model {model!r} is not served; GET /v1/models lists the models")
         if status == 503:
@@ -309,6 +306,42 @@ class TorchServeBackend:
         raise BackendProtocolError(
             f"the model backend answered HTTP {status} ({detail}); this is a server fault"
         )
+
+    @staticmethod
+    async def _encode(encode: Callable[..., bytes], nbytes: int, *arrays: np.ndarray) -> bytes:
+        if nbytes > _INLINE_ENCODE_BYTES:  # megabytes: copy them off the event loop
+            return await asyncio.to_thread(encode, *arrays)
+        return encode(*arrays)  # a millisecond or two: cheaper than a thread hop
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class TorchServeBackend(HttpBackend):
+    """:class:`Backend` on TorchServe's REST APIs."""
+
+    def __init__(
+        self,
+        inference_url: str,
+        management_url: str,
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 2.0,
+        connect_retries: int = 2,
+        max_connections: int = 64,
+        retry_backoff_s: float = 0.05,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            connect_retries=connect_retries,
+            max_connections=max_connections,
+            retry_backoff_s=retry_backoff_s,
+            client=client,
+        )
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
 
     # ------------------------------------------------------------- protocol
     async def infer(
@@ -327,12 +360,6 @@ class TorchServeBackend:
     ) -> np.ndarray:
         body = await self._encode(wire.encode_indexed, clip.nbytes, clip, indices)
         return await self._predict(model, body, indices.shape[0], headers)
-
-    @staticmethod
-    async def _encode(encode: Callable[..., bytes], nbytes: int, *arrays: np.ndarray) -> bytes:
-        if nbytes > _INLINE_ENCODE_BYTES:  # megabytes: copy them off the event loop
-            return await asyncio.to_thread(encode, *arrays)
-        return encode(*arrays)  # a millisecond or two: cheaper than a thread hop
 
     async def _predict(
         self, model: str, body: bytes, rows: int, headers: Mapping[str, str] | None
@@ -363,7 +390,7 @@ class TorchServeBackend:
             params = {"limit": "100"} | ({"next_page_token": token} if token else {})
             response = await self._request("GET", f"{self.management_url}/models", params=params)
             self._raise_for_status(response, "*")
-            payload = _json(response)
+            payload = json_body(response)
             names.extend(str(m["modelName"]) for m in payload.get("models", []))
             token = payload.get("nextPageToken")
             if not token:
@@ -376,7 +403,7 @@ class TorchServeBackend:
             params={"customized": "true"},
         )
         self._raise_for_status(response, model)
-        payload = _json(response)
+        payload = json_body(response)
         if not isinstance(payload, list) or not payload:
             raise BackendProtocolError(f"the model backend described {model!r} as {payload!r}")
         raw = payload[0].get("customizedMetadata")
@@ -405,7 +432,7 @@ class TorchServeBackend:
             )
             if response.status_code != 200:
                 return False
-            payload = _json(response)
+            payload = json_body(response)
         except BackendError:
             return False
         return any(
@@ -415,11 +442,8 @@ class TorchServeBackend:
             for w in entry.get("workers", [])
         )
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
-
-def _json(response: httpx.Response) -> Any:
+def json_body(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
@@ -428,7 +452,7 @@ def _json(response: httpx.Response) -> Any:
         ) from exc
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_detail(response: httpx.Response) -> str:
     """A short description of a backend error answer, for messages and logs."""
     try:
         payload = response.json()
@@ -438,6 +462,8 @@ def _error_detail(response: httpx.Response) -> str:
         inner = payload.get("error")
         if isinstance(inner, dict) and "message" in inner:
             return str(inner["message"])[:200]
+        if isinstance(inner, str):  # the Open Inference Protocol's error object
+            return inner[:200]
         if "message" in payload:
             return str(payload["message"])[:200]
     return f"HTTP {response.status_code}"
