@@ -85,10 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # statistics and report
 # --------------------------------------------------------------------------- #
 def percentiles(values_ms: list[float]) -> dict[str, float]:
+    """p50/p95 by the project's one percentile definition (:func:`service.stats.percentile`)."""
+    from service.stats import percentile
+
     arr = np.asarray(values_ms, dtype=np.float64)
     return {
-        "p50": float(np.percentile(arr, 50)),
-        "p95": float(np.percentile(arr, 95)),
+        "p50": float(percentile(arr, 50) or 0.0),
+        "p95": float(percentile(arr, 95) or 0.0),
         "mean": float(arr.mean()),
         "n": int(arr.size),
     }
