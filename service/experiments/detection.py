@@ -2,7 +2,7 @@
 
 The gateway flags a clip when the undefended label differs from the ensemble's
 majority vote, or when the winning vote share is under a threshold (default 0.5;
-:func:`service.gateway.pipeline.summarize`). This analysis scores clean clips
+:func:`service.defense_np.suspected`). This analysis scores clean clips
 (negatives) against attacked clips (positives) with three signals of the shuffle
 ensemble:
 
