@@ -90,8 +90,8 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 
     arr = np.asarray(values_ms, dtype=np.float64)
     return {
-        "p50": float(percentile(arr, 50) or 0.0),
-        "p95": float(percentile(arr, 95) or 0.0),
+        "p50": float(percentile(values_ms, 50) or 0.0),
+        "p95": float(percentile(values_ms, 95) or 0.0),
         "mean": float(arr.mean()),
         "n": int(arr.size),
     }

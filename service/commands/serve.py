@@ -92,7 +92,7 @@ _OVERRIDES = {
 }
 
 
-def _settings_from(args: argparse.Namespace) -> tuple[Any, bool]:
+def settings_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """``(settings, external)``: external when the backend is a running TorchServe."""
     from service.config import Settings, management_url_for, split_urls
 
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from service.gateway.logs import configure_logging
 
     try:
-        settings, external = _settings_from(args)
+        settings, external = settings_from_args(args)
     except ValidationError as exc:
         print(f"shuffleguard serve: bad settings:\n{exc}", file=sys.stderr)
         return 2

@@ -196,10 +196,15 @@ def test_gateway_command_is_accepted_by_the_cli(compose: dict[str, Any]) -> None
 
     command = service(compose, "gateway")["command"]
     assert command[:2] == ["shuffleguard", "serve"]
+    from service.commands.serve import settings_from_args
+
     args = build_parser().parse_args(command[1:])
     assert args.command == "serve"
-    assert args.backend_url == "http://torchserve:8080"
-    assert args.backend_management_url == "http://torchserve:8081"
+    settings, external = settings_from_args(args)
+    assert external  # compose's TorchServe, not one serve starts
+    assert [(b.url, b.management_url) for b in settings.backends] == [
+        ("http://torchserve:8080", "http://torchserve:8081")
+    ]
     assert args.host == "0.0.0.0"
     assert int(args.port) == 8000
 
@@ -308,12 +313,14 @@ def test_torchserve_container_config() -> None:
 
 def test_gateway_backend_urls_match_torchserve_ports(compose: dict[str, Any]) -> None:
     from service.cli import build_parser
+    from service.commands.serve import settings_from_args
 
     args = build_parser().parse_args(service(compose, "gateway")["command"][1:])
+    (backend,) = settings_from_args(args)[0].backends
     props = properties(TS_CONTAINER_CONFIG)
     for url, key in (
-        (args.backend_url, "inference_address"),
-        (args.backend_management_url, "management_address"),
+        (backend.url, "inference_address"),
+        (backend.management_url, "management_address"),
     ):
         assert urlsplit(url).hostname == "torchserve"
         assert port_of(url) == port_of(props[key])

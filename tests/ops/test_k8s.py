@@ -468,8 +468,11 @@ def test_gateway_argv_env_and_ports(compose: dict[str, Any], name: str) -> None:
     # the backend URLs name the torchserve Service and its ports
     ts_service = by_kind(docs, "Service")["torchserve"]
     service_ports = {p["name"]: p["port"] for p in ts_service["spec"]["ports"]}
-    for url, port_name in ((args.backend_url, "inference"),
-                           (args.backend_management_url, "management")):  # fmt: skip
+    from service.commands.serve import settings_from_args
+
+    (backend,) = settings_from_args(args)[0].backends
+    for url, port_name in ((backend.url, "inference"),
+                           (backend.management_url, "management")):  # fmt: skip
         assert urlsplit(url).hostname == "torchserve"
         assert port_of(url) == service_ports[port_name]
     # every env name is a real setting, and every value is one it accepts

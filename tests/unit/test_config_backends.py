@@ -61,7 +61,7 @@ def _serve_args(*argv: str) -> argparse.Namespace:
 
 
 def test_serve_takes_repeated_backend_urls() -> None:
-    settings, external = serve._settings_from(
+    settings, external = serve.settings_from_args(
         _serve_args("--backend-url", "http://a:8080", "--backend-url", "http://b:8090")
     )
     assert external
@@ -73,8 +73,8 @@ def test_serve_takes_repeated_backend_urls() -> None:
 
 def test_serve_oip_needs_a_backend_url() -> None:
     with pytest.raises(ValueError, match="needs --backend-url"):
-        serve._settings_from(_serve_args("--backend-kind", "oip"))
-    settings, _ = serve._settings_from(
+        serve.settings_from_args(_serve_args("--backend-kind", "oip"))
+    settings, _ = serve.settings_from_args(
         _serve_args("--backend-kind", "oip", "--backend-url", "http://kserve:8080")
     )
     assert settings.backend_kind == "oip"
