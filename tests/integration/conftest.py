@@ -24,7 +24,7 @@ import pytest
 
 from service.archive import build_mar
 from service.config import Settings
-from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+from service.torchserve_proc import TorchServeProcess, free_ports
 from tests.integration.helpers import (
     DEFAULT_MAR,
     TINY,
@@ -32,6 +32,7 @@ from tests.integration.helpers import (
     ColorNet,
     Gateway,
     StartGateway,
+    running_torchserve,
     start_gateway_thread,
 )
 
@@ -52,23 +53,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def torchserve(
     model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    inference, management, metrics = free_ports(3)
-    server = TorchServeProcess(
-        TorchServeOptions(
-            model_store=model_store,
-            inference_port=inference,
-            management_port=management,
-            metrics_port=metrics,
-            workdir=tmp_path_factory.mktemp("torchserve"),
-            start_timeout_s=240,
-        )
-    )
-    server.start()
-    try:
-        server.wait_ready()
+    with running_torchserve(model_store, tmp_path_factory.mktemp("torchserve")) as server:
         yield server
-    finally:
-        server.close()
 
 
 # --------------------------------------------------------------------------- #

@@ -7,9 +7,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ import uvicorn
 
 from service.config import Settings
 from service.gateway import create_app
+from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 #: the shipped default model (another archive: SG_TEST_DEFAULT_MAR=/path/to/x.mar)
@@ -206,3 +208,29 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
         data += chunk
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
     return status, data
+
+
+@contextlib.contextmanager
+def running_torchserve(
+    model_store: Path, workdir: Path, **options: Any
+) -> Iterator[TorchServeProcess]:
+    """A real TorchServe on three free loopback ports, ready on entry, stopped on exit
+    (``options``: further :class:`TorchServeOptions` fields, e.g. ``models``, ``extra``)."""
+    inference, management, metrics = free_ports(3)
+    server = TorchServeProcess(
+        TorchServeOptions(
+            model_store=model_store,
+            inference_port=inference,
+            management_port=management,
+            metrics_port=metrics,
+            workdir=workdir,
+            start_timeout_s=240,
+            **options,
+        )
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.close()

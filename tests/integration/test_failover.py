@@ -20,9 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+from service.torchserve_proc import TorchServeProcess
 from tests import media
-from tests.integration.helpers import Gateway, StartGateway, color_frames, wait_until
+from tests.integration.helpers import (
+    Gateway,
+    StartGateway,
+    color_frames,
+    running_torchserve,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -35,23 +41,8 @@ MP4 = media.write_kind(None, color_frames("green", t=16, h=48, w=64), "mp4_h264"
 def second_torchserve(
     model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServeProcess]:
-    inference, management, metrics = free_ports(3)
-    server = TorchServeProcess(
-        TorchServeOptions(
-            model_store=model_store,
-            inference_port=inference,
-            management_port=management,
-            metrics_port=metrics,
-            workdir=tmp_path_factory.mktemp("torchserve2"),
-            start_timeout_s=240,
-        )
-    )
-    server.start()
-    try:
-        server.wait_ready()
+    with running_torchserve(model_store, tmp_path_factory.mktemp("torchserve2")) as server:
         yield server
-    finally:
-        server.close()
 
 
 def _backend_metric(text: str, name: str, url: str) -> float:

@@ -21,13 +21,14 @@ import pytest
 from service.archive import FamilyArchiveConfig, archive_family, build_mar
 from service.config import Settings
 from service.models.families import FAMILY_NAMES, get_family
-from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+from service.torchserve_proc import TorchServeProcess, free_ports
 from tests import media
 from tests.integration.helpers import (
     TINY,
     TINY_META,
     ColorNet,
     Gateway,
+    running_torchserve,
     start_gateway_thread,
     wait_until,
 )
@@ -53,22 +54,12 @@ def family_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilySe
     build_mar(ColorNet(), TINY_META, store)
     labels_file = store / "labels.txt"
     labels_file.write_text("\n".join(LABELS) + "\n")
-    inference, management, metrics = free_ports(3)
-    server = TorchServeProcess(
-        TorchServeOptions(
-            model_store=store,
-            inference_port=inference,
-            management_port=management,
-            metrics_port=metrics,
-            models=f"{TINY}.mar",
-            workdir=tmp_path_factory.mktemp("family_ts"),
-            extra={"enable_model_api": "true"},
-            start_timeout_s=240,
-        )
-    )
-    server.start()
-    try:
-        server.wait_ready()
+    with running_torchserve(
+        store,
+        tmp_path_factory.mktemp("family_ts"),
+        models=f"{TINY}.mar",
+        extra={"enable_model_api": "true"},
+    ) as server:
         gateway = start_gateway_thread(
             Settings(
                 backend_url=server.inference_url,
@@ -84,8 +75,6 @@ def family_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilySe
             yield FamilyServer(store, server, gateway, labels_file)
         finally:
             gateway.stop()
-    finally:
-        server.close()
 
 
 def register(server: FamilyServer, name: str) -> None:
