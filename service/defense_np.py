@@ -40,6 +40,7 @@ __all__ = [
     "ensemble_indices",
     "indices_from_uniforms",
     "num_groups",
+    "softmax",
     "source_window",
     "suspected",
     "vote",
@@ -203,7 +204,8 @@ class VoteOutcome:
         return float(self.counts[self.label]) / self.cast
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (max-subtracted, so large logits do not overflow)."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
@@ -216,7 +218,7 @@ def vote(logits: np.ndarray) -> VoteOutcome:
         raise ValueError(f"logits must be [n >= 1, K >= 1], got {logits.shape}")
     K = logits.shape[1]
     counts = np.bincount(logits.argmax(axis=1), minlength=K).astype(np.int64)
-    mean_probs = _softmax(logits).mean(axis=0)
+    mean_probs = softmax(logits).mean(axis=0)
     tied = counts == counts.max()
     label = int(np.argmax(np.where(tied, mean_probs, -1.0)))
     return VoteOutcome(label=label, counts=counts, mean_probs=mean_probs)

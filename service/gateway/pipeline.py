@@ -38,7 +38,7 @@ import anyio.to_thread
 import numpy as np
 
 from service.config import Settings
-from service.defense_np import EarlyStop, ensemble_indices, suspected, vote
+from service.defense_np import EarlyStop, ensemble_indices, softmax, suspected, vote
 from service.gateway.admission import Admission
 from service.gateway.backend import Backend, ModelMeta
 from service.gateway.catalog import ModelCatalog
@@ -254,8 +254,7 @@ class Pipeline:
             logits = await session.send(np.arange(meta.clip_len, dtype=np.int64)[None, :])
             t = time.perf_counter()
             undefended = int(logits[0].argmax())
-            z = logits[0].astype(np.float64)
-            prob = float(np.exp(z[undefended] - z.max()) / np.exp(z - z.max()).sum())
+            prob = float(softmax(logits[0].astype(np.float64))[undefended])
             timings["vote"] += (time.perf_counter() - t) * 1e3
             return Verdict(
                 model=meta.name,
