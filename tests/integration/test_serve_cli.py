@@ -126,6 +126,37 @@ def _backend_ready(inference_url: str, management_url: str) -> bool:
     return any(w.get("status") == "READY" for e in desc for w in e.get("workers", []))
 
 
+def _diagnose(
+    serve: Serve,
+    inference_url: str,
+    management_url: str,
+    polls: int,
+    backend_back: float | None,
+    gateway_back: float | None,
+) -> str:
+    """Everything needed to tell a slow restart from a stuck gateway, in one message."""
+    log = serve.log.read_text()
+    parts = [
+        f"polls={polls} backend_back={backend_back} gateway_back={gateway_back}",
+        f"backend ready now: {_backend_ready(inference_url, management_url)}",
+    ]
+    try:
+        readyz = httpx.get(f"{serve.url}/readyz", timeout=5)
+        parts.append(f"gateway /readyz now: {readyz.status_code} {readyz.text[:300]}")
+    except httpx.HTTPError as exc:
+        parts.append(f"gateway /readyz now: {exc!r}")
+    parts.append("--- serve log\n" + log[-3000:])
+    # The supervisor names the restarted TorchServe's log directory; its own log says
+    # whether the model came back.
+    for line in reversed(log.splitlines()):
+        if "TorchServe starting" in line and "logs " in line:
+            ts_log = Path(line.rsplit("logs ", 1)[1].strip()) / "ts_log.log"
+            if ts_log.is_file():
+                parts.append(f"--- {ts_log}\n" + ts_log.read_text()[-3000:])
+            break
+    return "\n".join(parts)
+
+
 def test_serve_restarts_a_dead_torchserve_and_stops_clean_on_sigint(
     tiny_store: Path, tmp_path: Path, serve_factory: list[Serve]
 ) -> None:
@@ -160,7 +191,9 @@ def test_serve_restarts_a_dead_torchserve_and_stops_clean_on_sigint(
         if serve.ready():
             gateway_back = time.monotonic()
         time.sleep(0.1)
-    assert backend_back is not None and gateway_back is not None, serve.log.read_text()[-3000:]
+    assert backend_back is not None and gateway_back is not None, _diagnose(
+        serve, inference_url, management_url, polls, backend_back, gateway_back
+    )
     assert gateway_back - backend_back < 10
     assert _classify(serve.url) == 200
     new_java = serve.java()
