@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from service.commands import train as train_command
 from service.commands.train import TrainCommandConfig
 from service.experiments.common import first_conv_temporal
 from service.models.families import build_family, get_family, width_kwargs
 from service.train import (
+    ARCH,
     TrainConfig,
     load_checkpoint,
     save_checkpoint,
@@ -97,6 +99,7 @@ def test_train_config_checks_arch_and_width() -> None:
         TrainConfig(arch="r3d_18", width=0.5)
     with pytest.raises(ValueError, match="--arch"):
         TrainCommandConfig(data="d", out="o", arch="resnet9000")
+    assert train_command.ARCH == ARCH  # the command's torch-free copy of the name
     cmd = TrainCommandConfig(data="d", out="o", arch="i3d_r50", width=WIDTH).command()
     assert "--arch i3d_r50 --width 0.125" in cmd
 
