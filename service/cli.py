@@ -24,8 +24,12 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import click
 import typer
+
+# click's exception classes as typer raises them (typer >= 0.29 carries its own click)
+_click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
+UsageError: type[Exception] = _click_errors["UsageError"]
+ClickException: type[Exception] = _click_errors["ClickException"]
 
 #: service commands: name -> (module, config class, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -148,21 +152,22 @@ def _config_command(
     config_cls = getattr(module, class_name)
     hints = typing.get_type_hints(config_cls)
     params = [_option(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
-    def command(**kwargs: Any) -> Any:
+    def command(ctx: typer.Context, **kwargs: Any) -> Any:
         try:
             config = config_cls(**kwargs)
         except ValueError as exc:
             if config_cls.USAGE_ERRORS:
-                raise click.UsageError(str(exc), click.get_current_context()) from None
+                raise UsageError(str(exc), ctx) from None
             raise SystemExit(f"shuffleguard {words}: {exc}") from None
         try:
             return action(module, config)
         except ValueError as exc:
             raise SystemExit(f"shuffleguard {words}: {exc}") from None
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__signature__ = inspect.Signature([context, *params])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in [context, *params]}
     return command, module.__doc__
 
 
@@ -270,8 +275,8 @@ def _words(args: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
 def parse(argv: Sequence[str]) -> Any:
     """The config ``shuffleguard ARGV`` would run with, parsed by the same click command,
     without running it (``parse(["serve", "--port", "9000"]).port == 9000``). A bad
-    option raises click's ``UsageError``/``BadParameter``, a value the config refuses
-    ``click.UsageError`` or ``SystemExit`` (as on the command line)."""
+    option raises :data:`UsageError` (click's, as typer raises it); a value the config
+    refuses, :data:`UsageError` or ``SystemExit`` as on the command line."""
     command, sub, args = _words(argv)
     group = typer.main.get_command(build_app(command, sub, action=lambda _module, cfg: cfg))
     return group.main(args=args, prog_name="shuffleguard", standalone_mode=False)
@@ -284,12 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         group = typer.main.get_command(build_app(command, sub))
         result = group.main(args=args, prog_name="shuffleguard", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        return int(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except ClickException as exc:  # a bad option: usage and message on stderr
+        exc.show()  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except (KeyboardInterrupt, typer.Abort):
         return 130
     return int(result or 0)
 
