@@ -142,14 +142,11 @@ def _run(module: Any, config: Any) -> int:
 
 
 def _config_command(
-    words: str, entry: Entry, action: Callable[[Any, Any], Any]
-) -> tuple[Callable[..., Any], str | None]:
+    prog: str, config_cls: type, action: Callable[[Any], Any]
+) -> Callable[..., Any]:
     """A typer callback whose options are the config's fields; it builds the config
     (validation errors exit with the message, see ``ExperimentConfig.USAGE_ERRORS``)
-    and returns ``action(module, config)`` (default: ``module.run(config)``)."""
-    module_name, class_name, _ = entry
-    module = importlib.import_module(module_name)
-    config_cls = getattr(module, class_name)
+    and returns ``action(config)``."""
     hints = typing.get_type_hints(config_cls)
     params = [_option(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
     context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
@@ -158,30 +155,33 @@ def _config_command(
         try:
             config = config_cls(**kwargs)
         except ValueError as exc:
-            if config_cls.USAGE_ERRORS:
+            if getattr(config_cls, "USAGE_ERRORS", False):
                 raise UsageError(str(exc), ctx) from None
-            raise SystemExit(f"shuffleguard {words}: {exc}") from None
+            raise SystemExit(f"{prog}: {exc}") from None
         try:
-            return action(module, config)
+            return action(config)
         except ValueError as exc:
-            raise SystemExit(f"shuffleguard {words}: {exc}") from None
+            raise SystemExit(f"{prog}: {exc}") from None
 
     command.__signature__ = inspect.Signature([context, *params])  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in [context, *params]}
-    return command, module.__doc__
+    return command
 
 
-def list_flags(entries: dict[str, Entry], name: str) -> set[str]:
-    """The flags of a config command that take several values after one flag
-    (list fields, except those whose flag is repeated: ``opt(repeat=True)``)."""
-    module_name, class_name, _ = entries[name]
-    config_cls = getattr(importlib.import_module(module_name), class_name)
+def _list_flags(config_cls: type) -> set[str]:
     hints = typing.get_type_hints(config_cls)
     return {
         _flag(f.name)
         for f in dataclasses.fields(config_cls)
         if "list[" in str(hints[f.name]).lower() and not f.metadata.get("repeat")
     }
+
+
+def list_flags(entries: dict[str, Entry], name: str) -> set[str]:
+    """The flags of a config command that take several values after one flag
+    (list fields, except those whose flag is repeated: ``opt(repeat=True)``)."""
+    module_name, class_name, _ = entries[name]
+    return _list_flags(getattr(importlib.import_module(module_name), class_name))
 
 
 def spread_lists(argv: Sequence[str], flags: set[str]) -> list[str]:
@@ -243,8 +243,12 @@ def _add(
     if action is None:  # not chosen: listed in --help without importing its module
         app.command(name, help=help_text, context_settings={"allow_extra_args": True})(lambda: 0)
         return
-    callback, doc = _config_command(words, entry, action)
-    first = (doc or help_text).strip().split("\n\n")[0]
+    module = importlib.import_module(entry[0])
+    config_cls = getattr(module, entry[1])
+    callback = _config_command(
+        f"shuffleguard {words}", config_cls, lambda config: action(module, config)
+    )
+    first = (module.__doc__ or help_text).strip().split("\n\n")[0]
     app.command(
         name,
         help=" ".join(first.split()),
@@ -286,9 +290,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.INFO)
     command, sub, args = _words(list(sys.argv[1:] if argv is None else argv))
+    return _invoke(build_app(command, sub), args, "shuffleguard")
+
+
+def run_config_command(
+    prog: str,
+    config_cls: type,
+    run: Callable[[Any], int],
+    argv: Sequence[str] | None = None,
+    help: str | None = None,  # noqa: A002
+) -> int:
+    """A stand-alone program of one config (``python -m service.oip_server``): its
+    options derived as for the ``shuffleguard`` commands; runs ``run(config)``."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=help, context_settings={"help_option_names": ["-h", "--help"]})(
+        _config_command(prog, config_cls, run)
+    )
+    args = list(sys.argv[1:] if argv is None else argv)
+    return _invoke(app, spread_lists(args, _list_flags(config_cls)), prog)
+
+
+def _invoke(app: typer.Typer, args: list[str], prog: str) -> int:
+    """Run the click command of ``app``; click's errors -> usage on stderr and a status."""
     try:
-        group = typer.main.get_command(build_app(command, sub))
-        result = group.main(args=args, prog_name="shuffleguard", standalone_mode=False)
+        group = typer.main.get_command(app)
+        result = group.main(args=args, prog_name=prog, standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except ClickException as exc:  # a bad option: usage and message on stderr
