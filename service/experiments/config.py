@@ -86,6 +86,11 @@ def threads_opt(show: str = "never") -> Any:
     return opt(DEFAULT_THREADS, "CPU threads for torch", show=show)
 
 
+def attack_batch_opt(default: int = 8) -> Any:
+    """``--attack-batch``: clips per attack batch (never changes a result)."""
+    return opt(default, "clips per attack batch", show="never")
+
+
 def progress_opt() -> Any:
     """``--no-progress``: no progress bars (never changes a result)."""
     return opt(False, "no progress bars", show="never")
@@ -185,6 +190,20 @@ class AnalysisConfig(ExperimentConfig):
     adv_cache: str | None = opt(
         None, "directory caching I-FGSM clips (deterministic) across analyses (default: none)"
     )
+
+    def __init_subclass__(cls, analysis: str | None = None, **kwargs: Any) -> None:
+        """``class Fig2Config(AnalysisConfig, analysis="fig2")``: the command is
+        ``shuffleguard analyze fig2``, the report ``fig2.*`` and ``--out`` defaults to
+        ``docs/results/fig2`` (unless the class declares its own ``out``)."""
+        super().__init_subclass__(**kwargs)
+        if analysis is None:
+            return
+        cls.COMMAND = ("shuffleguard", "analyze", analysis)
+        if "out" not in vars(cls):  # before @dataclass reads the fields
+            if "__annotations__" not in vars(cls):
+                cls.__annotations__ = {}
+            cls.__annotations__["out"] = "str"
+            cls.out = out_opt(f"docs/results/{analysis}")  # type: ignore[misc]
 
     def check(self) -> None:
         if self.clips is not None and self.clips < 1:
