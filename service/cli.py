@@ -31,6 +31,17 @@ _click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
 UsageError: type[Exception] = _click_errors["UsageError"]
 ClickException: type[Exception] = _click_errors["ClickException"]
 
+#: top-level modules of pyproject's `models` extra: not in the core (gateway) install
+MODELS_EXTRA_MODULES = (
+    "torch",
+    "torchvision",
+    "ts",
+    "model_archiver",
+    "pytorchvideo",
+    "scipy",
+    "matplotlib",
+)
+
 #: service commands: name -> (module, config class, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": (
@@ -289,8 +300,20 @@ def parse(argv: Sequence[str]) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.INFO)
-    command, sub, args = _words(list(sys.argv[1:] if argv is None else argv))
-    return _invoke(build_app(command, sub), args, "shuffleguard")
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if not a.startswith("-")), None)
+    try:
+        command, sub, args = _words(args)
+        return _invoke(build_app(command, sub), args, "shuffleguard")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in MODELS_EXTRA_MODULES:
+            raise
+        print(
+            f"shuffleguard {command or ''}: this command needs the `models` extra"
+            f" (pip install 'shuffleguard[models]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def run_config_command(

@@ -34,6 +34,11 @@ class ToyDataConfig(ExperimentConfig):
     speed_reference: int = opt(
         64, "frame size (px) on which the paper's 3-5 px/frame is measured, scaled to --size"
     )
+    spatial_fraction: float = opt(
+        1.0,
+        "dataset 1 only: share of clips whose background and object belong to their class"
+        " (the rest get random ones; the motion always does). 1.0 is the paper's dataset 1",
+    )
     contrast: float = opt(
         1.0,
         "blend objects towards the background: bg + c * (pixel - bg), c in (0, 1]"
@@ -70,6 +75,7 @@ def run(args: ToyDataConfig) -> int:
             size=args.size,
             speed_reference=args.speed_reference,
             object_fraction=args.object_fraction,
+            spatial_fraction=args.spatial_fraction,
         )
         if args.contrast != 1.0:
             data = dataclasses.replace(data, clips=blend_towards_background(data, args.contrast))

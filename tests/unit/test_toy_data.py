@@ -106,6 +106,29 @@ def test_class_tied_factors(dataset: int) -> None:
         assert _object_mask(ds.clips[i], int(ds.object[i])).any(axis=(1, 2)).all()
 
 
+def test_partial_spatial_cues() -> None:
+    full = generate_toy_dataset(1, 400, seed=4, frames=4, size=32)
+    part = generate_toy_dataset(1, 400, seed=4, frames=4, size=32, spatial_fraction=0.6)
+    # the direction always carries the class; background and object together in a
+    # share of the clips near 0.6, and random (so mostly not the class) elsewhere
+    assert np.array_equal(part.direction, part.labels)
+    assert part.spatial is not None and full.spatial is not None and full.spatial.all()
+    assert 0.5 < part.spatial.mean() < 0.7
+    tied = (part.object == part.labels) & (part.background == part.labels)
+    assert tied[part.spatial].all()
+    assert tied[~part.spatial].mean() < 0.1
+    # only the factors change: labels, speeds and start points are dataset 1's
+    assert np.array_equal(part.labels, full.labels) and np.array_equal(part.speed, full.speed)
+    assert part.spatial_fraction == 0.6
+    # 1.0 is the paper's dataset 1, byte for byte
+    same = generate_toy_dataset(1, 400, seed=4, frames=4, size=32, spatial_fraction=1.0)
+    assert np.array_equal(same.clips, full.clips)
+    with pytest.raises(ValueError, match="dataset 1 only"):
+        generate_toy_dataset(2, 8, spatial_fraction=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        generate_toy_dataset(1, 8, spatial_fraction=1.5)
+
+
 @pytest.mark.parametrize("dataset", [1, 3])
 def test_trajectories_move_in_the_class_direction(dataset: int) -> None:
     frames, size = 8, 64
