@@ -237,3 +237,37 @@ def test_bench_list_options_take_several_values() -> None:
     # the command the report records reproduces the run (progress bars never show)
     assert serve.command() == "shuffleguard bench serve --sizes toy --out runs/bench_serve"
     assert dataclasses.replace(parse(shlex.split(serve.command())[1:]), no_progress=True) == serve
+
+
+# ------------------------------------------------------------------ documented commands
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _documented_command_lines() -> list[tuple[str, list[str]]]:
+    """Every ``shuffleguard serve|classify|archive|bench ...`` line in a fenced code
+    block of the docs (continuations joined, ``VAR=value`` prefixes and comments dropped)."""
+    import re
+
+    found = []
+    for path in sorted([*REPO.glob("docs/**/*.md"), REPO / "README.md", REPO / "CONTRIBUTING.md"]):
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+                    words = words[1:]
+                if words[:1] == ["shuffleguard"] and words[1:2] and words[1] in OPTIONS_ROOTS:
+                    found.append((str(path.relative_to(REPO)), words[1:]))
+    return found
+
+
+OPTIONS_ROOTS = {words.split()[0] for words in OPTIONS}
+
+
+def test_documented_command_lines_parse() -> None:
+    lines = _documented_command_lines()
+    assert len(lines) >= 15  # docs/benchmarks.md, serving.md, models.md, results.md, ...
+    for where, argv in lines:
+        try:
+            parse(argv)
+        except Exception as exc:  # noqa: BLE001 - report which line of which file
+            raise AssertionError(f"{where}: shuffleguard {shlex.join(argv)}: {exc}") from exc
