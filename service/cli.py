@@ -137,7 +137,7 @@ def _option(f: dataclasses.Field[Any], annotation: Any) -> inspect.Parameter:
     help_text = f.metadata.get("help", "")
     if choices:
         help_text += f" (choose from {', '.join(map(str, choices))})"
-    shown = not required and default is not None and f.metadata.get("show_default", True)
+    shown = not required and default is not None
     common: dict[str, Any] = {"help": help_text, "rich_help_panel": f.metadata.get("panel")}
     if f.metadata.get("argument"):
         param = typer.Argument(default, metavar=f.name.upper(), show_default=shown, **common)

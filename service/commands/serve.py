@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from service.config import Settings, management_url_for, split_urls
 from service.experiments.config import ExperimentConfig, opt
@@ -46,6 +46,8 @@ def _setting(name: str, help: str | None = None, **kw: Any) -> Any:  # noqa: A00
     default = field.default
     shown = default if not isinstance(default, Path) else str(default)
     text = f"{help or field.description} (default {shown}; SHUFFLEGUARD_{name.upper()})"
+    if get_origin(field.annotation) is Literal:  # the setting's allowed values
+        kw["choices"] = get_args(field.annotation)
     return opt(None, text, setting=name, **kw)
 
 
@@ -88,7 +90,6 @@ class ServeConfig(ExperimentConfig):
         "backend_kind",
         "torchserve or oip: an Open Inference Protocol v2 server (KServe, Triton; needs"
         " --backend-url)",
-        choices=("torchserve", "oip"),
         panel="backend",
     )
     model_store: Path | None = _setting("model_store", panel="backend")
@@ -206,7 +207,12 @@ def run(args: ServeConfig) -> int:
             settings.backend_url,
         )
         return _run_gateway(settings, args)
+    return _run_with_torchserve(settings, args)
 
+
+def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
+    """Start TorchServe on the model store, wait for its models, run the gateway in
+    front of it under a :class:`Supervisor`; stop TorchServe however the gateway ends."""
     from service.torchserve_proc import (
         Supervisor,
         TorchServeError,
