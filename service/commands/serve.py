@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
@@ -220,6 +221,14 @@ def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
         TorchServeProcess,
     )
 
+    if importlib.util.find_spec("ts") is None:  # the core install has no TorchServe
+        print(
+            "shuffleguard serve: starting TorchServe needs the `models` extra"
+            " (pip install 'shuffleguard[models]'); or point the gateway at a running"
+            " model server with --backend-url.",
+            file=sys.stderr,
+        )
+        return 2
     busy = [
         p
         for p in (
