@@ -44,6 +44,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +102,8 @@ TITLES = {
     ("eot", "shuffle"): "adaptive EOT, defended",
 }
 VERDICTS = ("protects", "order_insensitive", "needs_motion", "no_measurable_gain")
+#: splits :func:`verdict`'s docstring into its definitions and numbered rules
+_RULE_PARTS = re.compile(r"\n\s*\n|\n\s*(?=\d\. )")
 
 
 class AuditDataError(ValueError):
@@ -311,6 +314,7 @@ class _Plan:
     evaluated: list[int]
     attacked: list[int]
     ctx: RowContext
+    clips: dict[int, torch.Tensor]  # position in ``rows`` -> uint8 [T, crop, crop, 3]
 
 
 def _plan(config: AuditConfig) -> _Plan:
@@ -339,8 +343,11 @@ def _plan(config: AuditConfig) -> _Plan:
         logger.warning("--attack-clips %d > %d evaluated clips: attacking all of them",
                        config.attack_clips, len(evaluated))  # fmt: skip
     ctx = RowContext(model, len(meta.labels), meta.preset, batch_size=config.batch_size)
+    # every clip is decoded before any work, so a bad one stops the run at once
+    used = tune + evaluated
+    clips = dict(zip(used, decode_clips(config.data, [rows[i] for i in used], meta), strict=True))
     return _Plan(config, model, meta, meta.preset, rows, tune, evaluated,
-                 evaluated[: config.attack_clips], ctx)  # fmt: skip
+                 evaluated[: config.attack_clips], ctx, clips)  # fmt: skip
 
 
 def _fingerprint(p: _Plan) -> dict[str, Any]:
@@ -512,7 +519,8 @@ def _latency(p: _Plan, x: torch.Tensor) -> dict[str, Any]:
 
 
 def _floats(p: _Plan, positions: list[int]) -> torch.Tensor:
-    clips = decode_clips(p.config.data, [p.rows[i] for i in positions], p.meta)
+    """float ``[n, 3, T, crop, crop]`` in ``[0, 1]`` of the clips at ``positions``."""
+    clips = torch.stack([p.clips[i] for i in positions])
     return common.to_float(clips).to(p.config.device)
 
 
@@ -545,6 +553,12 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> dict[str, Any]:
     return res
 
 
+def _as_read_back(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as a rerun reads it from ``records.jsonl`` (sorted keys), so a first run
+    and its rerun write the same report."""
+    return dict(json.loads(json.dumps(result, sort_keys=True)))
+
+
 def _work(p: _Plan, records: Records, missing: set[Key], bar: Any) -> None:
     c, s = p.config, p.config.seed
     for start in range(0, len(p.evaluated), c.batch_size):
@@ -558,13 +572,13 @@ def _work(p: _Plan, records: Records, missing: set[Key], bar: Any) -> None:
     key = (s, RUN_CLIP, "tune", "grid")
     if key in missing:
         records.add({"seed": s, "clip": RUN_CLIP, "attack": "tune", "defense": "grid",
-                     "result": _tune(p, _floats(p, p.tune))})  # fmt: skip
+                     "result": _as_read_back(_tune(p, _floats(p, p.tune)))})  # fmt: skip
         bar.update(1)
     key = (s, RUN_CLIP, "latency", "cost")
     if key in missing:
         timed = _floats(p, p.evaluated[: c.latency_clips])
         records.add({"seed": s, "clip": RUN_CLIP, "attack": "latency", "defense": "cost",
-                     "result": _latency(p, timed)})  # fmt: skip
+                     "result": _as_read_back(_latency(p, timed))})  # fmt: skip
         bar.update(1)
 
 
@@ -656,7 +670,8 @@ def verdict(fig: dict[str, dict[str, Any]], clean_ratio: float, name: str) -> di
             f" attack the defense keeps {p(worst)} against {p(ifgsm)} undefended; attack more"
             " clips (--attack-clips) or try the recommended preset."
         )
-    rule = [line.strip() for line in (verdict.__doc__ or "").split("\n\n")[1:]]
+    parts = _RULE_PARTS.split(verdict.__doc__ or "")[1:]
+    rule = [" ".join(part.split()) for part in parts if part.strip()]
     return {"code": code, "sentence": sentence, "floor": floor, "worst": worst, "rule": rule}
 
 
@@ -780,7 +795,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"Clean floor = {res['clean_ratio']} x clean undefended accuracy ="
         f" {report.pct(v['floor'])}%; intervals at {level}. The first rule that holds:",
         "",
-        *[f"- {' '.join(r.split())}" for r in v["rule"]],
+        v["rule"][0],
+        "",
+        *[f"{r}" for r in v["rule"][1:]],
         "",
         "![audit](audit.png)",
         "",

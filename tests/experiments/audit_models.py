@@ -7,7 +7,8 @@
 * :class:`PerFrame2dNet` (2D convolutions on every frame, logits averaged over time) on
   toy dataset 2: order-insensitive by construction.
 
-Every net takes float ``[B, 3, T, H, W]`` in ``[0, 1]`` and returns logits ``[B, 8]``.
+Clips are 8 frames of 16 x 16 px. Every net takes float ``[B, 3, T, H, W]`` in ``[0, 1]``
+and returns logits ``[B, 8]``.
 Training is seeded (one generator for the init, one for the batch order).
 """
 
@@ -87,14 +88,19 @@ def train(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, *, epochs: 
     return net.eval()
 
 
-def build(root: Path, name: str, net: nn.Module, dataset: int, *, epochs: int) -> Audited:
-    """Train ``net`` on toy ``dataset`` (seed 0), archive it with :func:`service.archive.build_mar`
-    and write 64 fresh clips of the same dataset (seed 1) to audit it on."""
+def build(
+    root: Path, name: str, net: nn.Module, dataset: int, *, epochs: int, mp4_every: int = 0
+) -> Audited:
+    """Train ``net`` on 128 clips of toy ``dataset`` (seed 0), archive it with
+    :func:`service.archive.build_mar` and write 40 fresh clips of the same dataset (seed 1)
+    to audit it on; with ``mp4_every = k``, every k-th of them as an .mp4 instead of .npy."""
+    import csv
+
     from service.archive import build_mar
-    from service.toy.data import generate_toy_dataset, label_names, write_toy_dataset
+    from service.toy.data import generate_toy_dataset, label_names, write_mp4, write_toy_dataset
 
     torch.manual_seed(0)
-    train_set = generate_toy_dataset(dataset, 192, seed=0, frames=FRAMES, size=SIZE,
+    train_set = generate_toy_dataset(dataset, 128, seed=0, frames=FRAMES, size=SIZE,
                                      speed_reference=32).as_clipset()  # fmt: skip
     train(net, train_set.clips, train_set.labels, epochs=epochs)
     meta = {
@@ -104,6 +110,18 @@ def build(root: Path, name: str, net: nn.Module, dataset: int, *, epochs: int) -
     }  # fmt: skip
     mar = build_mar(net, meta, root / "store")
     data = root / f"clips-{name}"
-    write_toy_dataset(generate_toy_dataset(dataset, 64, seed=1, frames=FRAMES, size=SIZE,
-                                           speed_reference=32), data)  # fmt: skip
+    clips = generate_toy_dataset(dataset, 40, seed=1, frames=FRAMES, size=SIZE, speed_reference=32)
+    write_toy_dataset(clips, data)
+    if mp4_every:
+        with open(data / "labels.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for i, row in enumerate(rows):
+            if i % mp4_every == 0:
+                write_mp4(clips.clips[i], data / row["file"].replace(".npy", ".mp4"))
+                (data / row["file"]).unlink()
+                row["file"] = row["file"].replace(".npy", ".mp4")
+        with open(data / "labels.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
     return Audited(mar, data, dataset)
