@@ -39,7 +39,7 @@ from torch import nn
 
 from service.defense import ShufflePreset
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
+from service.experiments.config import AnalysisConfig, attack_batch_opt, opt, out_opt
 from service.robustness.attacks import EOT
 from service.robustness.registry import DEFENSE_ROWS, RowContext
 
@@ -68,7 +68,7 @@ class TuneConfig(AnalysisConfig):
     seeds: list[int] = opt([0], "seeds", show="always")
     clean_ratio: float = opt(0.95, "clean floor vs undefended", show="always")
     tolerance: float = opt(0.01, "ensemble-size tolerance", show="always")
-    attack_batch: int = opt(8, "clips per attack batch", show="never")
+    attack_batch: int = attack_batch_opt()
     archive_meta: str | None = opt(None, "meta.json whose preset to update")
     no_preset: bool = opt(
         False, "report only: write no <checkpoint>.preset.json and leave --archive-meta alone"

@@ -109,7 +109,8 @@ def properties(path: Path) -> dict[str, str]:
 
 
 def pyproject_pin(package: str) -> str:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *project["optional-dependencies"]["models"]]
     for dep in deps:
         name, sep, version = dep.partition("==")
         if sep and name.strip().lower() == package:
@@ -192,21 +193,20 @@ def test_gateway_environment_names_are_settings(compose: dict[str, Any]) -> None
 
 # -------------------------------------------------------------- command lines and images
 def test_gateway_command_is_accepted_by_the_cli(compose: dict[str, Any]) -> None:
-    from service.cli import build_parser
+    from service.cli import parse
+    from service.commands.serve import ServeConfig, settings_from_config
 
     command = service(compose, "gateway")["command"]
     assert command[:2] == ["shuffleguard", "serve"]
-    from service.commands.serve import settings_from_args
-
-    args = build_parser().parse_args(command[1:])
-    assert args.command == "serve"
-    settings, external = settings_from_args(args)
+    config = parse(command[1:])  # the click command `shuffleguard serve` runs
+    assert isinstance(config, ServeConfig)
+    settings, external = settings_from_config(config)
     assert external  # compose's TorchServe, not one serve starts
     assert [(b.url, b.management_url) for b in settings.backends] == [
         ("http://torchserve:8080", "http://torchserve:8081")
     ]
-    assert args.host == "0.0.0.0"
-    assert int(args.port) == 8000
+    assert config.host == settings.host == "0.0.0.0"
+    assert config.port == settings.port == 8000
 
 
 def test_torchserve_command_is_accepted_by_torchserve(compose: dict[str, Any]) -> None:
@@ -252,13 +252,21 @@ def test_images_run_as_numeric_non_root_with_a_healthcheck(dockerfile: Path) -> 
 
 
 def test_images_pin_the_projects_versions() -> None:
-    assert arg_default(GATEWAY_DOCKERFILE, "TORCH_VERSION") == pyproject_pin("torch")
-    assert arg_default(GATEWAY_DOCKERFILE, "TORCHVISION_VERSION") == pyproject_pin("torchvision")
     assert arg_default(TORCHSERVE_DOCKERFILE, "TORCH_VERSION") == pyproject_pin("torch")
     assert arg_default(TORCHSERVE_DOCKERFILE, "TORCHSERVE_VERSION") == pyproject_pin("torchserve")
     assert pyproject_pin("torch-model-archiver") == pyproject_pin("torchserve")
-    for dockerfile in (GATEWAY_DOCKERFILE, TORCHSERVE_DOCKERFILE):
-        assert arg_default(dockerfile, "TORCH_INDEX_URL").endswith("/whl/cpu")
+    assert arg_default(TORCHSERVE_DOCKERFILE, "TORCH_INDEX_URL").endswith("/whl/cpu")
+
+
+def test_gateway_image_is_the_core_install_without_torch() -> None:
+    """The gateway image installs the project without extras, and torch is not among
+    the core dependencies (it lives in the `models` extra)."""
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    heavy = ("torch", "torchvision", "torchserve", "pytorchvideo", "scipy", "matplotlib")
+    names = {d.split("==")[0].split(">=")[0].split("[")[0].strip().lower() for d in core}
+    assert not names & set(heavy), names & set(heavy)
+    runs = " ".join(a for kw, a in dockerfile_instructions(GATEWAY_DOCKERFILE) if kw == "RUN")
+    assert "pip install . " in runs + " " and "[models" not in runs and "torch==" not in runs
 
 
 def test_healthchecks_probe_the_right_endpoints(compose: dict[str, Any]) -> None:
@@ -312,11 +320,11 @@ def test_torchserve_container_config() -> None:
 
 
 def test_gateway_backend_urls_match_torchserve_ports(compose: dict[str, Any]) -> None:
-    from service.cli import build_parser
-    from service.commands.serve import settings_from_args
+    from service.cli import parse
+    from service.commands.serve import settings_from_config
 
-    args = build_parser().parse_args(service(compose, "gateway")["command"][1:])
-    (backend,) = settings_from_args(args)[0].backends
+    config = parse(service(compose, "gateway")["command"][1:])
+    (backend,) = settings_from_config(config)[0].backends
     props = properties(TS_CONTAINER_CONFIG)
     for url, key in (
         (backend.url, "inference_address"),
