@@ -806,7 +806,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
-    fig_, ax = report.setup_figure(6.4, 3.8)
+    fig_, ax = report.setup_figure(6.4, 4.2)
     names = list(TITLES)
     figs = [res["figures"][f"{m}/{r}"] for m, r in names]
     ys = list(range(len(names)))[::-1]
@@ -821,7 +821,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, 105)
     ax.set_xlabel(f"accuracy (%), {100 * res['level']:.0f}% intervals")
     ax.set_title(f"audit of {res['model']}: {res['verdict']['code']}", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     report.save_figure(fig_, path)
 
 

@@ -14,6 +14,7 @@ Training is seeded (one generator for the init, one for the batch order).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +90,11 @@ def train(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, *, epochs: 
 
 
 def build(
-    root: Path, name: str, net: nn.Module, dataset: int, *, epochs: int, mp4_every: int = 0
-) -> Audited:
-    """Train ``net`` on 128 clips of toy ``dataset`` (seed 0), archive it with
+    root: Path, name: str, make: Callable[[], nn.Module], dataset: int, *, epochs: int,
+    mp4_every: int = 0,
+) -> Audited:  # fmt: skip
+    """Train ``make()`` (initialized under ``torch.manual_seed(0)``) on 128 clips of toy
+    ``dataset`` (seed 0), archive it with
     :func:`service.archive.build_mar` and write 40 fresh clips of the same dataset (seed 1)
     to audit it on; with ``mp4_every = k``, every k-th of them as an .mp4 instead of .npy."""
     import csv
@@ -100,6 +103,7 @@ def build(
     from service.toy.data import generate_toy_dataset, label_names, write_mp4, write_toy_dataset
 
     torch.manual_seed(0)
+    net = make()
     train_set = generate_toy_dataset(dataset, 128, seed=0, frames=FRAMES, size=SIZE,
                                      speed_reference=32).as_clipset()  # fmt: skip
     train(net, train_set.clips, train_set.labels, epochs=epochs)

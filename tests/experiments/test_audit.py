@@ -72,9 +72,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Audited]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("audit")
     out = {
-        "motion": build(root, "motion", Conv3dNet(), 3, epochs=10),
-        "spatial": build(root, "spatial", Conv3dNet(), 1, epochs=4),
-        "perframe": build(root, "perframe", PerFrame2dNet(), 2, epochs=6, mp4_every=4),
+        "motion": build(root, "motion", Conv3dNet, 3, epochs=14),
+        "spatial": build(root, "spatial", Conv3dNet, 1, epochs=6),
+        "perframe": build(root, "perframe", PerFrame2dNet, 2, epochs=10, mp4_every=4),
     }
     torch.set_num_threads(threads)
     return out
@@ -99,7 +99,7 @@ def test_the_tiny_models_get_the_verdicts_of_their_regimes(audits: dict[str, Any
     motion, spatial, perframe = (audits[k]["res"] for k in ("motion", "spatial", "perframe"))
     # dataset 3: only the frame order tells the classes apart
     fig = motion["figures"]
-    assert fig["clean/none"]["accuracy"] >= 0.4, "the motion model did not learn"  # chance: 0.125
+    assert fig["clean/none"]["accuracy"] >= 0.6, "the motion model did not learn"  # chance 0.125
     assert motion["verdict"]["code"] == "needs_motion", motion["verdict"]
     assert fig["clean/shuffle"]["high"] < 0.95 * fig["clean/none"]["accuracy"]
     # per-frame features averaged over time: a permutation changes nothing
