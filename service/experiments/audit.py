@@ -740,8 +740,8 @@ def markdown(res: dict[str, Any]) -> str:
         report.markdown_table(["measure", "clips", "accuracy (%)", f"{level} interval"], rows),
         "",
         "Intervals: Wilson (`service.stats.wilson`); the uniformized row is the mean over"
-        " clips of each clip's accuracy over the frame it is uniformized to, with a percentile"
-        " bootstrap interval over clips.",
+        " clips of each clip's accuracy over the T frames it can be uniformized to, with a"
+        " percentile bootstrap interval over clips (`service.stats.bootstrap_ci`).",
         "",
         "## Recommended preset",
         "",

@@ -203,8 +203,13 @@ def test_audit_every_served_model(tmp_path: Path) -> None:
     """Every .mar in model_store/, audited on fresh clips of its own data recipe
     (meta.json ``data``: the ``toy-data`` options, with another seed). Models of
     different regimes must not all get the same verdict."""
-    from service.archive import read_archive
+    import dataclasses
 
+    from service.archive import read_archive
+    from service.commands.toy_data import ToyDataConfig
+
+    options = {f.name for f in dataclasses.fields(ToyDataConfig)} - {"out", "mp4", "fps"}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     store = Path(__file__).resolve().parents[2] / "model_store"
     verdicts = {}
     for mar in sorted(store.glob("*.mar")):
@@ -216,11 +221,12 @@ def test_audit_every_served_model(tmp_path: Path) -> None:
         data = tmp_path / f"data-{mar.stem}"
         args = ["toy-data", "--out", str(data)]
         for key, value in recipe.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            if key in options and not isinstance(value, bool):
+                args += [f"--{key.replace('_', '-')}", str(value)]
         assert main(args) == 0
         out = tmp_path / f"audit-{mar.stem}"
         assert main(["audit", "--model", str(mar), "--data", str(data), "--out", str(out),
-                     "--attack-clips", "16", "--no-progress"]) == 0  # fmt: skip
+                     "--attack-clips", "16", "--device", device, "--no-progress"]) == 0  # fmt: skip
         res = json.loads((out / "audit.json").read_text())
         assert res["verdict"]["code"] in VERDICTS
         verdicts[mar.stem] = (res["verdict"]["code"], json.dumps(recipe, sort_keys=True))
