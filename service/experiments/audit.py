@@ -154,8 +154,10 @@ class AuditConfig(ExperimentConfig):
     def check(self) -> None:
         if self.clips is not None and self.clips < 1:
             raise ValueError(f"--clips must be >= 1, got {self.clips}")
-        if self.attack_clips < 0 or self.tune_clips < 1:
-            raise ValueError("need --attack-clips >= 0 and --tune-clips >= 1")
+        if self.attack_clips < 1 or self.tune_clips < 1:
+            raise ValueError(
+                "need --attack-clips >= 1 (the verdict needs attacks) and --tune-clips >= 1"
+            )
         if min(self.h1s, default=-1) < 0 or min(self.h2s, default=0) < 1:
             raise ValueError("need --h1s >= 0 and --h2s >= 1 (at least one of each)")
         if min(self.ensembles, default=0) < 1 or self.grid_ensemble < 1:
