@@ -72,6 +72,10 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
         "service.experiments.tune", "TuneConfig",
         "h1 x h2 grid and ensemble sizes (Fig. 10, Table 4)",
     ),
+    "audit": (
+        "service.experiments.audit", "AuditConfig",
+        "before serving a model: does the shuffle defense protect it? (verdict + report)",
+    ),
     "redteam": (
         "service.experiments.redteam", "RedteamConfig",
         "query-based black-box attack on a live gateway (Square / RayS)",
