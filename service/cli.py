@@ -63,7 +63,7 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
         "service.commands.toy_data", "ToyDataConfig", "write the paper's synthetic toy datasets"
     ),
     "train": (
-        "service.commands.train", "TrainCommandConfig", "train a 3D ResNet-18 on a toy dataset"
+        "service.commands.train", "TrainCommandConfig", "train R3D-18 or a model family on toy data"
     ),
     "evaluate": (
         "service.experiments.evaluate", "EvalConfig", "attacks x defenses table (paper Table 5)"

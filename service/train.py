@@ -13,12 +13,19 @@ random draw comes from generators seeded with ``seed``, so on the CPU a run is
 reproducible bit for bit (same seed, same thread count). On ``cuda`` batches are
 moved to the device as uint8 and converted there.
 
+Architectures (``TrainConfig.arch``): the project's R3D-18 (``resnet3d_18``, width
+``base_width``) or any family of :mod:`service.models.families` (its library's real
+builder; PyTorchVideo's at ``width`` times their channels, same temporal kernels,
+strides and depth), built for the data's clip length and frame size
+(:func:`build_model`). The training loop is the same for every architecture.
+
 Checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`) are plain dicts::
 
-    {"state_dict", "arch": "resnet3d_18", "model_kwargs", "labels", "clip_len",
-     "crop_size", "dataset", "seed", "test_accuracy", "train_args", "history"}
+    {"state_dict", "arch", "model_kwargs", "labels", "clip_len", "crop_size",
+     "dataset", "seed", "test_accuracy", "train_args", "history"}
 
-loadable with ``torch.load(..., weights_only=True)``.
+loadable with ``torch.load(..., weights_only=True)``; ``arch`` is ``resnet3d_18`` or
+a family name, ``model_kwargs`` the keywords that rebuild the model.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "augment_batch",
+    "build_model",
     "clips_to_input",
     "evaluate_accuracy",
     "load_checkpoint",
@@ -68,6 +76,8 @@ class TrainConfig:
     validation accuracy (the latest on a tie), otherwise the last epoch. Test
     accuracy is only reported, never used to pick a model. ``channels_last`` stores activations as
     ``channels_last_3d``, about 1.6x faster for ``Conv3d`` on a CPU (oneDNN).
+    ``arch`` is ``resnet3d_18`` (channels of its first stage: ``base_width``) or a
+    family of :mod:`service.models.families` (channels: ``width`` times the family's).
     """
 
     epochs: int = 10
@@ -82,6 +92,8 @@ class TrainConfig:
     max_shift: int = 3
     channels_last: bool = True
     eval_batch_size: int = 64
+    arch: str = ARCH
+    width: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -94,6 +106,16 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.base_width < 1:
             raise ValueError(f"base_width must be >= 1, got {self.base_width}")
+        if self.arch == ARCH:
+            if self.width != 1.0:
+                raise ValueError(f"{ARCH} takes base_width, not width (got width {self.width})")
+        else:
+            from service.models.families import width_kwargs
+
+            try:
+                width_kwargs(self.arch, self.width)  # known family, width it supports
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
 
 
 @dataclass
@@ -105,7 +127,7 @@ class TrainResult:
     (None when there is no such split), ``lr``, ``seconds``.
     """
 
-    model: ResNet3d
+    model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     test_accuracy: float | None = None
     val_accuracy: float | None = None
@@ -228,6 +250,38 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> torc
 
 
 # --------------------------------------------------------------------------- #
+# Models
+# --------------------------------------------------------------------------- #
+def model_kwargs_for(
+    config: TrainConfig, num_classes: int, clip_len: int, crop_size: int
+) -> dict[str, Any]:
+    """The keywords :func:`build_model` rebuilds a checkpoint's model from (families only;
+    R3D-18's are written by :func:`save_checkpoint` from the model)."""
+    return {
+        "name": config.arch,
+        "num_classes": int(num_classes),
+        "clip_len": int(clip_len),
+        "crop_size": int(crop_size),
+        "width": float(config.width),
+    }
+
+
+def build_model(config: TrainConfig, num_classes: int, clip_len: int, crop_size: int) -> nn.Module:
+    """A fresh model of ``config.arch`` for clips ``[B, 3, clip_len, crop, crop]``.
+
+    R3D-18 (:func:`service.models.resnet3d_18` at ``config.base_width``) or a family
+    (:func:`service.models.families.build_family` at ``config.width``, initialized
+    from ``config.seed``). Float ``[B, 3, T, H, W]`` in ``[0, 1]`` -> logits ``[B, K]``.
+    """
+    if config.arch == ARCH:
+        return resnet3d_18(num_classes=num_classes, base_width=config.base_width)
+    from service.models.families import build_family
+
+    kwargs = model_kwargs_for(config, num_classes, clip_len, crop_size)
+    return build_family(kwargs.pop("name"), seed=config.seed, **kwargs)
+
+
+# --------------------------------------------------------------------------- #
 # Training
 # --------------------------------------------------------------------------- #
 def train_model(
@@ -241,7 +295,7 @@ def train_model(
     progress: bool = True,
     desc: str = "train",
 ) -> TrainResult:
-    """Train an R3D-18 (:func:`service.models.resnet3d_18`) from scratch.
+    """Train a model of ``config.arch`` (:func:`build_model`) from scratch.
 
     Args:
         train_clips: uint8 ``[N, T, H, W, 3]`` on the CPU.
@@ -277,7 +331,9 @@ def train_model(
     if n < 2:
         raise ValueError(f"need at least 2 training clips, got {n}")
 
-    model = resnet3d_18(num_classes=num_classes, base_width=config.base_width).to(device)
+    model = build_model(
+        config, num_classes, int(train_clips.shape[1]), int(train_clips.shape[2])
+    ).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -390,16 +446,21 @@ def save_checkpoint(
     """Save ``result.model`` as a checkpoint dict (tensors on the CPU); returns the dict."""
     model = result.model
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    ckpt: dict[str, Any] = {
-        "state_dict": state,
-        "arch": ARCH,
-        "model_kwargs": {
+    if config.arch == ARCH:
+        assert isinstance(model, ResNet3d)
+        model_kwargs: dict[str, Any] = {
             "num_classes": model.num_classes,
             "base_width": config.base_width,
             "in_channels": model.in_channels,
             "mean": [float(v) for v in model.normalize.mean.flatten()],
             "std": [float(v) for v in model.normalize.std.flatten()],
-        },
+        }
+    else:
+        model_kwargs = model_kwargs_for(config, len(labels), clip_len, crop_size)
+    ckpt: dict[str, Any] = {
+        "state_dict": state,
+        "arch": config.arch,
+        "model_kwargs": model_kwargs,
         "labels": list(labels),
         "clip_len": int(clip_len),
         "crop_size": int(crop_size),
@@ -420,16 +481,24 @@ def save_checkpoint(
 
 def load_checkpoint(
     path: str | Path, map_location: torch.device | str = "cpu"
-) -> tuple[ResNet3d, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint written by :func:`save_checkpoint`.
 
     Returns ``(model, ckpt)``: the model in eval mode on ``map_location`` (contiguous
     memory format, ready for :func:`torch.jit.trace`), and the checkpoint dict.
     """
+    from service.models.families import FAMILY_NAMES, build_family
+
     ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if ckpt.get("arch") != ARCH:
-        raise ValueError(f"{path}: arch {ckpt.get('arch')!r} is not {ARCH!r}")
-    model = resnet3d_18(**ckpt["model_kwargs"])
+    arch = ckpt.get("arch")
+    model: nn.Module
+    if arch == ARCH:
+        model = resnet3d_18(**ckpt["model_kwargs"])
+    elif arch in FAMILY_NAMES:
+        kwargs = dict(ckpt["model_kwargs"])
+        model = build_family(kwargs.pop("name"), seed=0, **kwargs)  # weights loaded below
+    else:
+        raise ValueError(f"{path}: unknown arch {arch!r} (not {ARCH!r} or a model family)")
     model.load_state_dict(ckpt["state_dict"])
     model.to(map_location).eval()
     return model, ckpt

@@ -345,12 +345,19 @@ def data_fingerprint(directory: str | Path) -> str:
 
 
 def first_conv_temporal(model: nn.Module) -> tuple[int, int, int]:
-    """``(kernel, stride, padding)`` along time of the model's first ``Conv3d``."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv3d):
-            pad = m.padding if isinstance(m.padding, tuple) else (0, 0, 0)
-            return int(m.kernel_size[0]), int(m.stride[0]), int(pad[0])
-    raise ValueError("the model has no Conv3d layer")
+    """``(kernel, stride, padding)`` along time of the model's first ``Conv3d`` that mixes
+    frames (temporal kernel > 1), in module order; the first ``Conv3d`` when none does.
+
+    For the model families this is the registry's ``first_temporal_conv``
+    (:mod:`service.models.families`): SlowFast's fast-pathway stem (its slow stem is
+    ``1 x 7 x 7``), X3D's depthwise ``5 x 1 x 1`` (after a ``1 x 3 x 3`` one).
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
+    if not convs:
+        raise ValueError("the model has no Conv3d layer")
+    m = next((c for c in convs if int(c.kernel_size[0]) > 1), convs[0])
+    pad = m.padding if isinstance(m.padding, tuple) else (0, 0, 0)
+    return int(m.kernel_size[0]), int(m.stride[0]), int(pad[0])
 
 
 def gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ __all__ = [
     "build_family",
     "get_family",
     "kinetics400_labels",
+    "width_kwargs",
 ]
 
 #: The source frame rate assumed when a library states a frame *rate* (torchvision).
@@ -150,6 +151,9 @@ class Family:
     #: where the real Kinetics checkpoint comes from (docs/models.md has the commands)
     checkpoint_source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the builder keywords that set the channel widths, at their full-model values
+    #: (``build_family(width=w)`` scales them; empty: the family has no width option)
+    width_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- #
@@ -174,6 +178,7 @@ def _ptv(
     kwargs: dict[str, Any] | None = None,
     alpha: int | None = None,
     note: str = "",
+    width: dict[str, Any] | None = None,
 ) -> Family:
     return Family(
         name=name,
@@ -188,6 +193,7 @@ def _ptv(
         num_classes_kwarg="model_num_class",
         note=note,
         checkpoint_source=f"{_PTV_ZOO}/{checkpoint}",
+        width_kwargs=dict(width or {}),
     )
 
 
@@ -195,6 +201,13 @@ def _x3d_conv() -> TemporalConv:
     # PyTorchVideo's X3D stem is a (1,3,3) conv named conv_t, then a depthwise (5,1,1)
     # conv named conv_xy: the names are swapped, the temporal one is conv_xy.
     return TemporalConv("blocks.0.conv.conv_xy", 5, 1, 2)
+
+
+#: ResNet-style builders (create_resnet, create_csn): the stem's channels set every stage's
+_RESNET_WIDTH: dict[str, Any] = {"stem_dim_out": 64}
+#: create_x3d: the channel multiplier of every stage and the head's last width
+#: (widths are rounded to multiples of 8, at least 8, by PyTorchVideo)
+_X3D_WIDTH: dict[str, Any] = {"width_factor": 2.0, "head_dim_out": 2048}
 
 
 _PYTORCHVIDEO: dict[str, Family] = {
@@ -209,6 +222,7 @@ _PYTORCHVIDEO: dict[str, Family] = {
             TemporalConv("blocks.0.conv", 5, 1, 2),
             "i3d",
             "I3D_8x8_R50.pyth",
+            width=_RESNET_WIDTH,
         ),
         _ptv(
             "slowfast_r50",
@@ -221,6 +235,8 @@ _PYTORCHVIDEO: dict[str, Family] = {
             "slowfast",
             "SLOWFAST_8x8_R50.pyth",
             alpha=4,
+            # slow and fast stem channels (the fast pathway has 1/8 of the slow's)
+            width={"stem_dim_outs": (64, 8)},
         ),
         _ptv(
             "csn_r101",
@@ -233,6 +249,7 @@ _PYTORCHVIDEO: dict[str, Family] = {
             "CSN_32x2_R101.pyth",
             head="blocks.5.proj.weight",
             note="the paper used ir-CSN-R152; PyTorchVideo's hub ships CSN-R101",
+            width=_RESNET_WIDTH,
         ),
         # X3D: the hub head ends in a softmax; the wrapper returns logits instead.
         _ptv(
@@ -246,6 +263,7 @@ _PYTORCHVIDEO: dict[str, Family] = {
             "X3D_XS.pyth",
             head="blocks.5.proj.weight",
             kwargs={"head_activation": None},
+            width=_X3D_WIDTH,
         ),
         _ptv(
             "x3d_s",
@@ -258,6 +276,7 @@ _PYTORCHVIDEO: dict[str, Family] = {
             "X3D_S.pyth",
             head="blocks.5.proj.weight",
             kwargs={"head_activation": None},
+            width=_X3D_WIDTH,
         ),
         _ptv(
             "x3d_m",
@@ -270,6 +289,7 @@ _PYTORCHVIDEO: dict[str, Family] = {
             "X3D_M.pyth",
             head="blocks.5.proj.weight",
             kwargs={"head_activation": None},
+            width=_X3D_WIDTH,
         ),
     )
 }
@@ -445,6 +465,37 @@ def _fit_avg_pools(model: nn.Module, example: torch.Tensor) -> list[str]:
     return changed
 
 
+def width_kwargs(name: str, width: float) -> dict[str, Any]:
+    """The builder keywords of family ``name`` at ``width`` times its channels.
+
+    Integer widths become ``max(1, round(v * width))``, float multipliers
+    ``v * width``; tuples are scaled element by element. Only channel counts change:
+    kernels, strides and depths stay the family's. ``width = 1`` gives ``{}`` (the
+    builder's own defaults). ValueError for a family without a width option (the
+    torchvision builders fix their widths) or ``width <= 0``; KeyError for an unknown
+    family.
+    """
+    fam = get_family(name)  # KeyError for an unknown family
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if width == 1:
+        return {}
+    if not fam.width_kwargs:
+        with_width = [n for n in FAMILY_NAMES if n in _PYTORCHVIDEO]
+        raise ValueError(
+            f"family {name!r} has no width option; families with one: {', '.join(with_width)}"
+        )
+
+    def scale(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return tuple(scale(e) for e in v)
+        if isinstance(v, int):
+            return max(1, round(v * width))
+        return float(v) * width
+
+    return {k: scale(v) for k, v in fam.width_kwargs.items()}
+
+
 def build_family(
     name: str,
     *,
@@ -452,6 +503,7 @@ def build_family(
     clip_len: int | None = None,
     crop_size: int | None = None,
     seed: int | None = 0,
+    width: float = 1.0,
 ) -> VideoClassifier:
     """Build family ``name`` (random init, eval mode) wrapped in :class:`VideoClassifier`.
 
@@ -461,6 +513,8 @@ def build_family(
         clip_len, crop_size: a smaller input than the family's spec (tests, smoke
             archives); the layers and their names stay the library's.
         seed: seeds the random initialization (None: torch's global generator).
+        width: channel multiplier (:func:`width_kwargs`; 1 = the family's model, < 1 a
+            narrower model with the same temporal kernels, strides and depth).
 
     Returns:
         The model (CPU, eval mode): float ``[B, 3, T, crop, crop]`` in ``[0, 1]`` ->
@@ -472,6 +526,7 @@ def build_family(
     builder = getattr(importlib.import_module(module_name), fn_name)
     kwargs = dict(fam.builder_kwargs)
     kwargs[fam.num_classes_kwarg] = int(num_classes)
+    kwargs.update(width_kwargs(name, width))
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from service.defense import PRESETS
+from service.experiments.common import first_conv_temporal
 from service.models.families import (
     FAMILY_NAMES,
     VideoClassifier,
@@ -127,6 +128,12 @@ def test_first_temporal_conv_and_head_match_the_built_model(name: str) -> None:
         if isinstance(other, nn.Conv3d) and "multipathway_blocks.0" not in other_name:
             assert other.kernel_size[0] == 1, other_name
     assert model.net.state_dict()[fam.head_weight].shape[0] == 7
+    # what the monotonic-ratio analysis (analyze fig7) reads off a model
+    assert first_conv_temporal(model) == (
+        fam.first_temporal_conv.kernel,
+        fam.first_temporal_conv.stride,
+        fam.first_temporal_conv.padding,
+    )
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
