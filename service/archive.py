@@ -503,6 +503,7 @@ TOY_DATA_KEYS = (
     "object_fraction",
     "speed_reference",
     "contrast",
+    "spatial_fraction",
 )
 
 
