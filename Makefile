@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so pip takes the CPU/CUDA wheels from the local cache
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,load]'
+	$(PY) -m pip install --quiet -e '.[models,dev,load]'
 	touch $(STAMP)
 
 serve: venv

@@ -27,6 +27,17 @@ from typing import Any
 import click
 import typer
 
+#: top-level modules of pyproject's `models` extra: not in the core (gateway) install
+MODELS_EXTRA_MODULES = (
+    "torch",
+    "torchvision",
+    "ts",
+    "model_archiver",
+    "pytorchvideo",
+    "scipy",
+    "matplotlib",
+)
+
 #: service commands with their own parsers: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.commands.serve", "start TorchServe + the gateway in the foreground"),
@@ -248,6 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in MODELS_EXTRA_MODULES:
+            raise
+        print(
+            f"shuffleguard {command or ''}: this command needs the `models` extra"
+            f" (pip install 'shuffleguard[models]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
     return int(result or 0)
 
 

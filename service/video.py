@@ -5,10 +5,11 @@
 way MMAction2's test pipeline does: ``SampleFrames`` (test mode, one clip), then
 resize the short side to ``crop_size`` (or to the model's ``resize``: a short side, or
 a fixed ``(h, w)`` as torchvision's R3D/MC3/R(2+1)D transforms), then centre-crop,
-with the model's resize arithmetic (``transform``, see :func:`_resize_crop`). This module imports
-numpy, av and torch only (no web framework), so the gateway, the CLI and
-notebooks share it; the gateway maps :class:`VideoError` to HTTP in one place
-through its ``status_code`` and ``code`` attributes.
+with the model's resize arithmetic (``transform``, see :func:`_resize_crop`). This module
+imports numpy, av and Pillow only (no torch, no web framework), so the gateway, the CLI
+and notebooks share it and a gateway process does not load torch; the gateway maps
+:class:`VideoError` to HTTP in one place through its ``status_code`` and ``code``
+attributes.
 
 What is accepted, and which error a rejected upload gets
 --------------------------------------------------------
@@ -76,8 +77,7 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -279,8 +279,9 @@ def _resize_crop(
     size. ``transform`` picks the arithmetic:
 
     * ``"shuffleguard"`` (the toy models, MMAction2-like): long side
-      ``int(long * s + 0.5)`` as mmcv rescales, bilinear with antialiasing (torch's
-      uint8 kernel), crop offset ``(size - crop) // 2`` as MMAction2 ``CenterCrop``;
+      ``int(long * s + 0.5)`` as mmcv rescales, bilinear with antialiasing (Pillow's
+      ``BILINEAR`` resample: the same filter as torch's antialiased uint8 kernel, within
+      one level), crop offset ``(size - crop) // 2`` as MMAction2 ``CenterCrop``;
     * ``"torchvision"`` (torchvision's ``VideoClassification`` preset, PyTorchVideo's
       ``ShortSideScale`` + ``CenterCropVideo``): long side ``int(resize * long /
       short)`` (floored), bilinear without antialiasing on float pixels (rounded back
@@ -302,28 +303,40 @@ def _resize_crop(
     else:
         new_h, new_w = int(target[0]), int(target[1])
     if (new_h, new_w) != (h, w):
-        image = np.require(image, np.uint8, ("C_CONTIGUOUS", "WRITEABLE"))  # torch needs both
-        tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
         if transform == "torchvision":
-            tensor = F.interpolate(
-                tensor.float(),
-                size=(new_h, new_w),
-                mode="bilinear",
-                antialias=False,
-                align_corners=False,
-            )
-            tensor = tensor.round_().clamp_(0, 255).to(torch.uint8)
+            image = _bilinear(image, new_h, new_w)
         else:
-            tensor = F.interpolate(
-                tensor, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-            )
-        image = tensor[0].permute(1, 2, 0).numpy()
+            pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+            image = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
         h, w = new_h, new_w
     if transform == "torchvision":
         top, left = int(round((h - crop_size) / 2.0)), int(round((w - crop_size) / 2.0))
     else:
         top, left = (h - crop_size) // 2, (w - crop_size) // 2
     return np.ascontiguousarray(image[top : top + crop_size, left : left + crop_size])
+
+
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source rows ``i0``, ``i1`` and weight of ``i1`` for each of ``n_out`` outputs:
+    bilinear, ``align_corners=False``, no antialiasing (half-pixel centres, the source
+    position clamped at 0 and the last row repeated at the far edge)."""
+    scale = np.float32(n_in / n_out)
+    src = np.maximum((np.arange(n_out, dtype=np.float32) + 0.5) * scale - 0.5, 0.0)
+    i0 = src.astype(np.int64)  # floor: src >= 0
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _bilinear(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[new_h, new_w, 3]``: bilinear on float pixels
+    without antialiasing, rounded back to uint8 (torchvision's video transforms:
+    ``interpolate(x.float(), mode="bilinear", antialias=False)``)."""
+    y0, y1, wy = _taps(image.shape[0], new_h)
+    x0, x1, wx = _taps(image.shape[1], new_w)
+    img = image.astype(np.float32)
+    rows = img[y0] * (1 - wy)[:, None, None] + img[y1] * wy[:, None, None]
+    out = rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

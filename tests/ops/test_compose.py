@@ -109,7 +109,8 @@ def properties(path: Path) -> dict[str, str]:
 
 
 def pyproject_pin(package: str) -> str:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *project["optional-dependencies"]["models"]]
     for dep in deps:
         name, sep, version = dep.partition("==")
         if sep and name.strip().lower() == package:
@@ -252,13 +253,21 @@ def test_images_run_as_numeric_non_root_with_a_healthcheck(dockerfile: Path) -> 
 
 
 def test_images_pin_the_projects_versions() -> None:
-    assert arg_default(GATEWAY_DOCKERFILE, "TORCH_VERSION") == pyproject_pin("torch")
-    assert arg_default(GATEWAY_DOCKERFILE, "TORCHVISION_VERSION") == pyproject_pin("torchvision")
     assert arg_default(TORCHSERVE_DOCKERFILE, "TORCH_VERSION") == pyproject_pin("torch")
     assert arg_default(TORCHSERVE_DOCKERFILE, "TORCHSERVE_VERSION") == pyproject_pin("torchserve")
     assert pyproject_pin("torch-model-archiver") == pyproject_pin("torchserve")
-    for dockerfile in (GATEWAY_DOCKERFILE, TORCHSERVE_DOCKERFILE):
-        assert arg_default(dockerfile, "TORCH_INDEX_URL").endswith("/whl/cpu")
+    assert arg_default(TORCHSERVE_DOCKERFILE, "TORCH_INDEX_URL").endswith("/whl/cpu")
+
+
+def test_gateway_image_is_the_core_install_without_torch() -> None:
+    """The gateway image installs the project without extras, and torch is not among
+    the core dependencies (it lives in the `models` extra)."""
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    heavy = ("torch", "torchvision", "torchserve", "pytorchvideo", "scipy", "matplotlib")
+    names = {d.split("==")[0].split(">=")[0].split("[")[0].strip().lower() for d in core}
+    assert not names & set(heavy), names & set(heavy)
+    runs = " ".join(a for kw, a in dockerfile_instructions(GATEWAY_DOCKERFILE) if kw == "RUN")
+    assert "pip install . " in runs + " " and "[models" not in runs and "torch==" not in runs
 
 
 def test_healthchecks_probe_the_right_endpoints(compose: dict[str, Any]) -> None:
