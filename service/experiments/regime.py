@@ -66,6 +66,8 @@ FIGURES = (
     "clean", "uniformized", "permuted", "none_ifgsm", "none_eot",
     "shuffle_clean", "shuffle_ifgsm", "shuffle_eot",
 )  # fmt: skip
+#: figures a run may lack (an evaluation without ``--attacks eot``, or one still running)
+OPTIONAL = ("none_eot", "shuffle_eot")
 
 
 @dataclass
@@ -121,10 +123,11 @@ def load_run(directory: str | Path, name: str | None = None) -> dict[str, Any]:
             figures[key] = {
                 "accuracy": cell["accuracy"], "n": cell["n"],
                 "wilson_low": cell["wilson_low"], "wilson_high": cell["wilson_high"],
+                "complete": bool(cell.get("complete", True)),
             }  # fmt: skip
-    missing = [k for k in FIGURES if k not in figures]
+    missing = [k for k in FIGURES if k not in figures and k not in OPTIONAL]
     if missing:
-        raise ValueError(f"{d / 'table5'}: no {missing} cells (evaluate --attacks ifgsm eot)")
+        raise ValueError(f"{d / 'table5'}: no {missing} cells (evaluate --defenses none shuffle)")
     config = t5.get("config", {})
     return {
         "name": name or d.name,
@@ -159,9 +162,19 @@ def run_regime(args: RegimeConfig) -> dict[str, Any]:
     }
 
 
-def _cell(f: dict[str, Any]) -> str:
+def _cell(f: dict[str, Any] | None) -> str:
+    """``acc (low-high)``; a cell still missing clips says so, one not run is ``-``."""
+    if f is None:
+        return "-"
+    if not f.get("complete", True):
+        return f"incomplete ({f['n']} clips so far)"
     low, high = report.pct(f["wilson_low"], 0), report.pct(f["wilson_high"], 0)
     return f"{report.pct(f['accuracy'])} ({low}-{high})"
+
+
+def _complete(m: dict[str, Any], key: str) -> bool:
+    f = m["figures"].get(key)
+    return f is not None and bool(f.get("complete", True))
 
 
 def _errors(models: list[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
@@ -183,8 +196,8 @@ def markdown(res: dict[str, Any]) -> str:
         body.append(
             [m["name"], _cell(f["clean"]), _cell(f["uniformized"]), _cell(f["permuted"]),
              _cell(f["none_ifgsm"]), _cell(f["shuffle_clean"]), _cell(f["shuffle_ifgsm"]),
-             _cell(f["shuffle_eot"]), f"{p.get('h1')}/{p.get('h2')}/{p.get('ensemble')}", eps,
-             f["shuffle_eot"]["n"]]
+             _cell(f.get("shuffle_eot")), f"{p.get('h1')}/{p.get('h2')}/{p.get('ensemble')}",
+             eps, f["shuffle_ifgsm"]["n"]]
         )  # fmt: skip
     paper = [
         [k, "100", f"{v['uniformized']:.1f}", "-", f"{v['none_ifgsm']:.1f}", "-",
@@ -220,11 +233,14 @@ def plot(res: dict[str, Any], path: Any) -> None:
         ("shuffle_ifgsm", "C0", "o", "ours: shuffle vs I-FGSM"),
         ("shuffle_eot", "C3", "s", "ours: shuffle vs adaptive EOT"),
     ):
-        xs, xerr = _errors(res["models"], "uniformized")
-        ys, yerr = _errors(res["models"], key)
+        models = [m for m in res["models"] if _complete(m, key)]
+        if not models:
+            continue
+        xs, xerr = _errors(models, "uniformized")
+        ys, yerr = _errors(models, key)
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt=marker, color=colour, capsize=3, label=label)
-        if key == "shuffle_eot":
-            for x, y, m in zip(xs, ys, res["models"], strict=True):
+        if key == "shuffle_ifgsm":  # one label per model
+            for x, y, m in zip(xs, ys, models, strict=True):
                 ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)  # fmt: skip
     for key, colour, marker, label in (
@@ -247,15 +263,16 @@ def plot(res: dict[str, Any], path: Any) -> None:
 
 
 #: ``regime.csv``: one row per model and figure.
-CSV_HEADER = ["model", "figure", "accuracy", "wilson_low", "wilson_high", "n"]
+CSV_HEADER = ["model", "figure", "accuracy", "wilson_low", "wilson_high", "n", "complete"]
 
 
 def _table(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = [
         [m["name"], k, *(f"{f[c]:.4f}" for c in ("accuracy", "wilson_low", "wilson_high")),
-         str(f["n"])]
+         str(f["n"]), str(f.get("complete", True))]
         for m in res["models"]
         for k in FIGURES
+        if k in m["figures"]
         for f in [m["figures"][k]]
     ]  # fmt: skip
     return CSV_HEADER, rows
@@ -269,10 +286,9 @@ def run(args: RegimeConfig) -> int:
         markdown=markdown(res), plot=lambda p: plot(res, p),
     )  # fmt: skip
     for m in res["models"]:
-        acc = {k: report.pct(v["accuracy"]) for k, v in m["figures"].items()}
         print(
-            f"{m['name']}: uniformized {acc['uniformized']}%, shuffle I-FGSM "
-            f"{acc['shuffle_ifgsm']}%, EOT {acc['shuffle_eot']}%"
+            f"{m['name']}: uniformized {_cell(m['figures']['uniformized'])}, shuffle I-FGSM "
+            f"{_cell(m['figures']['shuffle_ifgsm'])}, EOT {_cell(m['figures'].get('shuffle_eot'))}"
         )
     print(f"wrote {', '.join(map(str, paths))}")
     return 0

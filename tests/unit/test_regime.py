@@ -66,9 +66,9 @@ def test_load_run_reads_each_figure_with_its_interval(tmp_path: Path) -> None:
 def test_load_run_names_what_is_missing(tmp_path: Path) -> None:
     root = _write_run(tmp_path / "m", 0.5, 0.5)
     t5 = json.loads((root / "table5" / "table5.json").read_text())
-    t5["cells"] = [c for c in t5["cells"] if c["attack"] != "eot"]
+    t5["cells"] = [c for c in t5["cells"] if c["defense"] != "shuffle"]
     (root / "table5" / "table5.json").write_text(json.dumps(t5))
-    with pytest.raises(ValueError, match="none_eot"):
+    with pytest.raises(ValueError, match="shuffle_clean"):
         load_run(root)
     (root / "fig2" / "fig2.json").unlink()
     with pytest.raises(ValueError, match="fig2.json"):
@@ -94,4 +94,22 @@ def test_cli_writes_the_map_sorted_by_uniformized_accuracy(tmp_path: Path) -> No
     md = (out / "regime.md").read_text()
     assert "| d3 | 100.0 (94-100) | 12.5 (9-18) |" in md and "| ir-CSN | 100 | 62.3 |" in md
     csv_rows = (out / "regime.csv").read_text().splitlines()
-    assert csv_rows[0] == "model,figure,accuracy,wilson_low,wilson_high,n" and len(csv_rows) == 17
+    assert csv_rows[0] == "model,figure,accuracy,wilson_low,wilson_high,n,complete"
+    assert len(csv_rows) == 17
+
+
+def test_a_run_without_eot_or_with_eot_still_running_is_mapped_and_marked(tmp_path: Path) -> None:
+    root = _write_run(tmp_path / "partial", 0.6, 0.5)
+    t5 = json.loads((root / "table5" / "table5.json").read_text())
+    for c in t5["cells"]:
+        if (c["defense"], c["attack"]) == ("shuffle", "eot"):
+            c["n"], c["complete"] = 12, False
+    t5["cells"] = [c for c in t5["cells"] if (c["defense"], c["attack"]) != ("none", "eot")]
+    (root / "table5" / "table5.json").write_text(json.dumps(t5))
+    run = load_run(root)
+    assert "none_eot" not in run["figures"] and run["figures"]["shuffle_eot"]["complete"] is False
+    out = tmp_path / "out"
+    assert main(["analyze", "regime", "--runs", str(root), "--out", str(out)]) == 0
+    md = (out / "regime.md").read_text()
+    assert "incomplete (12 clips so far)" in md
+    assert "partial,shuffle_eot,0.5000" in (out / "regime.csv").read_text()
