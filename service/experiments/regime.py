@@ -15,7 +15,9 @@ one directory per model (``--runs``), each holding
 * ``fig2/fig2.json`` -- ``shuffleguard analyze fig2`` with ``--chunk-sizes T``
   (fully permuted clips, paper Fig. 2 at N = T);
 * ``table5/table5.json`` -- ``shuffleguard evaluate --defenses none shuffle --attacks
-  ifgsm eot`` (undefended and shuffle rows; preset from ``shuffleguard tune``).
+  ifgsm eot`` (undefended and shuffle rows; preset from ``shuffleguard tune``);
+* optionally ``tune/fig10.json`` -- the ``shuffleguard tune`` that chose the preset
+  (its command is listed with the others).
 
 Every figure carries a 95% Wilson interval (:func:`service.stats.wilson`) over its
 clips. Uniformized and permuted accuracies are means over frames / draws of
@@ -129,6 +131,10 @@ def load_run(directory: str | Path, name: str | None = None) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{d / 'table5'}: no {missing} cells (evaluate --defenses none shuffle)")
     config = t5.get("config", {})
+    commands = {"table1": t1["command"], "fig2": f2["command"], "evaluate": t5["command"]}
+    tune = d / "tune" / "fig10.json"
+    if tune.is_file():  # the preset's search (`shuffleguard tune`), when it is kept beside
+        commands = {"tune": _read(tune)["command"], **commands}
     return {
         "name": name or d.name,
         "dir": str(d),
@@ -140,7 +146,7 @@ def load_run(directory: str | Path, name: str | None = None) -> dict[str, Any]:
         "table1_clips": int(t1["clips"]),
         "table1_original": float(t1["original_accuracy"]),
         "figures": figures,
-        "commands": {"table1": t1["command"], "fig2": f2["command"], "evaluate": t5["command"]},
+        "commands": commands,
     }
 
 
@@ -227,6 +233,14 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _label(m: dict[str, Any]) -> str:
+    """The model's name, with its eps when it is not the paper's 4/255."""
+    eps = m.get("eps")
+    if eps is None or abs(255 * eps - 4) < 1e-6:
+        return str(m["name"])
+    return f"{m['name']} (eps {255 * eps:.0f}/255)"
+
+
 def plot(res: dict[str, Any], path: Any) -> None:
     fig, ax = report.setup_figure(6.2, 4.2)
     for key, colour, marker, label in (
@@ -241,7 +255,7 @@ def plot(res: dict[str, Any], path: Any) -> None:
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt=marker, color=colour, capsize=3, label=label)
         if key == "shuffle_ifgsm":  # one label per model
             for x, y, m in zip(xs, ys, models, strict=True):
-                ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(4, -10),
+                ax.annotate(_label(m), (x, y), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)  # fmt: skip
     for key, colour, marker, label in (
         ("shuffle_ifgsm", "C0", "^", "paper (Kinetics): I-FGSM"),
