@@ -200,6 +200,27 @@ def read_archive(path: Path | str) -> tuple[dict[str, Any], bytes]:
     return meta, weights
 
 
+def load_archived_network(
+    path: Path | str, map_location: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network of a ``.mar`` as it is served, whatever its architecture, and its meta.
+
+    The TorchScript ``model.pt`` (or the ``torch.export`` ``model.pt2``) is loaded from
+    the archive's bytes (checked against ``meta.json``'s sha256), in eval mode on
+    ``map_location``. It takes float ``[B, 3, T, H, W]`` in ``[0, 1]`` and returns logits
+    ``[B, K]``; gradients flow through it, so attacks run on the served network itself.
+    """
+    import io
+
+    meta, weights = read_archive(path)
+    if meta.get("format") == "export":
+        network = torch.export.load(io.BytesIO(weights)).module().to(map_location)
+    else:
+        network = torch.jit.load(io.BytesIO(weights), map_location=map_location)
+        network.eval()
+    return network, meta
+
+
 def load_archived_model(
     path: Path | str, map_location: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -213,19 +234,13 @@ def load_archived_model(
     ``labels``, ``clip_len``, ``crop_size``, ``dataset``, ``test_accuracy``,
     ``preset``) plus ``archive`` and ``meta``.
     """
-    import io
-
     from service.models.resnet3d import resnet3d_18
 
-    meta, weights = read_archive(path)
+    archived, meta = load_archived_network(path)
     if meta.get("arch") != "resnet3d_18":
         raise ValueError(
             f"{path}: arch {meta.get('arch')!r}: only resnet3d_18 archives load eagerly"
         )
-    if meta.get("format") == "export":
-        archived = torch.export.load(io.BytesIO(weights)).module()
-    else:
-        archived = torch.jit.load(io.BytesIO(weights), map_location="cpu")
     state = {k: v.detach().clone() for k, v in archived.state_dict().items()}
     in_channels = int(state["stem.0.weight"].shape[1])
     kwargs: dict[str, Any] = {

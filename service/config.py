@@ -194,9 +194,9 @@ class Settings(BaseSettings):
     port: Port = Field(default=8000, description="gateway port")
     model_store: Path = Field(default=Path("model_store"), description="TorchServe model store")
     torchserve_host: str = Field(default="127.0.0.1", description="TorchServe bind address")
-    torchserve_inference_port: Port = 8080
-    torchserve_management_port: Port = 8081
-    torchserve_metrics_port: Port = 8082
+    torchserve_inference_port: Port = Field(default=8080, description="TorchServe inference port")
+    torchserve_management_port: Port = Field(default=8081, description="TorchServe management port")
+    torchserve_metrics_port: Port = Field(default=8082, description="TorchServe metrics port")
     torchserve_start_timeout_s: PositiveFloat = Field(
         default=180.0, description="longest wait for TorchServe's models to be ready"
     )

@@ -34,18 +34,19 @@ network), as the TorchServe notes in docs/deployment.md say.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from service import wire
+from service.experiments.config import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 
@@ -170,21 +171,33 @@ def add_config_route(metas: dict[str, dict[str, Any]]) -> None:
     app.add_api_route("/v2/models/{model_name}/config", model_config, methods=["GET"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-store", type=Path, required=True, help="directory of .mar files")
-    parser.add_argument("--http-port", type=int, required=True, help="OIP REST port")
-    parser.add_argument("--models", default="", help="comma-separated names (default: all)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+@dataclass
+class OIPServerConfig(ExperimentConfig):
+    """Settings of ``python -m service.oip_server``."""
 
-    wanted = {m for m in args.models.split(",") if m}
-    mars = sorted(p for p in args.model_store.glob("*.mar") if not wanted or p.stem in wanted)
-    if not mars:
-        parser.error(f"no .mar archive in {args.model_store}")
+    COMMAND: ClassVar[tuple[str, ...]] = ("python", "-m", "service.oip_server")
+    USAGE_ERRORS: ClassVar[bool] = True
+
+    model_store: Path = opt(help="directory of .mar files")
+    http_port: int = opt(help="OIP REST port")
+    models: str = opt("", "comma-separated names (default: all)")
+
+    def archives(self) -> list[Path]:
+        """The ``.mar`` files to serve."""
+        wanted = {m for m in self.models.split(",") if m}
+        return sorted(p for p in self.model_store.glob("*.mar") if not wanted or p.stem in wanted)
+
+    def check(self) -> None:
+        if not self.archives():
+            raise ValueError(f"no .mar archive in {self.model_store}")
+
+
+def serve(config: OIPServerConfig) -> int:
+    """Load every archive's handler and run KServe's ``ModelServer`` (blocks)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="shuffleguard-oip-"))
     models, metas = [], {}
-    for mar in mars:
+    for mar in config.archives():
         handler = load_handler(mar, workdir)
         name = str(handler.meta.get("name") or mar.stem)
         metas[name] = {**handler.meta, "wire_modes": ["copy", "index"]}
@@ -194,8 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import ModelServer
 
     add_config_route(metas)
-    ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start(models)
+    ModelServer(http_port=config.http_port, enable_grpc=False, workers=1).start(models)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.cli import run_config_command
+
+    help_text = (__doc__ or "").split("\n\n")[0]
+    return run_config_command(
+        "python -m service.oip_server", OIPServerConfig, serve, argv, " ".join(help_text.split())
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ built here, on a synthetic clip):
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -41,10 +40,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from service.experiments.config import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 
@@ -52,33 +54,33 @@ MODES = ("undefended", "copy", "index", "index_early")
 FULL_NAME = "r3d18_random_224"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-store", type=Path, default=Path("model_store"))
-    parser.add_argument(
-        "--sizes",
-        nargs="+",
+@dataclass
+class ServeBenchConfig(ExperimentConfig):
+    """Settings of ``shuffleguard bench serve``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "bench", "serve")
+    USAGE_ERRORS: ClassVar[bool] = True
+
+    model_store: Path = opt(Path("model_store"), "the model store holding toy_r3d18.mar")
+    sizes: list[str] = opt(
+        ["toy", "full"],
+        "toy: the shipped toy_r3d18.mar; full: random-init r3d_18 at 32x224x224",
         choices=("toy", "full"),
-        default=["toy", "full"],
-        help="toy: the shipped toy_r3d18.mar; full: random-init r3d_18 at 32x224x224",
     )
-    parser.add_argument("--ensemble", type=int, default=10, help="N shuffled copies (10)")
-    parser.add_argument("--requests", type=int, default=30, help="latency rounds, toy (30)")
-    parser.add_argument("--full-requests", type=int, default=1, help="latency rounds, full (1)")
-    parser.add_argument("--saturation", type=int, default=40, help="closed-loop requests, toy")
-    parser.add_argument(
-        "--full-saturation",
-        type=int,
-        default=0,
-        help="closed-loop requests per mode, full (default 0: not run; one 32x224x224 clip "
-        "takes ~35 s through r3d_18 on 2 CPU threads)",
+    ensemble: int = opt(10, "N shuffled copies")
+    requests: int = opt(30, "latency rounds, toy")
+    full_requests: int = opt(1, "latency rounds, full")
+    saturation: int = opt(40, "closed-loop requests, toy")
+    full_saturation: int = opt(
+        0,
+        "closed-loop requests per mode, full (0: not run; one 32x224x224 clip takes ~35 s"
+        " through r3d_18 on 2 CPU threads)",
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients (4)")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds, toy (1)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the mode order and clips")
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/bench_serve"), help="where results are written"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    concurrency: int = opt(4, "closed-loop clients")
+    warmup: int = opt(1, "unmeasured rounds, toy")
+    seed: int = opt(0, "seeds the mode order and clips")
+    out: Path = opt(Path("runs/bench_serve"), "where results are written", show="always")
+    no_progress: bool = opt(False, "no progress bar", show="never")
 
 
 # --------------------------------------------------------------------------- #
@@ -405,7 +407,7 @@ def run_size(
     model: str,
     clips: list[np.ndarray],
     urls: dict[str, str],
-    args: argparse.Namespace,
+    args: ServeBenchConfig,
     requests: int,
     saturation: int,
     concurrency: int,
@@ -514,7 +516,7 @@ def run_size(
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ServeBenchConfig) -> int:
     import psutil
     import torch
 
@@ -610,7 +612,7 @@ def run(args: argparse.Namespace) -> int:
         "torch_build": "CUDA build" if torch.version.cuda else "CPU build",
     }
     result["environment"] = _environment()
-    result["command"] = "shuffleguard bench serve " + " ".join(sys.argv[3:])
+    result["command"] = args.command()
     (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (args.out / "bench_serve.md").write_text(table)

@@ -26,18 +26,19 @@ at 224).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from service.defense import apply_shuffles, make_generator, shuffle_indices
+from service.experiments.config import ExperimentConfig, opt
 from service.handler import gather_frames
 
 
@@ -153,29 +154,29 @@ def bench_size(
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, default=32, help="T (default 32)")
-    parser.add_argument(
-        "--sizes", type=int, nargs="+", default=[224, 16], help="frame sizes (default 224 16)"
+@dataclass
+class ShuffleBenchConfig(ExperimentConfig):
+    """Settings of ``shuffleguard bench shuffle``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "bench", "shuffle")
+    USAGE_ERRORS: ClassVar[bool] = True
+
+    frames: int = opt(32, "T")
+    sizes: list[int] = opt([224, 16], "frame sizes")
+    n: int = opt(10, "shuffled copies")
+    h1: int = opt(3, "I3D preset 3")
+    h2: int = opt(4, "I3D preset 4")
+    repeats: int = opt(21, "measured rounds (the median is reported)")
+    warmup: int = opt(3, "unmeasured rounds first")
+    device: str | None = opt(None, "cpu or cuda (default: cuda if present)")
+    seed: int = opt(0, "seeds the clip, the shuffles and the method order")
+    threads: list[int] | None = opt(
+        None, "CPU thread counts to run (default: torch's current setting)"
     )
-    parser.add_argument("--n", type=int, default=10, help="shuffled copies (default 10)")
-    parser.add_argument("--h1", type=int, default=3, help="default: I3D preset 3")
-    parser.add_argument("--h2", type=int, default=4, help="default: I3D preset 4")
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        nargs="+",
-        default=None,
-        help="CPU thread counts to run (default: torch's current setting)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    out: Path | None = opt(None, "also write the results as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ShuffleBenchConfig) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     results = []
     print(
@@ -188,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         f"{'loop/vec':>9}"
     )
     print(header)
-    for threads in args.threads or [None]:
+    thread_counts: list[int | None] = [*args.threads] if args.threads else [None]
+    for threads in thread_counts:
         for size in args.sizes:
             res = bench_size(
                 T=args.frames,

@@ -14,70 +14,63 @@ docs/default_model.md)::
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from service.experiments.config import ExperimentConfig, opt
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--arch",
-        help="model family (docs/models.md: i3d_r50, slowfast_r50, csn_r101, x3d_xs, x3d_s,"
+@dataclass(kw_only=True)  # --name is required but keeps its place among the options
+class ArchiveConfig(ExperimentConfig):
+    """Settings of ``shuffleguard archive``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "archive")
+    USAGE_ERRORS: ClassVar[bool] = True
+
+    arch: str | None = opt(
+        None,
+        "model family (docs/models.md: i3d_r50, slowfast_r50, csn_r101, x3d_xs, x3d_s,"
         " x3d_m, r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t); omit for a"
         " `shuffleguard train` checkpoint",
     )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="checkpoint file: PyTorchVideo model zoo (.pyth), torchvision weights, a"
+    checkpoint: Path | None = opt(
+        None,
+        "checkpoint file: PyTorchVideo model zoo (.pyth), torchvision weights, a"
         " state_dict, or a `shuffleguard train` checkpoint",
     )
-    parser.add_argument(
-        "--random-init",
-        action="store_true",
-        help="no checkpoint: untrained weights, marked weights=random (smoke tests, benchmarks)",
+    random_init: bool = opt(
+        False, "no checkpoint: untrained weights, marked weights=random (smoke tests, benchmarks)"
     )
-    parser.add_argument(
-        "--labels",
-        help="'kinetics400' (torchvision's 400 class names) or a file with one name per line"
+    labels: str | None = opt(
+        None,
+        "'kinetics400' (torchvision's 400 class names) or a file with one name per line"
         " (default: kinetics400 for a 400-class head)",
     )
-    parser.add_argument("--name", required=True, help="model name (the .mar's and the API's)")
-    parser.add_argument("--out", type=Path, default=Path("model_store"), help="model store dir")
-    parser.add_argument(
-        "--h1", type=int, help="preset source window half-width (default: the paper's preset)"
+    name: str = opt(help="model name (the .mar's and the API's)")
+    out: Path = opt(Path("model_store"), "model store dir")
+    h1: int | None = opt(None, "preset source window half-width (default: the paper's preset)")
+    h2: int | None = opt(None, "preset run length (default: the paper's preset)")
+    ensemble: int | None = opt(None, "preset ensemble size (default 10)")
+    frame_interval: int | None = opt(None, "sampling stride in frames (default: the family's)")
+    clip_len: int | None = opt(None, "a shorter clip than the family's (smoke tests)")
+    crop_size: int | None = opt(None, "a smaller crop than the family's (smoke tests)")
+    seed: int = opt(0, "seed of a --random-init")
+    batch_size: int = opt(4, "TorchServe batchSize")
+    max_batch_delay_ms: int = opt(5, "TorchServe maxBatchDelay")
+    workers: int = opt(1, "TorchServe workers")
+    response_timeout: int | None = opt(
+        None, "TorchServe responseTimeout in s (default: 120 for a family, 60 for a toy model)"
     )
-    parser.add_argument("--h2", type=int, help="preset run length (default: the paper's preset)")
-    parser.add_argument("--ensemble", type=int, help="preset ensemble size (default 10)")
-    parser.add_argument(
-        "--frame-interval", type=int, help="sampling stride in frames (default: the family's)"
-    )
-    parser.add_argument(
-        "--clip-len", type=int, help="a shorter clip than the family's (smoke tests)"
-    )
-    parser.add_argument(
-        "--crop-size", type=int, help="a smaller crop than the family's (smoke tests)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of a --random-init")
-    parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batchSize")
-    parser.add_argument(
-        "--max-batch-delay-ms", type=int, default=5, help="TorchServe maxBatchDelay"
-    )
-    parser.add_argument("--workers", type=int, default=1, help="TorchServe workers")
-    parser.add_argument(
-        "--response-timeout",
-        type=int,
-        help="TorchServe responseTimeout in s (default: 120 for a family, 60 for a toy model)",
-    )
-    parser.add_argument(
-        "--format",
-        choices=["torchscript", "export"],
-        default="torchscript",
-        help="weights format: TorchScript trace (model.pt) or torch.export (model.pt2)",
+    format: str = opt(
+        "torchscript",
+        "weights format: TorchScript trace (model.pt) or torch.export (model.pt2)",
+        choices=("torchscript", "export"),
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ArchiveConfig) -> int:
     from service.archive import ArchiveError, FamilyArchiveConfig, archive_family
     from service.models.checkpoints import CheckpointError, is_training_checkpoint
 
@@ -88,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{args.checkpoint} is a `shuffleguard train` checkpoint (resnet3d_18),"
                     f" not {args.arch}: drop --arch"
                 )
-            return _run_training_checkpoint(args)
+            return _run_training_checkpoint(args, args.checkpoint)
         if args.arch is None:
             raise ArchiveError(
                 "pass --arch FAMILY for a checkpoint that is not from `shuffleguard train`"
@@ -122,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(mar: Path, args: argparse.Namespace) -> None:
+def _report(mar: Path, args: ArchiveConfig) -> None:
     import json
 
     written = json.loads((args.out / f"{args.name}.meta.json").read_text())
@@ -130,13 +123,13 @@ def _report(mar: Path, args: argparse.Namespace) -> None:
     print(f"weights sha256 {written['sha256']} ({written.get('weights', 'trained')})")
 
 
-def _run_training_checkpoint(args: argparse.Namespace) -> int:
+def _run_training_checkpoint(args: ArchiveConfig, checkpoint: Path) -> int:
     from service.archive import ArchiveError, build_mar, toy_data_recipe
     from service.train import load_checkpoint
 
     if args.h1 is None or args.h2 is None:
         raise ArchiveError("a `shuffleguard train` checkpoint needs --h1 and --h2")
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(checkpoint)
     meta = {
         "name": args.name,
         "arch": ckpt.get("arch", "resnet3d_18"),

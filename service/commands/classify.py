@@ -11,12 +11,14 @@ clip (its error is printed), 2 when the gateway could not be reached.
 
 from __future__ import annotations
 
-import argparse
 import json
 import mimetypes
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from service.experiments.config import ExperimentConfig, opt
 
 _CONTENT_TYPES = {
     ".npy": "application/x-npy",
@@ -30,27 +32,27 @@ _CONTENT_TYPES = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="video file or .npy uint8 [T, H, W, 3] clip")
-    parser.add_argument(
-        "--url", default="http://127.0.0.1:8000", help="gateway base URL (default %(default)s)"
-    )
-    parser.add_argument("--model", help="served model (default: the gateway's default)")
-    parser.add_argument("--json", action="store_true", help="print the JSON answer")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
-    parser.add_argument("--request-id", help="X-Request-ID to send")
-    r = parser.add_argument_group("research mode (the gateway answers 403 otherwise)")
-    r.add_argument("--ensemble", type=int, help="shuffled copies N (1..64)")
-    r.add_argument("--h1", type=int, help="shuffle window h1 (>= 0)")
-    r.add_argument("--h2", type=int, help="group length h2 (1..clip_len)")
-    r.add_argument("--seed", type=int, help="shuffle seed")
-    r.add_argument(
-        "--no-defense",
-        dest="defense",
-        action="store_false",
-        default=None,
-        help="classify the clip undefended",
-    )
+_RESEARCH = "research mode (the gateway answers 403 otherwise)"
+
+
+@dataclass
+class ClassifyConfig(ExperimentConfig):
+    """Settings of ``shuffleguard classify``."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "classify")
+    USAGE_ERRORS: ClassVar[bool] = True
+
+    file: Path = opt(help="video file or .npy uint8 [T, H, W, 3] clip", argument=True)
+    url: str = opt("http://127.0.0.1:8000", "gateway base URL")
+    model: str | None = opt(None, "served model (default: the gateway's default)")
+    json: bool = opt(False, "print the JSON answer")
+    timeout: float = opt(120.0, "seconds")
+    request_id: str | None = opt(None, "X-Request-ID to send")
+    ensemble: int | None = opt(None, "shuffled copies N (1..64)", panel=_RESEARCH)
+    h1: int | None = opt(None, "shuffle window h1 (>= 0)", panel=_RESEARCH)
+    h2: int | None = opt(None, "group length h2 (1..clip_len)", panel=_RESEARCH)
+    seed: int | None = opt(None, "shuffle seed", panel=_RESEARCH)
+    no_defense: bool = opt(False, "classify the clip undefended", panel=_RESEARCH)
 
 
 def content_type_for(path: Path) -> str:
@@ -61,13 +63,14 @@ def content_type_for(path: Path) -> str:
     return guessed or "application/octet-stream"
 
 
-def query_params(args: argparse.Namespace) -> dict[str, str]:
+def query_params(args: ClassifyConfig) -> dict[str, str]:
+    """The request's query parameters: the options given (``--no-defense``: ``defense=false``)."""
     params: dict[str, str] = {}
     for name in ("model", "ensemble", "h1", "h2", "seed"):
-        value = getattr(args, name, None)
+        value = getattr(args, name)
         if value is not None:
             params[name] = str(value)
-    if getattr(args, "defense", None) is False:
+    if args.no_defense:
         params["defense"] = "false"
     return params
 
@@ -105,7 +108,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ClassifyConfig) -> int:
     import logging
 
     import httpx

@@ -18,8 +18,9 @@ Every option also has an environment variable ``SHUFFLEGUARD_<NAME>`` (see
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
@@ -27,83 +28,101 @@ import signal
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args, get_origin
+
+from service.config import Settings, management_url_for, split_urls
+from service.experiments.config import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("gateway")
-    g.add_argument("--host", help="gateway bind address (default 127.0.0.1)")
-    g.add_argument("--port", type=int, help="gateway port (default 8000)")
-    g.add_argument("--workers", type=int, default=1, help="gateway processes (default 1)")
-    g.add_argument(
-        "--research-mode",
-        action="store_const",
-        const=True,
-        help="open every request parameter and response field (never in production)",
+def _setting(name: str, help: str | None = None, **kw: Any) -> Any:  # noqa: A002
+    """An option that overrides the :class:`~service.config.Settings` field ``name``
+    (default None: not given, the environment variable or the setting's default holds).
+    Help and default come from the setting."""
+    field = Settings.model_fields[name]
+    default = field.default
+    shown = default if not isinstance(default, Path) else str(default)
+    text = f"{help or field.description} (default {shown}; SHUFFLEGUARD_{name.upper()})"
+    if get_origin(field.annotation) is Literal:  # the setting's allowed values
+        kw["choices"] = get_args(field.annotation)
+    return opt(None, text, setting=name, **kw)
+
+
+@dataclass
+class ServeConfig(ExperimentConfig):
+    """Settings of ``shuffleguard serve``: the options that override :class:`Settings`
+    carry ``setting=<field>`` in their metadata; ``workers`` and ``log_format`` are
+    serve's own."""
+
+    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "serve")
+    USAGE_ERRORS: ClassVar[bool] = True
+
+    host: str | None = _setting("host", panel="gateway")
+    port: int | None = _setting("port", panel="gateway")
+    workers: int = opt(1, "gateway processes", panel="gateway")
+    research_mode: bool = opt(
+        False,
+        "open every request parameter and response field (never in production)",
+        setting="research_mode",
+        panel="gateway",
     )
-    g.add_argument("--max-inflight", type=int, help="classify requests running at once")
-    g.add_argument("--default-model", help="model used when a request names none")
-    g.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
-    b = parser.add_argument_group("backend")
-    b.add_argument(
-        "--backend-url",
-        action="append",
-        help="URL of a running model server to use instead of starting a TorchServe; "
-        "repeat it (or give a comma-separated list) for a pool with failover",
+    max_inflight: int | None = _setting("max_inflight", panel="gateway")
+    default_model: str | None = _setting("default_model", panel="gateway")
+    log_format: str = opt("text", "log line format", choices=("text", "json"), panel="gateway")
+    backend_url: list[str] | None = _setting(
+        "backend_url",
+        "URL of a running model server to use instead of starting a TorchServe; repeat it"
+        " (or give a comma-separated list) for a pool with failover",
+        repeat=True,
+        panel="backend",
     )
-    b.add_argument(
-        "--backend-management-url",
-        action="append",
-        help="TorchServe management URL, one per --backend-url (default: each inference "
-        "URL's host, port + 1)",
+    backend_management_url: list[str] | None = _setting(
+        "backend_management_url",
+        "TorchServe management URL, one per --backend-url (unset: each inference URL's host,"
+        " port + 1)",
+        repeat=True,
+        panel="backend",
     )
-    b.add_argument(
-        "--backend-kind",
-        choices=("torchserve", "oip"),
-        help="torchserve (default) or oip: an Open Inference Protocol v2 server "
-        "(KServe, Triton; needs --backend-url)",
+    backend_kind: str | None = _setting(
+        "backend_kind",
+        "torchserve or oip: an Open Inference Protocol v2 server (KServe, Triton; needs"
+        " --backend-url)",
+        panel="backend",
     )
-    b.add_argument("--model-store", type=Path, help="TorchServe model store (default model_store)")
-    b.add_argument("--ts-host", help="TorchServe bind address (default 127.0.0.1)")
-    b.add_argument("--ts-inference-port", type=int, help="default 8080")
-    b.add_argument("--ts-management-port", type=int, help="default 8081")
-    b.add_argument("--ts-metrics-port", type=int, help="default 8082")
+    model_store: Path | None = _setting("model_store", panel="backend")
+    ts_host: str | None = _setting("torchserve_host", panel="backend")
+    ts_inference_port: int | None = _setting("torchserve_inference_port", panel="backend")
+    ts_management_port: int | None = _setting("torchserve_management_port", panel="backend")
+    ts_metrics_port: int | None = _setting("torchserve_metrics_port", panel="backend")
+
+    def check(self) -> None:
+        if self.workers < 1:
+            raise ValueError("--workers must be >= 1")
+
+    def overrides(self) -> dict[str, Any]:
+        """The :class:`Settings` fields given on the command line (repeated URL options
+        joined with commas, as the environment variables take them)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            name = f.metadata.get("setting")
+            if name is None or value is None or value is False or value == []:
+                continue
+            out[name] = ",".join(value) if isinstance(value, list) else value
+        return out
 
 
-#: argparse dest -> Settings field
-_OVERRIDES = {
-    "host": "host",
-    "port": "port",
-    "research_mode": "research_mode",
-    "max_inflight": "max_inflight",
-    "default_model": "default_model",
-    "backend_url": "backend_url",
-    "backend_management_url": "backend_management_url",
-    "backend_kind": "backend_kind",
-    "model_store": "model_store",
-    "ts_host": "torchserve_host",
-    "ts_inference_port": "torchserve_inference_port",
-    "ts_management_port": "torchserve_management_port",
-    "ts_metrics_port": "torchserve_metrics_port",
-}
-
-
-def settings_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
-    """``(settings, external)``: external when the backend is a running TorchServe."""
-    from service.config import Settings, management_url_for, split_urls
-
-    overrides = {
-        field: getattr(args, dest)
-        for dest, field in _OVERRIDES.items()
-        if getattr(args, dest, None) is not None
-    }
-    for name in ("backend_url", "backend_management_url"):  # repeated options: one list
-        if name in overrides:
-            overrides[name] = ",".join(overrides[name])
+def settings_from_config(config: ServeConfig) -> tuple[Settings, bool]:
+    """``(settings, external)``: the options given win over ``SHUFFLEGUARD_*``
+    environment variables, which win over the defaults; external when the backend is
+    a running server (``--backend-url`` or ``SHUFFLEGUARD_BACKEND_URL``). Only
+    ``--backend-url`` given, with no management URL in options or environment: each
+    URL's management API is its port + 1."""
+    overrides = config.overrides()
     external = "backend_url" in overrides or bool(os.environ.get("SHUFFLEGUARD_BACKEND_URL"))
     if (
         "backend_url" in overrides
@@ -160,13 +179,13 @@ def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ServeConfig) -> int:
     from pydantic import ValidationError
 
     from service.gateway.logs import configure_logging
 
     try:
-        settings, external = settings_from_args(args)
+        settings, external = settings_from_config(args)
     except ValidationError as exc:
         print(f"shuffleguard serve: bad settings:\n{exc}", file=sys.stderr)
         return 2
@@ -174,9 +193,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"shuffleguard serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, json_lines=args.log_format == "json")
-    if args.workers < 1:
-        print("shuffleguard serve: --workers must be >= 1", file=sys.stderr)
-        return 2
     if args.workers == 1 and not _port_free(settings.host, settings.port):
         print(
             f"shuffleguard serve: {settings.host}:{settings.port} is in use; pick another --port",
@@ -192,7 +208,12 @@ def run(args: argparse.Namespace) -> int:
             settings.backend_url,
         )
         return _run_gateway(settings, args)
+    return _run_with_torchserve(settings, args)
 
+
+def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
+    """Start TorchServe on the model store, wait for its models, run the gateway in
+    front of it under a :class:`Supervisor`; stop TorchServe however the gateway ends."""
     from service.torchserve_proc import (
         Supervisor,
         TorchServeError,
@@ -200,6 +221,14 @@ def run(args: argparse.Namespace) -> int:
         TorchServeProcess,
     )
 
+    if importlib.util.find_spec("ts") is None:  # the core install has no TorchServe
+        print(
+            "shuffleguard serve: starting TorchServe needs the `models` extra"
+            " (pip install 'shuffleguard[models]'); or point the gateway at a running"
+            " model server with --backend-url.",
+            file=sys.stderr,
+        )
+        return 2
     busy = [
         p
         for p in (
@@ -259,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         server.close()
 
 
-def _run_gateway(settings: Any, args: argparse.Namespace) -> int:
+def _run_gateway(settings: Any, args: ServeConfig) -> int:
     import uvicorn
 
     common: dict[str, Any] = {

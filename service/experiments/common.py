@@ -371,6 +371,16 @@ def load_inputs(args: Any) -> tuple[nn.Module, dict[str, Any], SplitData, torch.
     return model, ckpt, subset, to_float(subset.clips)
 
 
+def load_attacked(
+    args: Any,
+) -> tuple[nn.Module, dict[str, Any], SplitData, torch.Tensor, torch.Tensor, float]:
+    """:func:`load_inputs` plus the subset's full-strength I-FGSM clips (against the
+    undefended model, :func:`ifgsm_for`) and the seconds they took per clip."""
+    model, ckpt, subset, x = load_inputs(args)
+    adv, per_clip = ifgsm_for(args, model, x, subset.labels, subset.index)
+    return model, ckpt, subset, x, adv, per_clip
+
+
 def validation_split(directory: str | Path, ckpt: dict[str, Any]) -> SplitData:
     """The train clips that training held out for validation (never fitted).
 

@@ -32,18 +32,34 @@ def opt(
     *,
     show: str = "changed",
     choices: Collection[Any] | None = None,
+    argument: bool = False,
+    repeat: bool = False,
+    panel: str | None = None,
+    **metadata: Any,
 ) -> Any:
     """A config field: ``default`` (a list default is copied per instance), ``help``,
     ``show`` (see the module docstring) and, for names, the allowed ``choices`` (a
-    registry dict stays live: rows registered later are accepted)."""
-    meta = {"help": help, "show": show, "choices": choices}
+    registry dict stays live: rows registered later are accepted).
+
+    For the command line: ``argument`` makes the field a positional argument instead of
+    an ``--option``; a list field takes several values after one flag (``--seeds 0 1``)
+    unless ``repeat``, then the flag is repeated (``--backend-url A --backend-url B``);
+    ``panel`` groups the option in ``--help``. Other keyword ``metadata`` is kept in the
+    field's metadata for the command's own use."""
+    meta = {
+        "help": help, "show": show, "choices": choices, "argument": argument,
+        "repeat": repeat, "panel": panel, **metadata,
+    }  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)  # type: ignore[misc]
     return field(default=default, metadata=meta)
 
 
-def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
-    """``shuffleguard ...`` with ``--key value`` options (lists spread, None and False skipped)."""
+def command_line(
+    words: Sequence[str], options: dict[str, Any], repeat: Collection[str] = ()
+) -> str:
+    """``shuffleguard ...`` with ``--key value`` options (lists spread, or the flag
+    repeated for the keys in ``repeat``; None and False skipped)."""
     parts = list(words)
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -51,6 +67,8 @@ def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
             continue
         if value is True:
             parts.append(flag)
+        elif isinstance(value, list | tuple) and key in repeat:
+            parts += [token for item in value for token in (flag, str(item))]
         elif isinstance(value, list | tuple):
             parts += [flag, *map(str, value)]
         else:
@@ -66,6 +84,11 @@ def device_opt(show: str = "always") -> Any:
 def threads_opt(show: str = "never") -> Any:
     """``--threads``: torch CPU threads."""
     return opt(DEFAULT_THREADS, "CPU threads for torch", show=show)
+
+
+def attack_batch_opt(default: int = 8) -> Any:
+    """``--attack-batch``: clips per attack batch (never changes a result)."""
+    return opt(default, "clips per attack batch", show="never")
 
 
 def progress_opt() -> Any:
@@ -99,6 +122,10 @@ class ExperimentConfig:
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard",)
     #: field order in the produced-by command (default: declaration order)
     ORDER: ClassVar[tuple[str, ...] | None] = None
+    #: True: a value :meth:`check` refuses is a usage error on the command line (usage
+    #: and message, exit status 2, as argparse and click report a bad option); False:
+    #: the command exits with ``shuffleguard <command>: <message>`` (status 1)
+    USAGE_ERRORS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -119,14 +146,19 @@ class ExperimentConfig:
         by_name = {f.name: f for f in dataclasses.fields(self)}
         names = list(self.ORDER or by_name)
         names += [n for n in by_name if n not in names]
+        words = list(self.COMMAND)
+        words += [str(getattr(self, n)) for n in names if by_name[n].metadata.get("argument")]
         opts: dict[str, Any] = {}
         for name in names:
             f, value = by_name[name], getattr(self, name)
             show = f.metadata.get("show", "changed")
-            if show == "never" or (show == "changed" and value == _default(f)):
+            if f.metadata.get("argument") or show == "never":
+                continue
+            if show == "changed" and value == _default(f):
                 continue
             opts[name] = value
-        return command_line(self.COMMAND, opts)
+        repeat = [n for n, f in by_name.items() if f.metadata.get("repeat")]
+        return command_line(words, opts, repeat)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -158,6 +190,20 @@ class AnalysisConfig(ExperimentConfig):
     adv_cache: str | None = opt(
         None, "directory caching I-FGSM clips (deterministic) across analyses (default: none)"
     )
+
+    def __init_subclass__(cls, analysis: str | None = None, **kwargs: Any) -> None:
+        """``class Fig2Config(AnalysisConfig, analysis="fig2")``: the command is
+        ``shuffleguard analyze fig2``, the report ``fig2.*`` and ``--out`` defaults to
+        ``docs/results/fig2`` (unless the class declares its own ``out``)."""
+        super().__init_subclass__(**kwargs)
+        if analysis is None:
+            return
+        cls.COMMAND = ("shuffleguard", "analyze", analysis)
+        if "out" not in vars(cls):  # before @dataclass reads the fields
+            if "__annotations__" not in vars(cls):
+                cls.__annotations__ = {}
+            cls.__annotations__["out"] = "str"
+            cls.out = out_opt(f"docs/results/{analysis}")  # type: ignore[misc]
 
     def check(self) -> None:
         if self.clips is not None and self.clips < 1:

@@ -52,6 +52,7 @@ from service.defense import ShufflePreset
 from service.experiments import common, report
 from service.experiments.config import (
     ExperimentConfig,
+    attack_batch_opt,
     checkpoint_opt,
     data_opt,
     device_opt,
@@ -117,7 +118,7 @@ class EvalConfig(ExperimentConfig):
     eot_draws: int = opt(_FULL.eot_draws, "EOT draws per step (lower = plumbing test)")
     flicker_steps: int = opt(_FULL.flicker_steps, "flickering steps (lower = plumbing test)")
     flicker_eps: float = opt(_FULL.flicker_eps, "flickering offset bound (lower = plumbing test)")
-    attack_batch: int = opt(4, "clips per attack batch", show="never")
+    attack_batch: int = attack_batch_opt(4)
     eot_batch: int | None = opt(
         40, "most clip copies per EOT forward pass (memory bound; the draws are unchanged)",
         show="never",

@@ -20,25 +20,20 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
-
-__all__ = ["Fig2Config", "run", "run_fig2"]
+from service.experiments.config import AnalysisConfig, opt
 
 KINDS = ("chunk", "row")
 
 
 @dataclass
-class Fig2Config(AnalysisConfig):
+class Fig2Config(AnalysisConfig, analysis="fig2"):
     """Settings of ``shuffleguard analyze fig2`` (see the module docstring)."""
 
-    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig2")
-
-    out: str = out_opt("docs/results/fig2")
     chunk_sizes: list[int] | None = opt(None, "chunk sizes N (default 1,2,4..T)")
     row_sizes: list[int] | None = opt(None, "row group sizes N (default 1,2,4..H)")
     draws: int = opt(3, "seeded draws per N", show="always")
@@ -106,17 +101,7 @@ def run_fig2(args: Fig2Config) -> dict[str, Any]:
                 }
             )
     bar.close()
-    return {
-        "analysis": "fig2",
-        "command": args.command(),
-        "clips": len(subset),
-        "frames": T,
-        "height": H,
-        "rows": rows,
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": report.environment(args.device),
-    }
+    return report.results(args, t0, ckpt, len(subset), frames=T, height=H, rows=rows)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -139,7 +124,7 @@ def markdown(res: dict[str, Any]) -> str:
         for r in res["rows"]
     ]
     lines += [report.markdown_table(["randomization", "N", "accuracy (%)", "draws"], body, "lrrr")]
-    lines += ["", "![Fig. 2](fig2.png)", ""]
+    lines += report.figure_link("Fig. 2", "fig2")
     return "\n".join(lines)
 
 
@@ -170,11 +155,5 @@ def _summary(res: dict[str, Any]) -> list[str]:
 
 def run(args: Fig2Config) -> int:
     return report.run_analysis(
-        args,
-        "fig2",
-        run_fig2,
-        table=lambda res: report.csv_table(res["rows"], FIELDS),
-        markdown=markdown,
-        plot=plot,
-        summary=_summary,
+        args, run_fig2, fields=FIELDS, markdown=markdown, plot=plot, summary=_summary
     )

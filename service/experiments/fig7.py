@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
-
-__all__ = ["Fig7Config", "run", "run_fig7"]
+from service.experiments.config import AnalysisConfig, opt
 
 
 @dataclass
-class Fig7Config(AnalysisConfig):
+class Fig7Config(AnalysisConfig, analysis="fig7"):
     """Settings of ``shuffleguard analyze fig7`` (see the module docstring)."""
 
-    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig7")
-
-    out: str = out_opt("docs/results/fig7")
     orders: int = opt(5, "orders drawn per chunk size / h1", show="always")
     chunk_sizes: list[int] | None = opt(None, "chunk sizes (default 2..T)")
     h1s: list[int] = opt([1, 2, 3, 4], "Algorithm 1 h1s", show="always")
@@ -90,19 +85,11 @@ def run_fig7(args: Fig7Config) -> dict[str, Any]:
     xs = [q["monotonic_ratio"] for q in points]
     ys = [q["accuracy"] for q in points]
     varied = len(set(xs)) > 1 and len(set(ys)) > 1
-    return {
-        "analysis": "fig7",
-        "command": args.command(),
-        "clips": len(subset),
-        "frames": T,
-        "first_conv": {"kernel": k, "stride": s, "padding": p},
-        "points": points,
-        "pearson": float(pearsonr(xs, ys)[0]) if varied else None,
-        "spearman": float(spearmanr(xs, ys)[0]) if varied else None,
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": report.environment(args.device),
-    }
+    return report.results(
+        args, t0, ckpt, len(subset), frames=T, first_conv={"kernel": k, "stride": s, "padding": p},
+        points=points, pearson=float(pearsonr(xs, ys)[0]) if varied else None,
+        spearman=float(spearmanr(xs, ys)[0]) if varied else None,
+    )  # fmt: skip
 
 
 def _corr(v: float | None) -> str:
@@ -136,9 +123,7 @@ def markdown(res: dict[str, Any]) -> str:
             report.markdown_table(
                 ["orders", "count", "mean monotonic ratio", "mean accuracy (%)"], body
             ),
-            "",
-            "![Fig. 7](fig7.png)",
-            "",
+            *report.figure_link("Fig. 7", "fig7"),
         ]
     )
 
@@ -173,15 +158,12 @@ def _summary(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _table(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    points = [{**q, "order": " ".join(map(str, q["order"]))} for q in res["points"]]
+    return report.csv_table(points, FIELDS)
+
+
 def run(args: Fig7Config) -> int:
     return report.run_analysis(
-        args,
-        "fig7",
-        run_fig7,
-        table=lambda res: report.csv_table(
-            [{**q, "order": " ".join(map(str, q["order"]))} for q in res["points"]], FIELDS
-        ),
-        markdown=markdown,
-        plot=plot,
-        summary=_summary,
+        args, run_fig7, table=_table, markdown=markdown, plot=plot, summary=_summary
     )

@@ -15,36 +15,30 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
-
-__all__ = ["Fig8Config", "run", "run_fig8"]
+from service.experiments.config import AnalysisConfig, attack_batch_opt, opt
 
 
 @dataclass
-class Fig8Config(AnalysisConfig):
+class Fig8Config(AnalysisConfig, analysis="fig8"):
     """Settings of ``shuffleguard analyze fig8`` (see the module docstring)."""
 
-    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "fig8")
-
-    out: str = out_opt("docs/results/fig8")
     chunk_sizes: list[int] | None = opt(None, "chunk sizes (default 1,2,4..)")
     draws: int = opt(3, "seeded draws per chunk size", show="always")
     seed: int = opt(0, "seed of the draws", show="always")
-    attack_batch: int = opt(8, "clips per attack batch", show="never")
+    attack_batch: int = attack_batch_opt()
 
 
 def run_fig8(args: Fig8Config) -> dict[str, Any]:
     from service.analysis import chunk_shuffle_indices
 
     t0 = time.perf_counter()
-    model, ckpt, subset, x = common.load_inputs(args)
+    model, ckpt, subset, x, adv, per_clip = common.load_attacked(args)
     T = x.shape[2]
-    adv, per_clip = common.ifgsm_for(args, model, x, subset.labels, subset.index)
     sizes = sorted({n for n in (args.chunk_sizes or [1, 2, 4, 8, 16, 32]) if 1 <= n <= T})
     rows = []
     for kind, clips in (("clean", x), ("ifgsm", adv)):
@@ -71,17 +65,11 @@ def run_fig8(args: Fig8Config) -> dict[str, Any]:
                     "draws": len(accs),
                 }
             )
-    return {
-        "analysis": "fig8",
-        "command": args.command(),
-        "clips": len(subset),
-        "frames": T,
-        "attack": {"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
-        "rows": rows,
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": report.environment(args.device),
-    }
+    return report.results(
+        args, t0, ckpt, len(subset), frames=T,
+        attack={"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
+        rows=rows,
+    )  # fmt: skip
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -104,9 +92,7 @@ def markdown(res: dict[str, Any]) -> str:
                 ["input", *[f"N = {n}" for n in sizes]],
                 [[k, *[cell(k, n) for n in sizes]] for k in ("clean", "ifgsm")],
             ),
-            "",
-            "![Fig. 8](fig8.png)",
-            "",
+            *report.figure_link("Fig. 8", "fig8"),
         ]
     )
 
@@ -139,11 +125,5 @@ def _summary(res: dict[str, Any]) -> list[str]:
 
 def run(args: Fig8Config) -> int:
     return report.run_analysis(
-        args,
-        "fig8",
-        run_fig8,
-        table=lambda res: report.csv_table(res["rows"], FIELDS),
-        markdown=markdown,
-        plot=plot,
-        summary=_summary,
+        args, run_fig8, fields=FIELDS, markdown=markdown, plot=plot, summary=_summary
     )

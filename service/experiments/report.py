@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import platform
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ import torch
 
 __all__ = [
     "environment",
+    "figure_link",
     "markdown_table",
     "pct",
     "produced_by",
+    "results",
+    "run_analysis",
     "save_figure",
     "setup_figure",
     "write_csv",
@@ -80,6 +84,11 @@ def environment(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
+
+
+def figure_link(alt: str, name: str) -> list[str]:
+    """The Markdown lines that show the report's figure ``<name>.png``."""
+    return ["", f"![{alt}]({name}.png)", ""]
 
 
 def reduced_banner(reduced: Sequence[str]) -> list[str]:
@@ -187,26 +196,44 @@ def style_axes(
     ax.grid(True, axis=grid, alpha=0.3)  # type: ignore[arg-type]
 
 
+def results(
+    config: Any, t0: float, ckpt: dict[str, Any], clips: int, **fields: Any
+) -> dict[str, Any]:
+    """The results every analysis writes: its name (``config.COMMAND[-1]``), the
+    produced-by command, the clip count, the analysis's own ``fields``, the model's
+    dataset, the seconds since ``t0`` (``time.perf_counter()``) and the environment."""
+    return {
+        "analysis": config.COMMAND[-1],
+        "command": config.command(),
+        "clips": clips,
+        **fields,
+        "dataset": ckpt.get("dataset"),
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(config.device),
+    }
+
+
 def run_analysis(
     config: Any,
-    name: str,
     compute: Callable[[Any], dict[str, Any]],
     *,
-    table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]],
     markdown: Callable[[dict[str, Any]], str],
     plot: Callable[[dict[str, Any], Path], None],
     summary: Callable[[dict[str, Any]], list[str]],
+    fields: Sequence[tuple[str, str]] = (),
+    table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]] | None = None,
 ) -> int:
-    """Run one analysis from its config and write its report: ``compute(config)`` gives
-    the results, ``table`` / ``markdown`` / ``plot`` render them, ``summary`` gives the
-    lines printed for the user."""
+    """Run one analysis from its config and write its report ``<name>.*`` (name:
+    ``config.COMMAND[-1]``): ``compute(config)`` gives the results, ``table`` (default:
+    ``res["rows"]`` with the columns ``fields``) / ``markdown`` / ``plot`` render them,
+    ``summary`` gives the lines printed for the user."""
     from service.experiments.common import prepare_torch
 
     prepare_torch(config.device, config.threads, " ".join(config.COMMAND))
     res = compute(config)
-    header, rows = table(res)
+    header, rows = table(res) if table else csv_table(res["rows"], fields)
     paths = write_report(
-        config.out, name, results=res, header=header, rows=rows,
+        config.out, config.COMMAND[-1], results=res, header=header, rows=rows,
         markdown=markdown(res), plot=lambda p: plot(res, p),
     )  # fmt: skip
     for line in summary(res):

@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
-
-__all__ = ["Table1Config", "run", "run_table1"]
+from service.experiments.config import AnalysisConfig, opt
 
 
 @dataclass
-class Table1Config(AnalysisConfig):
+class Table1Config(AnalysisConfig, analysis="table1"):
     """Settings of ``shuffleguard analyze table1`` (see the module docstring)."""
 
-    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table1")
-
-    out: str = out_opt("docs/results/table1")
     positions: list[int] | None = opt(None, "frames (default all)")
 
 
@@ -47,20 +42,11 @@ def run_table1(args: Table1Config) -> dict[str, Any]:
         )
         rows.append({"frame": i, "accuracy": common.accuracy(pred, subset.labels)})
     accs = [r["accuracy"] for r in rows]
-    return {
-        "analysis": "table1",
-        "command": args.command(),
-        "clips": len(subset),
-        "frames": T,
-        "original_accuracy": original,
-        "rows": rows,
-        "uniformized_mean": sum(accs) / len(accs),
-        "uniformized_min": min(accs),
-        "uniformized_max": max(accs),
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": report.environment(args.device),
-    }
+    return report.results(
+        args, t0, ckpt, len(subset), frames=T, original_accuracy=original, rows=rows,
+        uniformized_mean=sum(accs) / len(accs), uniformized_min=min(accs),
+        uniformized_max=max(accs),
+    )  # fmt: skip
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -87,9 +73,7 @@ def markdown(res: dict[str, Any]) -> str:
             ),
             "",
             f"Per frame i: {per}.",
-            "",
-            "![Table 1](table1.png)",
-            "",
+            *report.figure_link("Table 1", "table1"),
         ]
     )
 
@@ -117,15 +101,12 @@ def _summary(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _table(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = [{**r, "original_accuracy": res["original_accuracy"]} for r in res["rows"]]
+    return report.csv_table(rows, FIELDS)
+
+
 def run(args: Table1Config) -> int:
     return report.run_analysis(
-        args,
-        "table1",
-        run_table1,
-        table=lambda res: report.csv_table(
-            [{**r, "original_accuracy": res["original_accuracy"]} for r in res["rows"]], FIELDS
-        ),
-        markdown=markdown,
-        plot=plot,
-        summary=_summary,
+        args, run_table1, table=_table, markdown=markdown, plot=plot, summary=_summary
     )

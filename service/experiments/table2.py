@@ -21,33 +21,28 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
-
-__all__ = ["Table2Config", "run", "run_table2"]
+from service.experiments.config import AnalysisConfig, attack_batch_opt, opt
 
 ATTACKS = ("clean", "ifgsm", "static", "framewise")
 TITLES = {"clean": "clean", "ifgsm": "regular I-FGSM", "static": "static", "framewise": "framewise"}
 
 
 @dataclass
-class Table2Config(AnalysisConfig):
+class Table2Config(AnalysisConfig, analysis="table2"):
     """Settings of ``shuffleguard analyze table2`` (see the module docstring)."""
 
-    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table2")
-
-    out: str = out_opt("docs/results/table2")
     attacks: list[str] = opt(list(ATTACKS[1:]), "perturbation kinds", choices=ATTACKS[1:])
     draws: int = opt(3, "seeded full permutations", show="always")
     seed: int = opt(0, "seed of the permutations", show="always")
     h1: int | None = opt(None, "preset (default: tune's sidecar)")
     h2: int | None = opt(None, "preset (default: tune's sidecar)")
     ensemble: int | None = opt(None, "preset (default: tune's sidecar)")
-    attack_batch: int = opt(8, "clips per attack batch", show="never")
+    attack_batch: int = attack_batch_opt()
 
     def check(self) -> None:
         super().check()
@@ -117,18 +112,10 @@ def run_table2(args: Table2Config) -> dict[str, Any]:
                 "seconds_per_clip": per_clip,
             }
         )
-    return {
-        "analysis": "table2",
-        "command": args.command(),
-        "clips": len(subset),
-        "frames": T,
-        "preset": preset.to_dict(),
-        "preset_source": preset_source,
-        "rows": rows,
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": report.environment(args.device),
-    }
+    return report.results(
+        args, t0, ckpt, len(subset), frames=T, preset=preset.to_dict(),
+        preset_source=preset_source, rows=rows,
+    )  # fmt: skip
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -157,9 +144,7 @@ def markdown(res: dict[str, Any]) -> str:
             report.markdown_table(
                 ["perturbation", "as crafted", "frames permuted", "shuffle ensemble", "L-inf"], body
             ),
-            "",
-            "![Table 2](table2.png)",
-            "",
+            *report.figure_link("Table 2", "table2"),
         ]
     )
 
@@ -201,11 +186,5 @@ def _summary(res: dict[str, Any]) -> list[str]:
 
 def run(args: Table2Config) -> int:
     return report.run_analysis(
-        args,
-        "table2",
-        run_table2,
-        table=lambda res: report.csv_table(res["rows"], FIELDS),
-        markdown=markdown,
-        plot=plot,
-        summary=_summary,
+        args, run_table2, fields=FIELDS, markdown=markdown, plot=plot, summary=_summary
     )

@@ -14,32 +14,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
-
-__all__ = ["Table3Config", "run", "run_table3"]
+from service.experiments.config import AnalysisConfig, attack_batch_opt, opt
 
 
 @dataclass
-class Table3Config(AnalysisConfig):
+class Table3Config(AnalysisConfig, analysis="table3"):
     """Settings of ``shuffleguard analyze table3`` (see the module docstring)."""
 
-    COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "table3")
-
-    out: str = out_opt("docs/results/table3")
     positions: list[int] | None = opt(None, "frames (default all)")
-    attack_batch: int = opt(8, "clips per attack batch", show="never")
+    attack_batch: int = attack_batch_opt()
 
 
 def run_table3(args: Table3Config) -> dict[str, Any]:
     from service.analysis import uniformize
 
     t0 = time.perf_counter()
-    model, ckpt, subset, x = common.load_inputs(args)
+    model, ckpt, subset, x, adv, per_clip = common.load_attacked(args)
     T = x.shape[2]
-    adv, per_clip = common.ifgsm_for(args, model, x, subset.labels, subset.index)
     positions = list(range(T)) if not args.positions else sorted({p % T for p in args.positions})
     acc = {
         "clean": common.accuracy(
@@ -61,19 +55,12 @@ def run_table3(args: Table3Config) -> dict[str, Any]:
             )
             row[kind] = common.accuracy(pred, subset.labels)
         rows.append(row)
-    return {
-        "analysis": "table3",
-        "command": args.command(),
-        "clips": len(subset),
-        "frames": T,
-        "attack": {"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
-        "original": acc,
-        "rows": rows,
-        "uniformized_mean": {k: sum(r[k] for r in rows) / len(rows) for k in ("clean", "ifgsm")},
-        "dataset": ckpt.get("dataset"),
-        "seconds": time.perf_counter() - t0,
-        "environment": report.environment(args.device),
-    }
+    return report.results(
+        args, t0, ckpt, len(subset), frames=T,
+        attack={"name": "ifgsm", "eps": 4 / 255, "steps": 30, "seconds_per_clip": per_clip},
+        original=acc, rows=rows,
+        uniformized_mean={k: sum(r[k] for r in rows) / len(rows) for k in ("clean", "ifgsm")},
+    )  # fmt: skip
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -97,9 +84,7 @@ def markdown(res: dict[str, Any]) -> str:
             ),
             "",
             f"I-FGSM clips uniformized to frame i: {per}.",
-            "",
-            "![Table 3](table3.png)",
-            "",
+            *report.figure_link("Table 3", "table3"),
         ]
     )
 
@@ -131,25 +116,22 @@ def _summary(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _table(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    original = res["original"]
+    rows = [
+        {
+            "frame": r["frame"],
+            "clean_uniformized": r["clean"],
+            "ifgsm_uniformized": r["ifgsm"],
+            "clean_original": original["clean"],
+            "ifgsm_original": original["ifgsm"],
+        }
+        for r in res["rows"]
+    ]
+    return report.csv_table(rows, FIELDS)
+
+
 def run(args: Table3Config) -> int:
     return report.run_analysis(
-        args,
-        "table3",
-        run_table3,
-        table=lambda res: report.csv_table(
-            [
-                {
-                    "frame": r["frame"],
-                    "clean_uniformized": r["clean"],
-                    "ifgsm_uniformized": r["ifgsm"],
-                    "clean_original": res["original"]["clean"],
-                    "ifgsm_original": res["original"]["ifgsm"],
-                }
-                for r in res["rows"]
-            ],
-            FIELDS,
-        ),
-        markdown=markdown,
-        plot=plot,
-        summary=_summary,
+        args, run_table3, table=_table, markdown=markdown, plot=plot, summary=_summary
     )

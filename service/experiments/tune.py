@@ -39,11 +39,13 @@ from torch import nn
 
 from service.defense import ShufflePreset
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt, out_opt
+from service.experiments.config import AnalysisConfig, attack_batch_opt, opt, out_opt
 from service.robustness.attacks import EOT
 from service.robustness.registry import DEFENSE_ROWS, RowContext
 
-__all__ = ["TuneConfig", "choose_cell", "choose_ensemble", "run", "run_tune", "write_preset"]
+__all__ = [
+    "TuneConfig", "choose_cell", "choose_ensemble", "run", "run_tune", "tune_on", "write_preset",
+]  # fmt: skip
 
 #: The attacks tune measures (names of the attack registry).
 TUNE_ATTACKS: tuple[str, ...] = ("ifgsm", "eot")
@@ -66,7 +68,7 @@ class TuneConfig(AnalysisConfig):
     seeds: list[int] = opt([0], "seeds", show="always")
     clean_ratio: float = opt(0.95, "clean floor vs undefended", show="always")
     tolerance: float = opt(0.01, "ensemble-size tolerance", show="always")
-    attack_batch: int = opt(8, "clips per attack batch", show="never")
+    attack_batch: int = attack_batch_opt()
     archive_meta: str | None = opt(None, "meta.json whose preset to update")
     no_preset: bool = opt(
         False, "report only: write no <checkpoint>.preset.json and leave --archive-meta alone"
@@ -190,7 +192,21 @@ def run_tune(config: TuneConfig) -> dict[str, Any]:
     """The grid, the chosen cell, the ensemble sizes and the chosen preset."""
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(config)
-    labels, ids = subset.labels, subset.index
+    res = tune_on(config, model, x, subset.labels, subset.index)
+    res["dataset"] = ckpt.get("dataset")
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def tune_on(
+    config: TuneConfig, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, ids: list[int]
+) -> dict[str, Any]:
+    """The tune of :func:`run_tune` on clips already loaded (``shuffleguard audit`` tunes a
+    served network on a user's clips this way): float ``x [N, 3, T, H, W]`` in ``[0, 1]``,
+    ``labels [N]``, stable clip ``ids`` (they seed the per-clip draws). ``config`` gives
+    the grid, the attacks, the seeds and the rule; its ``checkpoint``, ``data``, ``split``
+    and ``clips`` are not read here (``adv_cache`` is, with ``checkpoint`` and ``data``)."""
+    t0 = time.perf_counter()
     undefended = common.accuracy(common.predict(model, x, batch_size=config.batch_size), labels)
     attacked = {}
     if "ifgsm" in config.attacks:
@@ -207,7 +223,7 @@ def run_tune(config: TuneConfig) -> dict[str, Any]:
     ]  # fmt: skip
     chosen_n = choose_ensemble(ens_rows, config.tolerance)
     return {
-        "analysis": "tune", "command": config.command(), "clips": len(subset),
+        "analysis": "tune", "command": config.command(), "clips": len(ids),
         "split": config.split, "undefended_clean": undefended, "clean_floor": floor,
         "attacks": list(config.attacks), "grid_ensemble": config.grid_ensemble,
         "cells": cells, "chosen_cell": chosen, "ensembles": ens_rows,
@@ -218,8 +234,7 @@ def run_tune(config: TuneConfig) -> dict[str, Any]:
             f"{config.clean_ratio} x undefended clean ({100 * floor:.1f}%); ties: higher clean, "
             f"smaller h1, larger h2; ensemble: smallest within {config.tolerance} of the best"
         ),
-        "dataset": ckpt.get("dataset"), "seconds": time.perf_counter() - t0,
-        "environment": report.environment(config.device),
+        "seconds": time.perf_counter() - t0, "environment": report.environment(config.device),
     }  # fmt: skip
 
 

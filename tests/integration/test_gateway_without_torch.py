@@ -1,8 +1,8 @@
 """The gateway runs, and defends, on the core install: no torch, no TorchServe package.
 
 ``shuffleguard serve --backend-url ...`` runs in a child interpreter in which torch,
-torchvision, TorchServe, PyTorchVideo, scipy and matplotlib cannot be imported (a
-meta-path finder refuses them, as on a machine where they are not installed), in
+torchvision, TorchServe, PyTorchVideo, scipy and matplotlib cannot be imported (as on
+a machine where they are not installed), in
 front of the session's real TorchServe. A video upload must decode, resize, shuffle,
 vote and come back 200 with the right label.
 """
@@ -24,17 +24,13 @@ from tests.integration.helpers import TINY, color_frames, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 LAUNCHER = """
-import importlib.abc, sys
+import sys
 
-BLOCKED = set(sys.argv[1].split(","))
+# None in sys.modules: `import x` raises ModuleNotFoundError and
+# importlib.util.find_spec("x") is None, as when x is not installed.
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None
 
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, NotInstalled())
 from service.cli import main
 
 sys.exit(main(sys.argv[2:]))
@@ -101,3 +97,17 @@ def test_model_commands_name_the_extra_they_need(tmp_path: Path) -> None:
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "needs the `models` extra" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_without_torchserve_says_how_to_get_it(tmp_path: Path) -> None:
+    """The core install cannot start TorchServe: serve says so instead of a Java log."""
+    (port,) = free_ports(1)
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, ",".join(MODELS_EXTRA_MODULES), "serve"]
+        + ["--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "needs the `models` extra" in out.stderr and "--backend-url" in out.stderr

@@ -193,21 +193,20 @@ def test_gateway_environment_names_are_settings(compose: dict[str, Any]) -> None
 
 # -------------------------------------------------------------- command lines and images
 def test_gateway_command_is_accepted_by_the_cli(compose: dict[str, Any]) -> None:
-    from service.cli import build_parser
+    from service.cli import parse
+    from service.commands.serve import ServeConfig, settings_from_config
 
     command = service(compose, "gateway")["command"]
     assert command[:2] == ["shuffleguard", "serve"]
-    from service.commands.serve import settings_from_args
-
-    args = build_parser().parse_args(command[1:])
-    assert args.command == "serve"
-    settings, external = settings_from_args(args)
+    config = parse(command[1:])  # the click command `shuffleguard serve` runs
+    assert isinstance(config, ServeConfig)
+    settings, external = settings_from_config(config)
     assert external  # compose's TorchServe, not one serve starts
     assert [(b.url, b.management_url) for b in settings.backends] == [
         ("http://torchserve:8080", "http://torchserve:8081")
     ]
-    assert args.host == "0.0.0.0"
-    assert int(args.port) == 8000
+    assert config.host == settings.host == "0.0.0.0"
+    assert config.port == settings.port == 8000
 
 
 def test_torchserve_command_is_accepted_by_torchserve(compose: dict[str, Any]) -> None:
@@ -321,11 +320,11 @@ def test_torchserve_container_config() -> None:
 
 
 def test_gateway_backend_urls_match_torchserve_ports(compose: dict[str, Any]) -> None:
-    from service.cli import build_parser
-    from service.commands.serve import settings_from_args
+    from service.cli import parse
+    from service.commands.serve import settings_from_config
 
-    args = build_parser().parse_args(service(compose, "gateway")["command"][1:])
-    (backend,) = settings_from_args(args)[0].backends
+    config = parse(service(compose, "gateway")["command"][1:])
+    (backend,) = settings_from_config(config)[0].backends
     props = properties(TS_CONTAINER_CONFIG)
     for url, key in (
         (backend.url, "inference_address"),

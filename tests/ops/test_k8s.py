@@ -457,7 +457,8 @@ def test_images_are_the_ones_compose_builds(compose: dict[str, Any], name: str) 
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_gateway_argv_env_and_ports(compose: dict[str, Any], name: str) -> None:
-    from service.cli import build_parser
+    from service.cli import parse
+    from service.commands.serve import settings_from_config
 
     docs = render(KUSTOMIZATIONS[name])
     gateway = container(docs, "gateway")
@@ -465,15 +466,14 @@ def test_gateway_argv_env_and_ports(compose: dict[str, Any], name: str) -> None:
     assert "command" not in gateway
     assert gateway["args"] == exec_form(GATEWAY_DOCKERFILE, "CMD")
     assert gateway["args"] == compose["services"]["gateway"]["command"]
-    args = build_parser().parse_args(gateway["args"][1:])
+    config = parse(gateway["args"][1:])  # the click command `shuffleguard serve` runs
+    settings = settings_from_config(config)[0]
     (http,) = gateway["ports"]
-    assert http["containerPort"] == int(args.port)
+    assert http["containerPort"] == config.port == settings.port
     # the backend URLs name the torchserve Service and its ports
     ts_service = by_kind(docs, "Service")["torchserve"]
     service_ports = {p["name"]: p["port"] for p in ts_service["spec"]["ports"]}
-    from service.commands.serve import settings_from_args
-
-    (backend,) = settings_from_args(args)[0].backends
+    (backend,) = settings.backends
     for url, port_name in ((backend.url, "inference"),
                            (backend.management_url, "management")):  # fmt: skip
         assert urlsplit(url).hostname == "torchserve"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 from pydantic import ValidationError
 
+from service.cli import parse
 from service.commands import serve
 from service.config import BackendEndpoint, Settings
 
@@ -54,14 +53,14 @@ def test_bad_backend_settings_fail_at_start(values: dict[str, object]) -> None:
         Settings(**values)
 
 
-def _serve_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    serve.add_arguments(parser)
-    return parser.parse_args(list(argv))
+def _serve_args(*argv: str) -> serve.ServeConfig:
+    config = parse(["serve", *argv])
+    assert isinstance(config, serve.ServeConfig)
+    return config
 
 
 def test_serve_takes_repeated_backend_urls() -> None:
-    settings, external = serve.settings_from_args(
+    settings, external = serve.settings_from_config(
         _serve_args("--backend-url", "http://a:8080", "--backend-url", "http://b:8090")
     )
     assert external
@@ -73,8 +72,8 @@ def test_serve_takes_repeated_backend_urls() -> None:
 
 def test_serve_oip_needs_a_backend_url() -> None:
     with pytest.raises(ValueError, match="needs --backend-url"):
-        serve.settings_from_args(_serve_args("--backend-kind", "oip"))
-    settings, _ = serve.settings_from_args(
+        serve.settings_from_config(_serve_args("--backend-kind", "oip"))
+    settings, _ = serve.settings_from_config(
         _serve_args("--backend-kind", "oip", "--backend-url", "http://kserve:8080")
     )
     assert settings.backend_kind == "oip"
