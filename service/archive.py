@@ -518,6 +518,7 @@ TOY_DATA_KEYS = (
     "object_fraction",
     "speed_reference",
     "contrast",
+    "spatial_fraction",
 )
 
 

@@ -99,6 +99,10 @@ ANALYSES: dict[str, tuple[str, str, str]] = {
         "service.experiments.denoiser", "DenoiserConfig",
         "train the DnCNN of the denoised-smoothing rows",
     ),
+    "regime": (
+        "service.experiments.regime", "RegimeConfig",
+        "defended accuracy vs uniformized accuracy across models",
+    ),
 }  # fmt: skip
 
 #: ``bench`` sub-commands: name -> (module, config class, one-line help)

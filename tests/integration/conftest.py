@@ -2,8 +2,9 @@
 
 * ``model_store``: a temporary model store with ``tiny_color.mar``, a tiny
   TorchScript model built here with :func:`service.archive.build_mar`, plus the
-  repository's default model (``model_store/toy_r3d18.mar``) when it has been
-  built. ``tiny_color`` makes every outcome checkable by hand: its logits are
+  archives the repository ships (``model_store/*.mar``: the default model and the
+  documented failure case, docs/default_model.md) when they have been built.
+  ``tiny_color`` makes every outcome checkable by hand: its logits are
   ``3 * mean RGB of frame 0 + mean RGB of the clip``, so a clip's label is its
   dominant colour, and a clip whose first frame differs from the rest is an
   "attack" that only the temporal position carries -- the shuffles move it away.
@@ -26,7 +27,7 @@ from service.archive import build_mar
 from service.config import Settings
 from service.torchserve_proc import TorchServeProcess, free_ports
 from tests.integration.helpers import (
-    DEFAULT_MAR,
+    SHIPPED_MARS,
     TINY,
     TINY_META,
     ColorNet,
@@ -44,8 +45,9 @@ from tests.integration.helpers import (
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("model_store")
     build_mar(ColorNet(), TINY_META, store, batch_size=4, max_batch_delay_ms=5)
-    if DEFAULT_MAR.is_file():
-        (store / DEFAULT_MAR.name).symlink_to(DEFAULT_MAR.resolve())
+    for mar in SHIPPED_MARS:  # the default model and the others model_store ships
+        if mar.is_file():
+            (store / mar.name).symlink_to(mar.resolve())
     return store
 
 

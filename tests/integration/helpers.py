@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,37 @@ from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_p
 REPO = Path(__file__).resolve().parents[2]
 #: the shipped default model (another archive: SG_TEST_DEFAULT_MAR=/path/to/x.mar)
 DEFAULT_MAR = Path(os.environ.get("SG_TEST_DEFAULT_MAR", REPO / "model_store" / "toy_r3d18.mar"))
+#: every archive model_store ships (all are served: TorchServe loads the whole store)
+SHIPPED_MARS = sorted({DEFAULT_MAR, *(REPO / "model_store").glob("*.mar")})
+
+
+def archive_meta(mar: Path) -> dict[str, Any]:
+    """The ``meta.json`` inside a ``.mar`` (a zip)."""
+    with zipfile.ZipFile(mar) as zf:
+        meta: dict[str, Any] = json.loads(zf.read("meta.json"))
+    return meta
+
+
+def toy_clips_for(meta: dict[str, Any], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh clips of a shipped toy model's own data (its meta.json ``data`` recipe: the
+    ``toy-data`` options, contrast blend included) and their labels: uint8
+    ``[count, T, H, W, 3]`` and int ``[count]``."""
+    from service.toy.contrast import blend_towards_background
+    from service.toy.data import OBJECT_FRACTION, SPEED_REFERENCE, generate_toy_dataset
+
+    recipe = meta.get("data") or {}
+    data = generate_toy_dataset(
+        int(recipe.get("dataset", meta.get("dataset") or 1)),
+        count=count,
+        seed=seed,
+        frames=int(recipe.get("frames", meta["clip_len"])),
+        size=int(recipe.get("size", meta["crop_size"])),
+        speed_reference=int(recipe.get("speed_reference", SPEED_REFERENCE)),
+        object_fraction=float(recipe.get("object_fraction", OBJECT_FRACTION)),
+        spatial_fraction=float(recipe.get("spatial_fraction", 1.0)),
+    )
+    return blend_towards_background(data, float(recipe.get("contrast", 1.0))), data.labels
+
 
 TINY = "tiny_color"
 TINY_META = {

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,13 +18,16 @@ from tests import media
 from tests.integration.helpers import (
     COLORS,
     DEFAULT_MAR,
+    SHIPPED_MARS,
     TINY,
     TINY_META,
     ColorNet,
     Gateway,
     StartGateway,
+    archive_meta,
     color_frames,
     first_frame_attack,
+    toy_clips_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -197,28 +199,18 @@ def test_models_endpoint(research_gateway: Gateway, client: httpx.Client) -> Non
     assert client.get(f"{research_gateway.url}/readyz").json()["model"] == TINY
 
 
-@pytest.mark.skipif(
-    not DEFAULT_MAR.is_file(), reason="model_store/toy_r3d18.mar is not built in this checkout"
-)
-def test_default_model_agrees_with_itself_on_clean_toy_clips(
-    start_gateway: StartGateway, torchserve: TorchServeProcess, client: httpx.Client
+@pytest.mark.parametrize("mar", SHIPPED_MARS, ids=lambda p: p.stem)
+def test_shipped_models_agree_with_themselves_on_clean_toy_clips(
+    mar: Path, start_gateway: StartGateway, torchserve: TorchServeProcess, client: httpx.Client
 ) -> None:
-    from service.toy.contrast import blend_towards_background
-    from service.toy.data import generate_toy_dataset
-
-    with zipfile.ZipFile(DEFAULT_MAR) as mar:  # a .mar is a zip; meta.json is inside
-        meta = json.loads(mar.read("meta.json"))
+    """Every shipped model, served: the ensemble's vote agrees with the model's own
+    prediction on fresh clips of its own data recipe (meta.json ``data``)."""
+    if not mar.is_file():
+        pytest.skip(f"{mar} is not built in this checkout")
+    meta = archive_meta(mar)
     gateway = start_gateway(default_model=meta["name"])
-    data = generate_toy_dataset(
-        int(meta.get("dataset") or 1),
-        count=6 * 8,
-        frames=int(meta["clip_len"]),
-        size=int(meta["crop_size"]),
-        seed=12345,
-    )
-    # the clips the model was trained on: docs/default_model.md (contrast 0.4)
-    blended = blend_towards_background(data, float(meta.get("contrast", 0.4)))
-    clips = [blended[np.flatnonzero(data.labels == k)[0]] for k in range(6)]
+    data, labels = toy_clips_for(meta, count=6 * 8, seed=12345)
+    clips = [data[np.flatnonzero(labels == k)[0]] for k in range(6)]
     agree = 0
     for i, clip in enumerate(clips):
         r = client.post(f"{gateway.url}/v1/classify?seed={i}", content=media.npy_bytes(clip))
@@ -275,27 +267,16 @@ def test_handler_refuses_bad_index_payloads_with_400(
 
 
 @pytest.mark.skipif(
-    not DEFAULT_MAR.is_file(), reason="model_store/toy_r3d18.mar is not built in this checkout"
+    not DEFAULT_MAR.is_file(), reason=f"{DEFAULT_MAR} is not built in this checkout"
 )
 def test_early_stop_equals_the_full_vote_with_the_real_model(
     start_gateway: StartGateway, client: httpx.Client
 ) -> None:
     """The shipped model on clean and first-frame-attacked toy clips: for each seed, the
     early-stopped vote gives the full vote's label and flag, with fewer copies."""
-    from service.toy.contrast import blend_towards_background
-    from service.toy.data import generate_toy_dataset
-
-    with zipfile.ZipFile(DEFAULT_MAR) as mar:
-        meta = json.loads(mar.read("meta.json"))
+    meta = archive_meta(DEFAULT_MAR)
     gateway = start_gateway(default_model=meta["name"])
-    data = generate_toy_dataset(
-        int(meta.get("dataset") or 1),
-        count=8,
-        frames=int(meta["clip_len"]),
-        size=int(meta["crop_size"]),
-        seed=777,
-    )
-    clips = list(blend_towards_background(data, float(meta.get("contrast", 0.4))))
+    clips = list(toy_clips_for(meta, count=8, seed=777)[0])
     attacked = clips[0].copy()
     attacked[0] = clips[1][0]  # another class's first frame: a crude temporal attack
     cast = []
