@@ -190,6 +190,12 @@ def test_serve_restarts_a_dead_torchserve_and_stops_clean_on_sigint(
             backend_back = now
         if serve.ready():
             gateway_back = time.monotonic()
+            if backend_back is None:
+                # The backend came up between this poll's two checks (the gateway is
+                # only ready once it is): it was back by the start of this poll at
+                # the latest, and it must be ready now.
+                assert _backend_ready(inference_url, management_url)
+                backend_back = now
         time.sleep(0.1)
     assert backend_back is not None and gateway_back is not None, _diagnose(
         serve, inference_url, management_url, polls, backend_back, gateway_back
