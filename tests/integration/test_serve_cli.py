@@ -192,8 +192,8 @@ def test_serve_restarts_a_dead_torchserve_and_stops_clean_on_sigint(
             gateway_back = time.monotonic()
             if backend_back is None:
                 # The backend came up between this poll's two checks (the gateway is
-                # only ready once it is): it was back by the start of this poll at
-                # the latest, and it must be ready now.
+                # only ready once it is), so it must be ready now; counting from the
+                # start of this poll only overstates the gateway's delay.
                 assert _backend_ready(inference_url, management_url)
                 backend_back = now
         time.sleep(0.1)
