@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from service.toy.data import TOY_DATA_KEYS
+
 logger = logging.getLogger(__name__)
 
 HANDLER_PATH = Path(__file__).with_name("handler.py")
@@ -506,20 +508,6 @@ def rewrite_archive_meta(path: Path | str, updates: dict[str, Any]) -> dict[str,
     if side.is_file():
         side.write_text(text)
     return new_meta
-
-
-#: every ``toy-data`` option, the recipe a toy model's meta.json records under ``data``
-TOY_DATA_KEYS = (
-    "dataset",
-    "count",
-    "seed",
-    "frames",
-    "size",
-    "object_fraction",
-    "speed_reference",
-    "contrast",
-    "spatial_fraction",
-)
 
 
 def toy_data_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:

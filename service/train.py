@@ -442,8 +442,12 @@ def save_checkpoint(
     crop_size: int,
     config: TrainConfig,
     dataset: int | str | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save ``result.model`` as a checkpoint dict (tensors on the CPU); returns the dict."""
+    """Save ``result.model`` as a checkpoint dict (tensors on the CPU); returns the dict.
+
+    ``recipe`` is the ``toy-data`` recipe of the training clips (their meta.json's
+    ``recipe``), kept as ``data`` so that ``archive`` can record it."""
     model = result.model
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if config.arch == ARCH:
@@ -465,6 +469,7 @@ def save_checkpoint(
         "clip_len": int(clip_len),
         "crop_size": int(crop_size),
         "dataset": dataset,
+        "data": dict(recipe or {}),
         "seed": config.seed,
         "test_accuracy": result.test_accuracy,
         "val_accuracy": result.val_accuracy,
@@ -540,7 +545,7 @@ def train_from_directory(
         progress=progress,
         desc=Path(data_dir).name or "train",
     )
-    dataset = meta.get("dataset")
+    dataset, recipe = meta.get("dataset"), meta.get("recipe")
     return save_checkpoint(
         result,
         out,
@@ -549,4 +554,5 @@ def train_from_directory(
         crop_size=int(data.clips.shape[2]),
         config=config,
         dataset=dataset if isinstance(dataset, int | str) else None,
+        recipe=recipe if isinstance(recipe, dict) else None,
     )

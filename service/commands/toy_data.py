@@ -63,7 +63,7 @@ def run(args: ToyDataConfig) -> int:
     from tqdm import tqdm
 
     from service.toy.contrast import blend_towards_background
-    from service.toy.data import generate_toy_dataset, write_toy_dataset
+    from service.toy.data import TOY_DATA_KEYS, generate_toy_dataset, write_toy_dataset
 
     t0 = time.perf_counter()
     try:
@@ -85,9 +85,10 @@ def run(args: ToyDataConfig) -> int:
     with tqdm(total=args.count, desc=f"toy dataset {args.dataset}", unit="clip") as bar:
         write_toy_dataset(data, args.out, mp4=args.mp4, fps=args.fps, progress=bar.update)
     meta_path = Path(args.out) / "meta.json"
-    if meta_path.exists():  # record the blend beside the generator's own settings
+    if meta_path.exists():  # record the blend and the whole recipe beside the generator's
         meta = json.loads(meta_path.read_text())
         meta["contrast"] = args.contrast
+        meta["recipe"] = {key: getattr(args, key) for key in TOY_DATA_KEYS}
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     n_test = int((data.split == "test").sum())
     print(

@@ -259,6 +259,28 @@ def test_cli_archives_a_training_checkpoint(tmp_path: Path) -> None:
     assert "responseTimeout: 60" in config  # the toy default, unchanged
 
 
+def test_the_data_recipe_travels_from_toy_data_to_the_archive(tmp_path: Path) -> None:
+    """toy-data records its options, train keeps them, archive writes them: a newly
+    trained toy model's meta.json carries its whole data recipe, with no warning."""
+    from service.cli import main
+
+    data, ckpt = tmp_path / "data", tmp_path / "m.ckpt"
+    options = {"dataset": 1, "count": 16, "seed": 3, "frames": 4, "size": 16,
+               "object_fraction": 0.25, "speed_reference": 32, "contrast": 0.5,
+               "spatial_fraction": 0.75}  # fmt: skip
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    assert main(["toy-data", *argv, "--out", str(data)]) == 0
+    assert json.loads((data / "meta.json").read_text())["recipe"] == options
+    assert main(["train", "--data", str(data), "--out", str(ckpt), "--epochs", "1",
+                 "--base-width", "4", "--threads", "1"]) == 0  # fmt: skip
+    done = _cli("--checkpoint", str(ckpt), "--name", "toy", "--out", str(tmp_path / "store"),
+                "--h1", "1", "--h2", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "incomplete" not in done.stderr
+    meta, _ = read_archive(tmp_path / "store" / "toy.mar")
+    assert meta["data"] == options
+
+
 def test_read_checkpoint_refuses_non_checkpoints(tmp_path: Path) -> None:
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(CheckpointError, match="weights_only"):
