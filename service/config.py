@@ -129,7 +129,7 @@ class Settings(BaseSettings):
 
     # ---------------------------------------------------------------- models
     default_model: str = Field(
-        default="toy_r3d18",
+        default="toy_mixed_r3d18",
         pattern=MODEL_NAME_PATTERN,
         description="model used when a request names none (falls back to the first listed)",
     )

@@ -25,7 +25,12 @@ from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_p
 
 REPO = Path(__file__).resolve().parents[2]
 #: the shipped default model (another archive: SG_TEST_DEFAULT_MAR=/path/to/x.mar)
-DEFAULT_MAR = Path(os.environ.get("SG_TEST_DEFAULT_MAR", REPO / "model_store" / "toy_r3d18.mar"))
+DEFAULT_MAR = Path(
+    os.environ.get(
+        "SG_TEST_DEFAULT_MAR",
+        REPO / "model_store" / f"{Settings.model_fields['default_model'].default}.mar",
+    )
+)
 #: every archive model_store ships (all are served: TorchServe loads the whole store)
 SHIPPED_MARS = sorted({DEFAULT_MAR, *(REPO / "model_store").glob("*.mar")})
 

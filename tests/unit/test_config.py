@@ -22,7 +22,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_follow_the_spec() -> None:
     s = Settings()
     assert s.research_mode is False
-    assert s.default_model == "toy_r3d18"
+    assert s.default_model == "toy_mixed_r3d18"
     assert s.max_upload_bytes == 50 * 1024 * 1024
     assert s.max_pixels == 3840 * 2160
     assert s.max_frames == 3000

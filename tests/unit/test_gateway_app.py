@@ -121,11 +121,11 @@ def test_every_classify_request_is_counted(prod: TestClient) -> None:
     prod.get("/v1/classify")  # 405
     counts = _samples(prod, "shuffleguard_requests_total")
     by_status = {dict(k)["status"]: (dict(k)["model"], v) for k, v in counts.items()}
-    assert by_status["403"] == ("toy_r3d18", 1.0)
+    assert by_status["403"] == ("toy_mixed_r3d18", 1.0)
     # names the gateway has never seen served do not become label values
     assert by_status["422"] == ("unknown", 1.0)
     assert by_status["503"] == ("unknown", 1.0)
-    assert by_status["400"] == ("toy_r3d18", 1.0)
+    assert by_status["400"] == ("toy_mixed_r3d18", 1.0)
     assert by_status["405"][1] == 1.0
     assert "shuffleguard_inflight_requests" in prod.get("/metrics").text
 
