@@ -79,8 +79,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The attack budget of every audit: the library's full strength, never an option.
-BUDGET = Budget()
+#: The smallest attack radius an audit takes (pixel levels of 255): the paper's 4/255.
+#: Steps and EOT draws are the library's full ones and not options at all.
+MIN_EPS_LEVELS = 4
 #: ``(measure, row)`` of the evaluated clips, then of the attacked clips.
 CLIP_CELLS: tuple[tuple[str, str], ...] = (
     ("clean", "none"), ("clean", "shuffle"), ("uniformized", "none"), ("permuted", "none"),
@@ -142,6 +143,11 @@ class AuditConfig(ExperimentConfig):
         " (verdict and tune)",
     )  # fmt: skip
     level: float = opt(0.95, "confidence level of the intervals (and of the verdict's rule)")
+    eps: int = opt(
+        MIN_EPS_LEVELS, "L-inf radius of I-FGSM and EOT in pixel levels of 255: the paper's 4"
+        " or more; raise it when the attack does not fool your undefended model (the tune"
+        " stays at 4)",
+    )  # fmt: skip
     latency_clips: int = opt(4, "clips timed for the compute cost")
     latency_repeats: int = opt(5, "timed calls per clip (the median is reported)")
     device: str = device_opt()
@@ -152,6 +158,11 @@ class AuditConfig(ExperimentConfig):
     no_progress: bool = progress_opt()
 
     def check(self) -> None:
+        if not MIN_EPS_LEVELS <= self.eps <= 255:
+            raise ValueError(
+                f"--eps must be {MIN_EPS_LEVELS}..255 pixel levels, got {self.eps}: the"
+                f" paper's {MIN_EPS_LEVELS}/255 is the floor (an audit never weakens its attacks)"
+            )
         if self.clips is not None and self.clips < 1:
             raise ValueError(f"--clips must be >= 1, got {self.clips}")
         if self.attack_clips < 1 or self.tune_clips < 1:
@@ -318,6 +329,11 @@ class _Plan:
     ctx: RowContext
     clips: dict[int, torch.Tensor]  # position in ``rows`` -> uint8 [T, crop, crop, 3]
 
+    @property
+    def budget(self) -> Budget:
+        """The library's full-strength budget at the run's radius."""
+        return Budget(eps=self.config.eps / 255)
+
 
 def _plan(config: AuditConfig) -> _Plan:
     from service.archive import load_archived_network
@@ -362,7 +378,7 @@ def _fingerprint(p: _Plan) -> dict[str, Any]:
         "tune_grid": {"h1s": c.h1s, "h2s": c.h2s, "ensembles": c.ensembles,
                       "grid_ensemble": c.grid_ensemble, "clean_ratio": c.clean_ratio},
         "latency": {"clips": c.latency_clips, "repeats": c.latency_repeats, "device": c.device},
-        **asdict(BUDGET),
+        **asdict(p.budget),
     }  # fmt: skip
 
 
@@ -446,7 +462,7 @@ def _attack_cells(p: _Plan, records: Records, chunk: list[int], x: torch.Tensor,
     if need:
         spec = ATTACKS["ifgsm"]
         assert spec.build is not None
-        adv = spec.build(p.model, BUDGET)(x[need], y[need])
+        adv = spec.build(p.model, p.budget)(x[need], y[need])
         for n, j in enumerate(need):
             for row in ("none", "shuffle"):
                 key = (s, ids[j], "ifgsm", row)
@@ -455,7 +471,7 @@ def _attack_cells(p: _Plan, records: Records, chunk: list[int], x: torch.Tensor,
                     bar.update(1)
     need = [j for j, cid in enumerate(ids) if (s, cid, "eot", "shuffle") not in records]
     if need:
-        attack = eot_for_row("shuffle", p.model, p.ctx, BUDGET, batch_size=p.config.eot_batch)
+        attack = eot_for_row("shuffle", p.model, p.ctx, p.budget, batch_size=p.config.eot_batch)
         row_id = DEFENSE_ROWS["shuffle"].seed_id
         attack.set_clip_generators(
             [common.generator(s, ids[j], row_id, EOT_SEED_TAG) for j in need]
@@ -630,6 +646,11 @@ def verdict(fig: dict[str, dict[str, Any]], clean_ratio: float, name: str) -> di
        copies look alike to the model and an attack on one fools them all.
     4. ``no_measurable_gain`` -- none of these: the model reads frame order but the
        defense's gain is not measurable on this sample (attack more clips).
+
+    Caveat, whatever the rule: when the undefended I-FGSM accuracy's lower bound is
+    above half the undefended clean accuracy, the attack barely bites at this radius, so
+    the attacked figures say little about the defense; the sentence says so and names
+    ``--eps`` (``attack_bites`` is false).
     """
     clean, clean_d = fig["clean/none"], fig["clean/shuffle"]
     ifgsm, perm, uni = fig["ifgsm/none"], fig["permuted/none"], fig["uniformized/none"]
@@ -672,9 +693,16 @@ def verdict(fig: dict[str, dict[str, Any]], clean_ratio: float, name: str) -> di
             f" attack the defense keeps {p(worst)} against {p(ifgsm)} undefended; attack more"
             " clips (--attack-clips) or try the recommended preset."
         )
+    bites = ifgsm["low"] <= clean["accuracy"] / 2
+    if not bites:
+        sentence += (
+            f" Caveat: the attack leaves the undefended model at {p(ifgsm)}, so it barely bites"
+            " at this radius and the attacked figures say little; rerun with a larger --eps."
+        )
     parts = _RULE_PARTS.split(verdict.__doc__ or "")[1:]
     rule = [" ".join(part.split()) for part in parts if part.strip()]
-    return {"code": code, "sentence": sentence, "floor": floor, "worst": worst, "rule": rule}
+    return {"code": code, "sentence": sentence, "floor": floor, "worst": worst, "rule": rule,
+            "attack_bites": bites}  # fmt: skip
 
 
 def summarize(p: _Plan, done: list[dict[str, Any]]) -> dict[str, Any]:
@@ -696,7 +724,7 @@ def summarize(p: _Plan, done: list[dict[str, Any]]) -> dict[str, Any]:
         "chance": 1 / len(p.meta.labels), "preset": p.preset.to_dict(),
         "clips": {"evaluated": len(p.evaluated), "attacked": len(p.attacked),
                   "tune": len(p.tune), "available": len(p.rows)},
-        "budget": asdict(BUDGET), "level": c.level, "clean_ratio": c.clean_ratio,
+        "budget": asdict(p.budget), "level": c.level, "clean_ratio": c.clean_ratio,
         "figures": fig, "tune": by[("tune", "grid")]["result"],
         "cost": by[("latency", "cost")]["result"],
         "verdict": verdict(fig, c.clean_ratio, name),

@@ -21,6 +21,8 @@ from service.cli import main
 from service.experiments.audit import VERDICTS, verdict
 from tests.experiments.audit_models import Audited, Conv3dNet, PerFrame2dNet, build
 
+#: the regime map's archives (issue 12, section 1), shipped beside its reports
+REGIME_MODELS = Path("docs/results/regime/models")
 #: small but full-strength audits: 24 evaluated clips, 8 attacked, a one-cell tune
 SMALL = [
     "--clips", "24", "--attack-clips", "8", "--tune-clips", "4", "--h1s", "4", "--h2s", "1",
@@ -64,6 +66,27 @@ def test_verdict_rule_takes_the_first_rule_that_holds() -> None:
     assert verdict(_figures(ifgsm__shuffle=(1.0, 0.9, 1.0), eot__shuffle=(0.2, 0.07, 0.4)),
                    0.95, "m")["code"] != "protects"  # fmt: skip
     assert {verdict(f, 0.95, "m")["code"] for f in (needs, flat, _figures())} <= set(VERDICTS)
+
+
+def test_verdict_says_when_the_attack_barely_bites() -> None:
+    bites = verdict(_figures(), 0.95, "m")
+    assert bites["attack_bites"] and "Caveat" not in bites["sentence"]
+    # the undefended model keeps 80-100% under I-FGSM: the attacked figures measure little
+    weak = _figures(ifgsm__none=(0.95, 0.8, 1.0), eot__shuffle=(0.9, 0.75, 1.0),
+                    permuted__none=(1.0, 0.85, 1.0))  # fmt: skip
+    v = verdict(weak, 0.95, "m")
+    assert v["code"] == "order_insensitive" and not v["attack_bites"]
+    assert "barely bites" in v["sentence"] and "--eps" in v["sentence"]
+
+
+def test_eps_can_be_raised_never_lowered() -> None:
+    with pytest.raises(SystemExit, match=r"--eps must be 4\.\.255 pixel levels, got 2"):
+        main(["audit", "--model", "x.mar", "--data", "d", "--eps", "2"])
+    from service.experiments.audit import AuditConfig
+
+    with pytest.raises(ValueError, match="4/255 is the floor"):
+        AuditConfig(model="x.mar", data="d", eps=3).check()
+    AuditConfig(model="x.mar", data="d", eps=16).check()
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +223,8 @@ def test_bad_input_gets_a_clear_error(models: dict[str, Audited], tmp_path: Path
 
 @pytest.mark.slow
 def test_audit_every_served_model(tmp_path: Path) -> None:
-    """Every .mar in model_store/, audited on fresh clips of its own data recipe
+    """Every .mar in model_store/ and the regime map's shipped archives
+    (docs/results/regime/models/), audited on fresh clips of its own data recipe
     (meta.json ``data``: the ``toy-data`` options, with another seed). Models of
     different regimes must not all get the same verdict."""
     import dataclasses
@@ -210,9 +234,10 @@ def test_audit_every_served_model(tmp_path: Path) -> None:
 
     options = {f.name for f in dataclasses.fields(ToyDataConfig)} - {"out", "mp4", "fps"}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    store = Path(__file__).resolve().parents[2] / "model_store"
+    repo = Path(__file__).resolve().parents[2]
+    mars = [*(repo / "model_store").glob("*.mar"), *(repo / REGIME_MODELS).glob("*.mar")]
     verdicts = {}
-    for mar in sorted(store.glob("*.mar")):
+    for mar in sorted(mars):
         meta, _ = read_archive(mar)
         recipe = dict(meta.get("data") or {})
         if not recipe:
@@ -230,6 +255,7 @@ def test_audit_every_served_model(tmp_path: Path) -> None:
         res = json.loads((out / "audit.json").read_text())
         assert res["verdict"]["code"] in VERDICTS
         verdicts[mar.stem] = (res["verdict"]["code"], json.dumps(recipe, sort_keys=True))
-    recipes = {r for _, r in verdicts.values()}
-    if len(recipes) >= 3:
-        assert len({v for v, _ in verdicts.values()}) >= 2, verdicts
+    assert {f"toy_{m}_r3d18" for m in ("d1", "d3")} <= set(verdicts), verdicts
+    # the map's models span the regimes: dataset 1 (all spatial), dataset 3 (motion only)
+    assert verdicts["toy_d1_r3d18"][0] != verdicts["toy_d3_r3d18"][0], verdicts
+    assert len({v for v, _ in verdicts.values()}) >= 2, verdicts
