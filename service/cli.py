@@ -6,7 +6,8 @@ its default, help and allowed values from the field, validation by the config; t
 command runs ``<module>.run(config)``. List fields take several values after one flag
 (``--seeds 0 1 2``), as they always have.
 
-The service commands (``serve``, ``classify``, ``archive``, ``bench NAME``), ``toy-data``
+The service commands (``serve``, ``classify``, ``archive``, ``create-key``, ``bench NAME``),
+``toy-data``
 and ``train`` are config commands too: every command is one registry entry
 ``name -> (module, config class, one-line help)``. :func:`parse` gives the config an
 argv parses into, by the same click command, without running it.
@@ -54,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "archive": (
         "service.commands.archive", "ArchiveConfig",
         "export a checkpoint and build its TorchServe .mar",
+    ),
+    "create-key": (
+        "service.commands.create_key", "CreateKeyConfig",
+        "create an API key: print it once, add its hash to the key file",
     ),
 }  # fmt: skip
 

@@ -189,6 +189,35 @@ class Settings(BaseSettings):
         default=2, description="threads for blocking work (decoding, copy-mode gathers)"
     )
 
+    # ---------------------------------------------------------------- clients
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="YAML/JSON file of API key hashes, names and roles (written by "
+        "`shuffleguard create-key`; docs/serving.md, API keys); unset, or a file listing "
+        "no keys: the API is open",
+    )
+    api_keys_reload_s: PositiveFloat = Field(
+        default=5.0, description="the key file is re-read at most this often when it changed"
+    )
+    quota_client_rate: PositiveFloat = Field(
+        default=1.0, description="classify requests/s of a client-role key (token bucket)"
+    )
+    quota_client_burst: PositiveInt = Field(
+        default=10, description="token bucket size of a client-role key"
+    )
+    quota_client_concurrency: PositiveInt = Field(
+        default=2, description="classify requests at once of a client-role key"
+    )
+    quota_research_rate: PositiveFloat = Field(
+        default=20.0, description="classify requests/s of a research-role key (token bucket)"
+    )
+    quota_research_burst: PositiveInt = Field(
+        default=100, description="token bucket size of a research-role key"
+    )
+    quota_research_concurrency: PositiveInt = Field(
+        default=8, description="classify requests at once of a research-role key"
+    )
+
     # ---------------------------------------------------------------- serve
     host: str = Field(default="127.0.0.1", description="gateway bind address")
     port: Port = Field(default=8000, description="gateway port")

@@ -72,6 +72,7 @@ class ServeConfig(ExperimentConfig):
     )
     max_inflight: int | None = _setting("max_inflight", panel="gateway")
     default_model: str | None = _setting("default_model", panel="gateway")
+    api_keys_file: Path | None = _setting("api_keys_file", panel="gateway")
     log_format: str = opt("text", "log line format", choices=("text", "json"), panel="gateway")
     backend_url: list[str] | None = _setting(
         "backend_url",
@@ -193,6 +194,14 @@ def run(args: ServeConfig) -> int:
         print(f"shuffleguard serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, json_lines=args.log_format == "json")
+    if settings.api_keys_file is not None:  # fail before TorchServe starts, not after
+        from service.gateway.keys import KeyFileError, read_key_file
+
+        try:
+            read_key_file(settings.api_keys_file)
+        except KeyFileError as exc:
+            print(f"shuffleguard serve: {exc}", file=sys.stderr)
+            return 2
     if args.workers == 1 and not _port_free(settings.host, settings.port):
         print(
             f"shuffleguard serve: {settings.host}:{settings.port} is in use; pick another --port",

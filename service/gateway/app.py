@@ -22,12 +22,19 @@ from service.gateway.backend import Backend, TorchServeBackend
 from service.gateway.catalog import ModelCatalog
 from service.gateway.deps import GatewayState
 from service.gateway.errors import install_error_handlers
+from service.gateway.keys import KeyStore
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.middleware import RequestContextMiddleware
 from service.gateway.pipeline import Pipeline
 from service.gateway.pool import BackendPool, PoolCollector
+from service.gateway.quotas import Quotas
 from service.gateway.routes import classify, health, models
-from service.gateway.schemas import CLASSIFY_RESPONSES, MODELS_RESPONSES
+from service.gateway.schemas import (
+    CLASSIFY_RESPONSES,
+    KEYED_OPERATIONS,
+    MODELS_RESPONSES,
+    SECURITY_SCHEMES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +73,12 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     """A gateway app for ``settings`` (default: from the environment).
 
     ``backend`` replaces the TorchServe client (another model server); the app
-    closes whichever backend it uses when it shuts down.
+    closes whichever backend it uses when it shuts down. An unusable key file
+    (``api_keys_file``) raises :class:`~service.gateway.keys.KeyFileError` here.
     """
     settings = settings or Settings()
     metrics = GatewayMetrics()
+    keys = KeyStore(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,7 +105,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             metrics=metrics,
             admission=admission,
             pipeline=Pipeline(settings, client, catalog, metrics=metrics, admission=admission),
+            keys=keys,
+            quotas=Quotas(metrics),
         )
+        log_access_control(keys)
         logger.info(
             "gateway up: %s backend %s (management %s), default model %s, %s mode, "
             "max_inflight=%d max_queue=%d, shuffle_mode=%s, early_stop=%s",
@@ -133,7 +145,48 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.include_router(classify.router, responses=CLASSIFY_RESPONSES)
     app.include_router(models.router, responses=MODELS_RESPONSES)
     app.include_router(health.router)
+    if keys.enabled:
+        document_security(app)
     return app
+
+
+def log_access_control(keys: KeyStore) -> None:
+    """Once at start-up: who may call the API."""
+    if keys.enabled:
+        logger.info(
+            "API keys from %s: %d keys, names %s; /v1/classify and /v1/models need one",
+            keys.path,
+            len(keys.entries),
+            keys.names,
+        )
+    elif keys.path is not None:
+        logger.warning(
+            "the API is OPEN: the key file %s lists no keys, so anyone reaching this port may "
+            "classify (restart with keys in the file to require them)",
+            keys.path,
+        )
+    else:
+        logger.warning(
+            "the API is OPEN: no key file (SHUFFLEGUARD_API_KEYS_FILE), so anyone reaching "
+            "this port may classify; see docs/serving.md, API keys"
+        )
+
+
+def document_security(app: FastAPI) -> None:
+    """Declare the key schemes in the OpenAPI document and require one on the keyed
+    operations (only when keys are configured, so an open gateway's document is true)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            for path, method in KEYED_OPERATIONS:
+                schema["paths"][path][method]["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app_from_env() -> FastAPI:

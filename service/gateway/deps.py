@@ -11,17 +11,24 @@ from service.config import Settings
 from service.gateway.admission import Admission
 from service.gateway.backend import Backend
 from service.gateway.catalog import ModelCatalog
+from service.gateway.errors import Unauthorized
+from service.gateway.keys import Client, KeyStore
 from service.gateway.metrics import GatewayMetrics
+from service.gateway.middleware import request_info
 from service.gateway.pipeline import Pipeline
+from service.gateway.quotas import Quotas
 
 __all__ = [
     "AdmissionDep",
     "BackendDep",
     "CatalogDep",
+    "ClientDep",
     "GatewayState",
     "MetricsDep",
     "PipelineDep",
+    "QuotasDep",
     "SettingsDep",
+    "get_client",
     "get_state",
 ]
 
@@ -36,6 +43,8 @@ class GatewayState:
     metrics: GatewayMetrics
     admission: Admission
     pipeline: Pipeline
+    keys: KeyStore
+    quotas: Quotas
 
 
 def get_state(request: Request) -> GatewayState:
@@ -69,9 +78,26 @@ def get_pipeline(request: Request) -> Pipeline:
     return get_state(request).pipeline
 
 
+def get_quotas(request: Request) -> Quotas:
+    return get_state(request).quotas
+
+
+def get_client(request: Request) -> Client:
+    """Who is asking (401 when keys are configured and none valid is presented); kept on
+    ``request.state.client`` and the request's log record for what runs later."""
+    client = get_state(request).keys.authenticate(request.headers)
+    if client is None:
+        raise Unauthorized()
+    request.state.client = client
+    request_info(request.scope).client = client
+    return client
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
+ClientDep = Annotated[Client, Depends(get_client)]

@@ -26,13 +26,17 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "ClientDisconnected",
+    "ConcurrencyLimited",
     "EmptyUpload",
     "GatewayError",
     "InvalidParameter",
     "MissingFileField",
     "ModelNotFound",
     "Overloaded",
+    "RateLimited",
+    "ResearchKeyRequired",
     "ResearchModeRequired",
+    "Unauthorized",
     "UploadTimeout",
     "UploadTooLarge",
     "VideoRejected",
@@ -53,6 +57,8 @@ class GatewayError(Exception):
     retry_after: int | None = None
     #: close the client connection after answering (the request body may be unread)
     close_connection: bool = False
+    #: extra response headers
+    headers: dict[str, str] = {}  # noqa: RUF012 - read-only class default
 
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -67,6 +73,23 @@ class InvalidParameter(GatewayError):
 
 class ResearchModeRequired(GatewayError):
     status_code, code = 403, "research_mode_required"
+
+
+class Unauthorized(GatewayError):
+    """No key, or not a valid one: one answer for both, so it says nothing of which."""
+
+    status_code, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="shuffleguard"'}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a valid API key is required: send it as `Authorization: Bearer <key>` or "
+            "`X-API-Key: <key>`"
+        )
+
+
+class ResearchKeyRequired(GatewayError):
+    status_code, code = 403, "research_key_required"
 
 
 class ModelNotFound(GatewayError):
@@ -112,6 +135,18 @@ class Overloaded(GatewayError):
     retryable = True
 
 
+class RateLimited(GatewayError):
+    """The client's token bucket is empty; ``retry_after``: seconds until it is not."""
+
+    status_code, code = 429, "rate_limited"
+    retryable = True
+
+
+class ConcurrencyLimited(GatewayError):
+    status_code, code = 429, "concurrency_limited"
+    retryable = True
+
+
 class BackendError(GatewayError):
     """A fault of the model backend; ``kind`` labels ``backend_errors_total``."""
 
@@ -154,8 +189,9 @@ def error_response(
     *,
     retry_after: int | None = None,
     close_connection: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
     if close_connection:
@@ -187,6 +223,7 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.message,
             retry_after=retry_after,
             close_connection=exc.close_connection,
+            headers=exc.headers,
         )
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

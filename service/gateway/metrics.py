@@ -116,6 +116,22 @@ class GatewayMetrics:
             namespace=ns,
             registry=self.registry,
         )
+        self.client_requests = Counter(
+            "client_requests_total",
+            "Every /v1/classify request by API key name (from the key file; `anonymous` when "
+            "the API is open, `unauthenticated` for 401s) and HTTP status.",
+            ["client", "status"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.quota_rejections = Counter(
+            "quota_rejections_total",
+            "Classify requests refused with 429 by the key's quota, by key name and reason "
+            "(rate: token bucket empty; concurrency: too many at once).",
+            ["client", "reason"],
+            namespace=ns,
+            registry=self.registry,
+        )
         self.inflight = Gauge(
             "inflight_requests",
             "Classify requests being handled (uploading, queued or running).",

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.gateway.keys import Client
 from service.gateway.logs import log_access, sanitize_request_id
 
 __all__ = ["CLASSIFY_PATH", "RequestContextMiddleware", "RequestInfo", "request_info"]
@@ -33,6 +34,8 @@ class RequestInfo:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     model: str | None = None
+    #: who is asking (set by the authentication dependency; None before or without it)
+    client: Client | None = None
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +87,8 @@ class RequestContextMiddleware:
         client = scope.get("client")
         if client:
             fields["client"] = client[0]
+        if info.client is not None:
+            fields["client_name"] = info.client.name
         if path == CLASSIFY_PATH:
             model = info.model or self._model_label(scope)
             fields["model"] = model
@@ -91,6 +96,8 @@ class RequestContextMiddleware:
             gateway = getattr(scope["app"].state, "gateway", None) if "app" in scope else None
             if gateway is not None:
                 gateway.metrics.requests_total.labels(model=model, status=str(status)).inc()
+                name = info.client.name if info.client is not None else "unauthenticated"
+                gateway.metrics.client_requests.labels(client=name, status=str(status)).inc()
         log_access(fields, level=logging.DEBUG if path in _QUIET_PATHS else logging.INFO)
 
     @staticmethod

@@ -137,8 +137,12 @@ class ErrorBody(BaseModel):
 ERROR_STATUSES: dict[int, str] = {
     400: "Bad upload: `empty_upload`, `missing_file`, `bad_multipart`, `bad_video` (empty,"
     " undecodable, corrupt or text body, malformed .npy header, wrong .npy dtype/shape).",
+    401: "`unauthorized`: API keys are configured and the request presents none, or not a"
+    " valid one (`Authorization: Bearer <key>` or `X-API-Key: <key>`); the same answer"
+    " either way.",
     403: "`research_mode_required`: a research-only parameter (defense, ensemble, h1, h2,"
-    " seed, early_stop) sent to a production gateway.",
+    " seed, early_stop) sent to a production gateway; `research_key_required`: sent with"
+    " a key whose role is not research.",
     404: "`model_not_found`: no served model has that name.",
     408: "`upload_timeout`: the upload did not arrive within the upload timeout; the"
     " connection is closed.",
@@ -148,8 +152,9 @@ ERROR_STATUSES: dict[int, str] = {
     422: "`invalid_parameter`: a query parameter out of range or of the wrong type. FastAPI's"
     " own validation errors are rewritten to this body (not FastAPI's `detail` list); the"
     " message names each offending parameter.",
-    429: "`overloaded` (the gateway's queue is full) or `backend_overloaded` (the backend's);"
-    " retry after `Retry-After` seconds.",
+    429: "`overloaded` (the gateway's queue is full), `backend_overloaded` (the backend's),"
+    " `rate_limited` (the key's token bucket is empty) or `concurrency_limited` (the key"
+    " has its most requests in progress); retry after `Retry-After` seconds.",
     502: "`backend_error`: the model backend answered something the gateway cannot use.",
     503: "`backend_unavailable` (classify, models) or `not_ready` (readyz): the backend is"
     " unreachable or has no ready worker; retry after `Retry-After` seconds.",
@@ -166,14 +171,26 @@ _RETRY_AFTER_HEADER: dict[str, Any] = {
 }
 
 
+_WWW_AUTHENTICATE_HEADER: dict[str, Any] = {
+    "WWW-Authenticate": {
+        "description": "the scheme to authenticate with",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """FastAPI ``responses=`` entries for ``statuses``: the JSON :class:`ErrorBody`, what
-    each status means, and the ``Retry-After`` header where it is always sent."""
+    each status means, and the ``Retry-After`` (``WWW-Authenticate``) header where it is
+    always sent."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
         if status in RETRY_AFTER_STATUSES:
             entry["headers"] = _RETRY_AFTER_HEADER
+        if status == 401:
+            entry["headers"] = _WWW_AUTHENTICATE_HEADER
         out[status] = entry
     return out
 
@@ -186,10 +203,17 @@ CLASSIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
         " and timings_ms (ClassifyResponse); research mode returns every field"
         " (ResearchClassifyResponse).",
     },
-    **error_responses(400, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504),
+    **error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504),
 }
-#: ``GET /v1/models``: backend faults only (it takes no parameters)
-MODELS_RESPONSES = error_responses(502, 503, 504)
+#: ``GET /v1/models``: a missing key and backend faults (it takes no parameters)
+MODELS_RESPONSES = error_responses(401, 502, 503, 504)
+#: operations that need a key when keys are configured: (path, method)
+KEYED_OPERATIONS = (("/v1/classify", "post"), ("/v1/models", "get"))
+#: the OpenAPI security schemes of a gateway with keys
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 #: ``GET /readyz``: not ready
 READYZ_RESPONSES = error_responses(503)
 #: ``GET /metrics``: Prometheus' text format, not JSON

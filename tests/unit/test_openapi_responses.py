@@ -3,12 +3,14 @@ error body (schemathesis checks the live answers against it: tests/integration).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.config import Settings
 from service.gateway import create_app
+from service.gateway.keys import hash_key
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +21,9 @@ def spec() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "method", "statuses"),
     [
-        ("/v1/classify", "post", {200, 400, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504}),
-        ("/v1/models", "get", {200, 502, 503, 504}),
+        ("/v1/classify", "post", {200, 400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503,
+                                  504}),
+        ("/v1/models", "get", {200, 401, 502, 503, 504}),
         ("/readyz", "get", {200, 503}),
         ("/healthz", "get", {200}),
         ("/metrics", "get", {200}),
@@ -39,6 +42,8 @@ def test_every_status_is_documented_with_the_error_body(
         assert doc["description"]
         has_retry_after = "Retry-After" in doc.get("headers", {})
         assert has_retry_after == (int(status) in (429, 503)), (path, status)
+        has_challenge = "WWW-Authenticate" in doc.get("headers", {})
+        assert has_challenge == (int(status) == 401), (path, status)
 
 
 def test_422_is_the_gateways_error_body_not_fastapis(spec: dict[str, Any]) -> None:
@@ -55,3 +60,26 @@ def test_classify_200_covers_both_modes_and_metrics_is_text(spec: dict[str, Any]
     assert refs == {"ClassifyResponse", "ResearchClassifyResponse"}
     metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]
     assert set(metrics["content"]) == {"text/plain"}
+
+
+def test_security_is_declared_only_when_keys_are_configured(
+    spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """An open gateway declares no scheme (its document would lie: schemathesis's
+    ignored_auth check holds it to it); a keyed one requires a key on classify and
+    models, and on nothing else (probes and /metrics stay open)."""
+    assert "securitySchemes" not in spec.get("components", {})
+    assert all("security" not in op for ops in spec["paths"].values() for op in ops.values())
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys: [{{name: a, role: client, sha256: {hash_key('k')}}}]\n")
+    keyed = create_app(Settings(api_keys_file=keys)).openapi()
+    schemes = keyed["components"]["securitySchemes"]
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["bearer"]["scheme"] == "bearer"
+    secured = {
+        (path, method)
+        for path, ops in keyed["paths"].items()
+        for method, op in ops.items()
+        if op.get("security")
+    }
+    assert secured == {("/v1/classify", "post"), ("/v1/models", "get")}

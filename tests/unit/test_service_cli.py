@@ -25,7 +25,8 @@ from service.commands.serve import ServeConfig, settings_from_config
 OPTIONS: dict[str, dict[str, Any]] = {
     "serve": {
         "--host": None, "--port": None, "--workers": 1, "--research-mode": False,
-        "--max-inflight": None, "--default-model": None, "--log-format": "text",
+        "--max-inflight": None, "--default-model": None, "--api-keys-file": None,
+        "--log-format": "text",
         "--backend-url": None, "--backend-management-url": None, "--backend-kind": None,
         "--model-store": None, "--ts-host": None, "--ts-inference-port": None,
         "--ts-management-port": None, "--ts-metrics-port": None,
@@ -42,6 +43,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "--seed": 0, "--batch-size": 4, "--max-batch-delay-ms": 5, "--workers": 1,
         "--response-timeout": None, "--format": "torchscript",
     },
+    "create-key": {
+        "--file": ..., "--name": ..., "--role": "client", "--rate": None, "--burst": None,
+        "--concurrency": None,
+    },
     "bench shuffle": {
         "--frames": 32, "--sizes": [224, 16], "--n": 10, "--h1": 3, "--h2": 4,
         "--repeats": 21, "--warmup": 3, "--device": None, "--seed": 0, "--threads": None,
@@ -56,7 +61,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 #: the smallest valid command line of each command
-MINIMAL = {"classify": ["clip.npy"], "archive": ["--name", "m"]}
+MINIMAL = {
+    "classify": ["clip.npy"],
+    "archive": ["--name", "m"],
+    "create-key": ["--file", "keys.yaml", "--name", "m"],
+}
 
 
 def _click_command(words: str) -> Any:
@@ -90,7 +99,7 @@ def test_option_spellings_and_order_are_unchanged(words: str) -> None:
 @pytest.mark.parametrize("words", list(OPTIONS))
 def test_defaults_are_unchanged(words: str) -> None:
     config = parse([*words.split(), *MINIMAL.get(words, [])])
-    given = {"FILE": "file", "--name": "name"}
+    given = {"FILE": "file", "--name": "name", "--file": "file"}
     got = {
         flag: getattr(config, given.get(flag, flag[2:]).replace("-", "_"))
         for flag in OPTIONS[words]

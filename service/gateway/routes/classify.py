@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from service.gateway.backend import forwardable_headers
-from service.gateway.deps import PipelineDep, SettingsDep
-from service.gateway.errors import ResearchModeRequired
+from service.gateway.deps import ClientDep, PipelineDep, QuotasDep, SettingsDep
+from service.gateway.errors import ResearchKeyRequired, ResearchModeRequired
 from service.gateway.middleware import CLASSIFY_PATH, request_info
 from service.gateway.schemas import ClassifyRequest, classify_body
 from service.gateway.upload import read_upload
@@ -40,15 +40,21 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-def enforce_parameter_policy(request: Request, settings: SettingsDep) -> None:
-    """403 for the defense's knobs outside research mode (runs before validation)."""
-    if settings.research_mode:
-        return
+def enforce_parameter_policy(request: Request, settings: SettingsDep, client: ClientDep) -> None:
+    """403 for the defense's knobs outside research mode, or from a key without the
+    research role (runs after authentication, before validation)."""
     given = [name for name in RESEARCH_PARAMS if name in request.query_params]
-    if given:
+    if not given:
+        return
+    if not settings.research_mode:
         raise ResearchModeRequired(
             f"parameter(s) {', '.join(given)} need research mode (SHUFFLEGUARD_RESEARCH_MODE=1 "
             "on the gateway); in production only `model` may be set"
+        )
+    if not client.may_research:
+        raise ResearchKeyRequired(
+            f"parameter(s) {', '.join(given)} need a key with the research role; key "
+            f"{client.name!r} has the role {client.role!r}"
         )
 
 
@@ -65,17 +71,21 @@ async def classify(
     query: Annotated[ClassifyRequest, Query()],
     settings: SettingsDep,
     pipeline: PipelineDep,
+    client: ClientDep,
+    quotas: QuotasDep,
 ) -> JSONResponse:
-    """HTTP -> one typed request -> the pipeline -> the verdict as the response model."""
-    verdict = await pipeline.run(
-        query,
-        receive=partial(
-            read_upload,
-            request,
-            max_bytes=settings.max_upload_bytes,
-            timeout_s=settings.upload_timeout_s,
-        ),
-        info=request_info(request.scope),
-        headers=forwardable_headers(request.headers),
-    )
+    """HTTP -> one typed request -> the client's quota -> the pipeline -> the verdict as
+    the response model."""
+    async with quotas.admit(client):
+        verdict = await pipeline.run(
+            query,
+            receive=partial(
+                read_upload,
+                request,
+                max_bytes=settings.max_upload_bytes,
+                timeout_s=settings.upload_timeout_s,
+            ),
+            info=request_info(request.scope),
+            headers=forwardable_headers(request.headers),
+        )
     return JSONResponse(classify_body(verdict, research=settings.research_mode))

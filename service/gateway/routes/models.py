@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from service.gateway.deps import CatalogDep
+from service.gateway.deps import CatalogDep, get_client
 from service.gateway.schemas import ModelList
 
 router = APIRouter(tags=["models"])
@@ -14,6 +14,7 @@ router = APIRouter(tags=["models"])
     "/v1/models",
     response_model=ModelList,
     summary="List the served models",
+    dependencies=[Depends(get_client)],  # a key when keys are configured; no quota
     responses={},  # documented by the app: schemas.MODELS_RESPONSES
 )
 async def list_models(catalog: CatalogDep) -> dict[str, object]:
