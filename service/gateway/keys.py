@@ -242,9 +242,7 @@ class KeyStore:
     unusable), re-read when the file changes. ``enabled`` is fixed at start-up: a file
     listing no keys (or no file setting) leaves the API open until a restart."""
 
-    def __init__(
-        self, settings: Settings, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.path = settings.api_keys_file
         self.clock = clock

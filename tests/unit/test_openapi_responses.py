@@ -21,8 +21,7 @@ def spec() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "method", "statuses"),
     [
-        ("/v1/classify", "post", {200, 400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503,
-                                  504}),
+        ("/v1/classify", "post", {200, 400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504}),
         ("/v1/models", "get", {200, 401, 502, 503, 504}),
         ("/readyz", "get", {200, 503}),
         ("/healthz", "get", {200}),
