@@ -29,7 +29,7 @@ import subprocess
 import zipfile
 from functools import cache
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -556,6 +556,34 @@ def test_gateway_probes_service_hpa_and_pdb(name: str) -> None:
     assert 1 <= pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_gateway_reads_api_keys_from_the_secret(compose: dict[str, Any], name: str) -> None:
+    """The key file path is the same in compose and every overlay, and it is the file the
+    Secret is mounted as (a directory mount, so Secret updates reach the running pod)."""
+    docs = render(KUSTOMIZATIONS[name])
+    gateway = container(docs, "gateway")
+    path = PurePosixPath(env_of(gateway)["SHUFFLEGUARD_API_KEYS_FILE"])
+    compose_env = dict(e.split("=", 1) for e in compose["services"]["gateway"]["environment"]
+                       if "=" in e)  # fmt: skip
+    assert str(path) == compose_env["SHUFFLEGUARD_API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert compose["services"]["gateway"]["secrets"] == [path.name]
+    assert path.name in compose["secrets"]
+    (mount,) = [m for m in gateway["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert "subPath" not in mount
+    volumes = {v["name"]: v for v in pod_specs(docs)["gateway"]["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "gateway-api-keys"
+    assert secret["items"] == [{"key": "keys.yaml", "path": path.name}]
+    assert not secret.get("optional"), "no Secret must not mean an open API"
+
+
+def test_the_shipped_compose_key_file_is_a_valid_open_one() -> None:
+    from service.gateway.keys import parse_key_file
+
+    source = interpolate(yaml.safe_load(COMPOSE.read_text())["secrets"]["api_keys"]["file"])
+    assert parse_key_file((REPO / source).read_text()).keys == []
+
+
 def test_memory_limits_match_compose(compose: dict[str, Any]) -> None:
     docs = render(BASE)
     for svc in ("gateway", "torchserve"):
@@ -586,7 +614,12 @@ def test_pods_are_hardened(name: str) -> None:
             assert ctx["readOnlyRootFilesystem"] is True, deployment
             assert {"/tmp"} <= {m["mountPath"] for m in c["volumeMounts"]}, deployment
             for mount in c["volumeMounts"]:
-                assert "emptyDir" in volumes[mount["name"]], (deployment, mount)
+                volume = volumes[mount["name"]]
+                if "secret" in volume:  # read-only, readable by the pod's group only
+                    assert mount["readOnly"] is True, (deployment, mount)
+                    assert volume["secret"]["defaultMode"] & 0o007 == 0, (deployment, mount)
+                    continue
+                assert "emptyDir" in volume, (deployment, mount)
             requests = c["resources"]["requests"]
             assert requests["cpu"] and requests["memory"], deployment
             assert c["resources"]["limits"]["memory"], deployment
