@@ -5,8 +5,10 @@
     shuffleguard classify clip.mp4 --ensemble 20 --seed 7   # research-mode gateway only
 
 The file goes as the raw request body, with a Content-Type
-from its extension. Exit status: 0 on success, 1 when the gateway refused the
-clip (its error is printed), 2 when the gateway could not be reached.
+from its extension, and the API key in ``$SHUFFLEGUARD_API_KEY`` when it is set
+(a gateway with keys answers 401 without one). Exit status: 0 on success, 1 when
+the gateway refused the clip (its error is printed), 2 when the gateway could not
+be reached.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ def run(args: ClassifyConfig) -> int:
     if not path.is_file():
         print(f"shuffleguard classify: {path} is not a file", file=sys.stderr)
         return 1
-    headers = {"Content-Type": content_type_for(path)}
+    from service.gateway.keys import auth_headers
+
+    headers = {"Content-Type": content_type_for(path), **auth_headers()}
     if args.request_id:
         headers["X-Request-ID"] = args.request_id
     url = args.url.rstrip("/") + "/v1/classify"

@@ -102,9 +102,12 @@ class GatewayClient:
     def __init__(self, url: str, *, timeout: float = 120.0, max_retries: int = 30) -> None:
         import httpx
 
+        from service.gateway.keys import auth_headers
+
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.url = url.rstrip("/")
-        self.http = httpx.Client(timeout=timeout, trust_env=False)
+        # the key in $SHUFFLEGUARD_API_KEY, when the gateway requires one
+        self.http = httpx.Client(timeout=timeout, trust_env=False, headers=auth_headers())
         self.max_retries = max_retries
         self.requests = self.answered = self.throttled = 0
         self.slept_s = 0.0

@@ -242,3 +242,21 @@ def test_a_rotated_key_takes_effect_without_a_restart(
     path.write_text(f"keys:\n  - {{name: rot, sha256: {hash_key(new)}, {quota}}}\n")
     wait_until(lambda: classify(client, gateway, {"X-API-Key": old}).status_code == 401, 5)
     assert classify(client, gateway, {"X-API-Key": new}).status_code == 200
+
+
+def test_the_classify_command_sends_the_key_from_the_environment(
+    keyed: Gateway,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    clip = tmp_path / "clip.npy"
+    clip.write_bytes(CLIP)
+    monkeypatch.delenv("SHUFFLEGUARD_API_KEY", raising=False)
+    assert main(["classify", str(clip), "--url", keyed.url]) == 1
+    assert "HTTP 401 unauthorized" in capsys.readouterr().err
+    monkeypatch.setenv("SHUFFLEGUARD_API_KEY", KEYS["alice"])
+    assert main(["classify", str(clip), "--url", keyed.url, "--json"]) == 0
+    assert '"label": "red"' in capsys.readouterr().out

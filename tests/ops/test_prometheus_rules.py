@@ -26,6 +26,7 @@ EXPECTED_ALERTS = {
     "ShuffleGuardHigh5xxRate",
     "ShuffleGuardSuspectedAdversarialRate",
     "ShuffleGuardHighP95Latency",
+    "ShuffleGuardClientThrottled",
 }
 
 
