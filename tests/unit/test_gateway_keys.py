@@ -309,3 +309,17 @@ def test_create_key_prints_the_key_once(tmp_path: Path, capsys: pytest.CaptureFi
     (key,) = out.split()
     assert hash_key(key) in path.read_text()
     assert key not in err and "shown only now" in err
+
+
+def test_serve_refuses_an_unusable_key_file_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("keys:\n  - {name: a, sha256: nothex}\n")
+    for path in (tmp_path / "missing.yaml", bad):
+        argv = ["serve", "--api-keys-file", str(path), "--backend-url", "http://127.0.0.1:9"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and ("cannot read" in err or "keys.0.sha256" in err)
