@@ -205,21 +205,15 @@ def read_key_file(path: Path) -> KeyFile:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a request presents (``Authorization: Bearer``, or ``X-API-Key``), or None
-    when it presents none, an unusable one, or two different ones."""
-    found: set[str] = set()
+    """The key a request presents: ``Authorization: Bearer <key>``, else ``X-API-Key``
+    (``Authorization`` wins when both are sent); None when it presents none or an unusable
+    one (another scheme, empty, over 256 characters)."""
     authorization = headers.get("authorization")
     if authorization is not None:
         scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        found.add(value.strip())
-    api_key = headers.get("x-api-key")
-    if api_key is not None:
-        found.add(api_key.strip())
-    if len(found) != 1:
-        return None
-    (key,) = found
+        key = value.strip() if scheme.lower() == "bearer" else ""
+    else:
+        key = (headers.get("x-api-key") or "").strip()
     return key if 0 < len(key) <= _MAX_KEY_CHARS else None
 
 

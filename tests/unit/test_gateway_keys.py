@@ -113,7 +113,8 @@ def test_two_keys_may_share_a_name_while_one_is_rotated() -> None:
         ({"authorization": "Basic c2c6YWJj"}, None),
         ({"authorization": "Bearer"}, None),
         ({"x-api-key": ""}, None),
-        ({"authorization": "Bearer sg_abc", "x-api-key": "sg_other"}, None),  # which one?
+        ({"authorization": "Bearer sg_abc", "x-api-key": "sg_other"}, "sg_abc"),
+        ({"authorization": "Basic c2c6YWJj", "x-api-key": "sg_abc"}, None),  # no fallback
         ({"x-api-key": "k" * 257}, None),
     ],
 )
