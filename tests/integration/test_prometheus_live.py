@@ -8,7 +8,9 @@ The traffic makes every series of the dashboard exist: clean clips (200), a clip
 first frame carries the label (suspected adversarial), a concurrent burst against a
 gateway admitting one request (429), a gateway whose backend is down (503 and
 ``backend_errors_total{kind="unavailable"}``), and, straight at TorchServe, an unknown
-model and a body its handler refuses (its ``Requests4XX``). Nothing here makes TorchServe
+model and a body its handler refuses (its ``Requests4XX``), and a gateway with API keys
+(a request without a key, then one key past its quota round after round: its 429s raise
+``ShuffleGuardClientThrottled``). Nothing here makes TorchServe
 answer 5xx (its handler answers every bad input with 400), and TorchServe creates a
 counter at its first increment: the dashboard's ``Requests4XX/5XX`` queries end in
 ``or vector(0)`` so that a healthy backend reads 0 rather than "no data".
@@ -31,6 +33,7 @@ import httpx
 import pytest
 import yaml
 
+from service.gateway.keys import hash_key, new_key
 from service.torchserve_proc import TorchServeProcess, free_ports
 from tests import media
 from tests.integration.helpers import (
@@ -76,6 +79,8 @@ class Stack:
     dead_gateway: Gateway
     torchserve: TorchServeProcess
     log: Path
+    keyed_gateway: Gateway
+    key: str
 
     def api(self, client: httpx.Client, path: str, **params: str) -> Any:
         r = client.get(f"{self.url}/api/v1/{path}", params=params)
@@ -121,10 +126,15 @@ def stack(
     gateway = start_gateway(research_mode=False, max_inflight=1, max_queue=0)
     down = f"http://127.0.0.1:{closed_port()}"
     dead = start_gateway(research_mode=False, backend_url=down, backend_management_url=down)
+    key = new_key()
+    key_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    # `live` has a burst of 2 and next to no refill: every request after those is a 429
+    key_file.write_text(f"keys: [{{name: live, sha256: {hash_key(key)}, rate: 0.001, burst: 2}}]")
+    keyed = start_gateway(research_mode=False, api_keys_file=key_file)
     (port,) = free_ports(1)
     config = scrape_config(
         {
-            "shuffleguard-gateway": [authority(gateway.url), authority(dead.url)],
+            "shuffleguard-gateway": [authority(g.url) for g in (gateway, dead, keyed)],
             "torchserve": [authority(torchserve.metrics_url)],
             "prometheus": [f"127.0.0.1:{port}"],
         },
@@ -150,7 +160,7 @@ def stack(
             stderr=subprocess.STDOUT,
             cwd=workdir,
         )
-    stack = Stack(f"http://127.0.0.1:{port}", gateway, dead, torchserve, log)
+    stack = Stack(f"http://127.0.0.1:{port}", gateway, dead, torchserve, log, keyed, key)
     try:
         with httpx.Client(timeout=10.0, trust_env=False) as client:
             try:
@@ -180,7 +190,7 @@ def _ready(client: httpx.Client, stack: Stack, proc: subprocess.Popen[bytes]) ->
 
 def _all_targets_up(client: httpx.Client, stack: Stack) -> bool:
     targets = stack.api(client, "targets")["activeTargets"]
-    return len(targets) == 4 and all(t["health"] == "up" for t in targets)
+    return len(targets) == 5 and all(t["health"] == "up" for t in targets)
 
 
 def _send_traffic(stack: Stack) -> None:
@@ -201,6 +211,7 @@ def _send_traffic(stack: Stack) -> None:
             assert client.get(f"{ts.inference_url}/predictions/no_such_model").status_code == 404
             bad = client.post(f"{ts.inference_url}/predictions/{TINY}", content=b"not an npy")
             assert bad.status_code == 400, bad.status_code
+            _send_keyed_traffic(client, stack, clean["red"], first=_round == 0)
             time.sleep(1.5 * SCRAPE_INTERVAL_S)
         # one admitted at a time, no queue: a concurrent burst gets some 429s
         statuses: list[int] = []
@@ -212,6 +223,18 @@ def _send_traffic(stack: Stack) -> None:
             if 429 in statuses:
                 break
         assert 429 in statuses and set(statuses) <= {200, 429}, statuses
+
+
+def _send_keyed_traffic(client: httpx.Client, stack: Stack, body: bytes, *, first: bool) -> None:
+    """One request without a key (401), then 12 with `live`'s key: its burst of 2 in the
+    first round, 429 `rate_limited` for every other (a refusal rate over the alert's)."""
+    url = f"{stack.keyed_gateway.url}/v1/classify"
+    assert client.post(url, content=body).status_code == 401
+    statuses = [
+        client.post(url, content=body, headers={"X-API-Key": stack.key}).status_code
+        for _ in range(12)
+    ]
+    assert statuses == ([200, 200] if first else []) + [429] * (12 - 2 * first), statuses
 
 
 @pytest.fixture(scope="module")
@@ -299,8 +322,9 @@ def test_alert_rules_load_and_evaluate(stack: Stack, prom_client: httpx.Client) 
 
 def test_alerts_raised_by_the_traffic(stack: Stack, prom_client: httpx.Client) -> None:
     """The gateway whose backend is down raises ShuffleGuardBackendDown (for it alone) and,
-    its 503s being a third or more of all classify answers, ShuffleGuardHigh5xxRate; every
-    target is up, so ShuffleGuardTargetDown stays quiet. (Pending, not firing: the rules'
+    its 503s being a quarter or more of all classify answers, ShuffleGuardHigh5xxRate; the
+    key refused round after round raises ShuffleGuardClientThrottled; every target is up,
+    so ShuffleGuardTargetDown stays quiet. (Pending, not firing: the rules'
     ``for:`` is minutes long.)"""
     dead = authority(stack.dead_gateway.url)
 
@@ -313,9 +337,15 @@ def test_alerts_raised_by_the_traffic(stack: Stack, prom_client: httpx.Client) -
 
     with contextlib.suppress(AssertionError):
         wait_until(
-            lambda: raised("ShuffleGuardBackendDown") and raised("ShuffleGuardHigh5xxRate"),
+            lambda: (
+                raised("ShuffleGuardBackendDown")
+                and raised("ShuffleGuardHigh5xxRate")
+                and raised("ShuffleGuardClientThrottled")
+            ),
             timeout_s=10,
         )
     assert [a["instance"] for a in raised("ShuffleGuardBackendDown")] == [dead]
     assert [a["job"] for a in raised("ShuffleGuardHigh5xxRate")] == ["shuffleguard-gateway"]
+    # the key past its quota, and no one else (the 401s are `unauthenticated`, not refusals)
+    assert [a["client"] for a in raised("ShuffleGuardClientThrottled")] == ["live"]
     assert raised("ShuffleGuardTargetDown") == []

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docker/grafana/dashboards/shuffleguard.json"
 DATASOURCES = REPO / "docker/grafana/provisioning/datasources/prometheus.yml"
 
-#: SPEC section 4, "Metrics": name -> (type, labels)
+#: SPEC section 4, "Metrics", and the API keys' metrics: name -> (type, labels)
 SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
     "shuffleguard_requests_total": ("counter", {"model", "status"}),
     "shuffleguard_request_duration_seconds": ("histogram", {"stage"}),
@@ -25,6 +25,9 @@ SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
     "shuffleguard_suspected_adversarial_total": ("counter", {"model"}),
     "shuffleguard_backend_errors_total": ("counter", {"kind"}),
     "shuffleguard_inflight_requests": ("gauge", set()),
+    # API keys and quotas (issue 19; docs/serving.md)
+    "shuffleguard_client_requests_total": ("counter", {"client", "status"}),
+    "shuffleguard_quota_rejections_total": ("counter", {"client", "reason"}),
 }
 STAGES = {"decode", "shuffle", "backend", "vote", "total"}
 #: TorchServe series the dashboard must show (its prometheus-mode names)
