@@ -73,6 +73,8 @@ import io
 import logging
 import math
 import time
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -705,6 +707,85 @@ def _rotation_of(frame: av.VideoFrame) -> int:
     return (round(degrees / 90) * 90) % 360
 
 
+#: Demuxers whose packets are decoded from the first one on, never skipped: an
+#: animated GIF's frames draw over the previous canvas whatever their keyframe flag says.
+SEQUENTIAL_FORMATS = frozenset({"gif"})
+
+
+@dataclass(frozen=True)
+class _KeyIndex:
+    """Where decoding may start, from one demux pass (no decoding).
+
+    ``rank`` maps each packet's ``pts`` to its frame's place in presentation order
+    (the index sampling uses). ``starts`` are the decode positions ``s`` at which
+    the stream splits cleanly: packet ``s`` is a keyframe, the ``s`` packets before
+    it hold exactly frames ``0 .. s-1`` and it is frame ``s`` itself, so decoding
+    from packet ``s`` gives frames ``s, s+1, ...`` with nothing before it (0, the
+    stream's start, always is one).
+    """
+
+    rank: dict[int, int]
+    starts: tuple[int, ...]
+
+    @classmethod
+    def build(cls, keys: list[tuple[int | None, bool]], total: int) -> _KeyIndex | None:
+        """The index of packets ``keys`` (``(pts, is_keyframe)`` in decode order), or
+        None when they cannot name the frames: a missing or repeated ``pts``, or a
+        packet count that differs from the ``total`` frames sampling uses."""
+        pts = [p for p, _ in keys if p is not None]
+        if len(pts) != total or len(keys) != total or total < 2 or len(set(pts)) != total:
+            return None
+        rank = {p: r for r, p in enumerate(sorted(pts))}
+        starts = [0]
+        highest = -1
+        for position, (p, (_, key)) in enumerate(zip(pts, keys, strict=True)):
+            if position and key and rank[p] == position and highest == position - 1:
+                starts.append(position)
+            highest = max(highest, rank[p])
+        return cls(rank=rank, starts=tuple(starts))
+
+    def runs(self, wanted: set[int]) -> list[tuple[int, int]]:
+        """``(start, last)`` per run: decode from start ``start`` up to frame ``last``;
+        a wanted frame whose start lies within (or just after) the run before joins it."""
+        runs: list[tuple[int, int]] = []
+        for frame in sorted(wanted):
+            start = self.starts[bisect_right(self.starts, frame) - 1]
+            if runs and start <= runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], frame)
+            else:
+                runs.append((start, frame))
+        return runs
+
+    def skips(self, wanted: set[int]) -> bool:
+        """True when decoding only :meth:`runs` leaves packets out."""
+        runs = self.runs(wanted)
+        return bool(runs) and (runs[0][0] > 0 or len(runs) > 1)
+
+
+class _Cursor:
+    """Where a seek pass is in the stream's non-empty packets."""
+
+    def __init__(self, packets: Iterator[av.Packet]) -> None:
+        self.packets = packets
+        self.position = 0  # packets consumed, fed or skipped
+        self.expected = 0  # the next frame (presentation order) the decoder must give
+        self.jumped = False  # True until the first frame after a skip
+
+    def next(self) -> av.Packet | None:
+        """The next packet, or None (the decoder's end-of-stream flush) at the end."""
+        packet = next(self.packets, None)
+        self.position += packet is not None
+        return packet
+
+    def skip_to(self, start: int, budget: _Budget) -> None:
+        """Skip packets (demuxed, not decoded) up to ``start``, a key start."""
+        while self.position < start:
+            budget.check_time()
+            if self.next() is None:
+                raise EOFError("the stream ended before the keyframe it indexed")
+        self.expected, self.jumped = start, True
+
+
 class _VideoDecoder:
     """Decoding passes over one upload (see the module docstring, "Frame count and memory")."""
 
@@ -721,6 +802,8 @@ class _VideoDecoder:
         self.width = 0
         self.height = 0
         self.rotation = 0
+        self.key_index: _KeyIndex | None = None
+        self.seeked = False
 
     # -- container ------------------------------------------------------- #
     def _open(self) -> av.container.InputContainer:
@@ -774,24 +857,49 @@ class _VideoDecoder:
 
     # -- passes ---------------------------------------------------------- #
     def _frame_count_hint(self) -> int:
-        """Frames in the stream, from the container or by counting packets (no decoding)."""
+        """Frames in the stream, from the container or by counting packets (no decoding).
+
+        The packet scan also records where decoding may start (:class:`_KeyIndex`),
+        except for containers in :data:`SEQUENTIAL_FORMATS`; when the container
+        records the count, that scan is only an optimisation and any error in it
+        just leaves the decode sequential (the decoding pass reports the error).
+        """
         with self._open() as container:
             stream = self._video_stream(container)
-            if stream.frames > 0:
-                return int(stream.frames)
-            packets = 0
-            try:
-                for packet in container.demux(stream):
-                    self.budget.check_time()
-                    if packet.size:
-                        self._check_packet(packet, packets)
-                        packets += 1
-            except _AV_ERRORS as exc:
-                raise BadVideoError(
-                    f"the video is corrupt or truncated: reading its packets failed after"
-                    f" {packets} ({_describe(exc)}); re-encode or re-upload the file"
-                ) from exc
-            return packets
+            recorded = int(stream.frames)
+            seekable = self.format_name not in SEQUENTIAL_FORMATS
+            if recorded > 0 and not seekable:
+                return recorded
+            packets, keys = self._scan_packets(container, stream, strict=recorded <= 0)
+            if seekable and keys is not None:
+                self.key_index = _KeyIndex.build(keys, recorded if recorded > 0 else packets)
+            return recorded if recorded > 0 else packets
+
+    def _scan_packets(
+        self, container: av.container.InputContainer, stream: av.VideoStream, *, strict: bool
+    ) -> tuple[int, list[tuple[int | None, bool]] | None]:
+        """Demux only: the number of non-empty packets and each one's ``(pts,
+        is_keyframe)`` in decode order (None after a corrupt packet or a demuxer
+        error, which raise :class:`BadVideoError` when ``strict``)."""
+        keys: list[tuple[int | None, bool]] = []
+        packets = 0
+        try:
+            for packet in container.demux(stream):
+                self.budget.check_time()
+                if packet.size:
+                    if packet.is_corrupt and not strict:
+                        return packets, None
+                    self._check_packet(packet, packets)
+                    packets += 1
+                    keys.append((packet.pts, bool(packet.is_keyframe)))
+        except _AV_ERRORS as exc:
+            if not strict:
+                return packets, None
+            raise BadVideoError(
+                f"the video is corrupt or truncated: reading its packets failed after"
+                f" {packets} ({_describe(exc)}); re-encode or re-upload the file"
+            ) from exc
+        return packets, keys
 
     @staticmethod
     def _check_packet(packet: av.Packet, position: int) -> None:
@@ -840,6 +948,77 @@ class _VideoDecoder:
                 ) from exc
         return kept, count
 
+    def _sample_pass(self, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+        """:meth:`_seek_pass` when the key index lets it skip packets, else (or when
+        it gives up) :meth:`_decode_pass`."""
+        index, self.key_index = self.key_index, None  # valid for the first sampling only
+        if index is not None and index.skips(wanted):
+            self.key_index = index
+            kept = self._seek_pass(wanted)
+            self.key_index = None
+            if kept is not None:
+                self.seeked = True
+                return kept, 0
+            logger.debug("seek pass on %s/%s gave up", self.format_name, self.codec_name)
+        return self._decode_pass(wanted)
+
+    def _seek_pass(self, wanted: set[int]) -> dict[int, np.ndarray] | None:
+        """Decode only the runs of packets the ``wanted`` frames need: skip to the
+        keyframe that starts each run (dropping the decoder's state), decode up to
+        the run's last wanted frame.
+
+        Every frame that comes out is checked to be the next one in presentation
+        order (the rank of its ``pts``), and the first after a skip to be a
+        keyframe to the decoder; on any surprise (or a demuxer or decoder error) it
+        returns None and the caller decodes sequentially instead.
+        """
+        index = self.key_index
+        assert index is not None
+        kept: dict[int, np.ndarray] = {}
+        with self._open() as container:
+            stream = self._video_stream(container)
+            cursor = _Cursor(p for p in container.demux(stream) if p.size)
+            try:
+                for start, last in index.runs(wanted):
+                    if start > cursor.position:
+                        stream.codec_context.flush_buffers()
+                        cursor.skip_to(start, self.budget)
+                    if not self._decode_run(stream, cursor, wanted, kept, last):
+                        return None
+            except _AV_ERRORS:
+                return None
+        return kept if len(kept) == len(wanted) else None
+
+    def _decode_run(
+        self,
+        stream: av.VideoStream,
+        cursor: _Cursor,
+        wanted: set[int],
+        kept: dict[int, np.ndarray],
+        last: int,
+    ) -> bool:
+        """Feed packets until frame ``last`` comes out, checking that frames arrive
+        in presentation order; True when it did."""
+        index = self.key_index
+        assert index is not None
+        while cursor.expected <= last:
+            self.budget.check_time()
+            packet = cursor.next()
+            for frame in stream.decode(packet):
+                self.budget.count_frame()
+                self.budget.check_pixels(frame.width, frame.height, "a decoded frame")
+                if frame.pts is None or index.rank.get(frame.pts) != cursor.expected:
+                    return False
+                if cursor.jumped and not frame.key_frame:
+                    return False
+                cursor.jumped = False
+                if cursor.expected in wanted:
+                    kept[cursor.expected] = self._convert(frame)
+                cursor.expected += 1
+            if packet is None:
+                return cursor.expected > last
+        return True
+
     def _convert(self, frame: av.VideoFrame) -> np.ndarray:
         """One decoded frame -> uint8 ``[crop, crop, 3]`` RGB, upright."""
         image = frame.to_ndarray(format="rgb24", src_color_range=frame.color_range)
@@ -873,7 +1052,7 @@ class _VideoDecoder:
                 break
             indices = sample_frame_indices(total, self.clip_len, self.frame_interval)
             self._check_reachable(total, indices)
-            kept, count = self._decode_pass(set(indices.tolist()))
+            kept, count = self._sample_pass(set(indices.tolist()))
             if len(kept) == len(set(indices.tolist())):
                 frames = np.stack([kept[i] for i in indices.tolist()])
                 logger.debug(
