@@ -65,6 +65,10 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
     "train": (
         "service.commands.train", "TrainCommandConfig", "train R3D-18 or a model family on toy data"
     ),
+    "real-clips": (
+        "service.commands.real_clips", "RealClipsConfig",
+        "cut the fetched real footage into lossless clip windows + manifest.json",
+    ),
     "evaluate": (
         "service.experiments.evaluate", "EvalConfig", "attacks x defenses table (paper Table 5)"
     ),
