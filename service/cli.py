@@ -119,12 +119,16 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "service.bench.serve", "ServeBenchConfig",
         "undefended, copy, index and early-stop serving, two sizes",
     ),
+    "decode": (
+        "service.bench.decode", "DecodeBenchConfig",
+        "real clips: keyframe-skipping vs sequential decode, frames identical",
+    ),
 }  # fmt: skip
 
 #: command groups: name -> (sub-commands, one-line help)
 GROUPS: dict[str, tuple[dict[str, tuple[str, str, str]], str]] = {
     "analyze": (ANALYSES, "the paper's analyses (Tables 1-3, Fig. 2/5/7/8)"),
-    "bench": (BENCHES, "benchmarks: shuffle kernel, serving overhead"),
+    "bench": (BENCHES, "benchmarks: shuffle kernel, serving overhead, video decode"),
 }
 
 

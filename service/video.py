@@ -52,9 +52,10 @@ at a time plus ``clip_len`` small output frames -- never the whole video:
    Encoders used in practice emit one packet per shown frame (VP8/VP9
    alt-ref frames are packed into superframes), so this count is exact for them.
 2. One decoding pass then converts only the sampled frames to RGB
-   (``to_ndarray`` is the expensive step; every other frame is decoded, since
-   inter-coded frames depend on each other, but never converted), resizes and
-   crops each one immediately, and stops at the last frame it needs.
+   (``to_ndarray`` is the expensive step; every other frame it passes is decoded,
+   since inter-coded frames depend on each other, but never converted), resizes and
+   crops each one immediately, and stops at the last frame it needs. It skips the
+   packets no sampled frame depends on (see "Skipping to keyframes").
 3. If the stream ends cleanly before that frame (the recorded or packet count
    was too high, e.g. a lying header), the pass has just counted the frames
    exactly, and a second pass samples with the true count. (A file cut short
@@ -64,6 +65,32 @@ A one-pass reservoir was rejected: with ``N`` unknown until the end, any frame
 from the middle onwards may still be needed, so it would hold about half the
 video. If a count is too *low*, the clip is sampled as if the video ended
 there (slightly off-centre); no container in the tests does that.
+
+Skipping to keyframes
+---------------------
+Step 2 need not decode from the first frame. The demux pass of step 1 (run also
+when the container records ``N``, except for GIF, whose frames draw over the
+previous canvas) notes each packet's ``pts`` and keyframe flag (:class:`_KeyIndex`).
+A keyframe packet ``s`` *splits the stream cleanly* when the ``s`` packets before it
+hold exactly the first ``s`` frames in presentation order and it is frame ``s``:
+decoding from it then gives frames ``s, s+1, ...``, the same pixels as from the
+start (closed GOPs, intra-only codecs; an open GOP's keyframe, whose leading
+B-frames follow it, does not split). The sampled frames are grouped into runs, each
+decoded from the last clean split before its first frame (the decoder flushed,
+the packets in between demuxed but not decoded), up to its last frame; runs that
+meet are decoded in one go.
+
+Each frame that comes out must be the next one in presentation order (its ``pts``
+rank) and the first after a skip a keyframe to the decoder; on any surprise, or a
+demuxer or decoder error, the request decodes sequentially from the start instead
+(the frames already decoded count towards ``max_frames``). No index is used, and
+the decode stays sequential, when ``pts`` are missing or repeated (raw elementary
+streams), when the packet count differs from the count sampling uses (a lying
+header: the two-pass path of step 3), after a corrupt packet, and for GIF. Files
+that start a seek pass and give it up: B-frames whose container timestamps are in
+decode order (MPEG-4 with packed B-frames in avi, an mp4 muxed with pts = dts).
+tests/unit/test_video_seek.py checks the clips are identical to the sequential
+decode (``seek=False``) on toy and real files; ``shuffleguard bench decode`` times both.
 """
 
 from __future__ import annotations
@@ -717,6 +744,10 @@ def _rotation_of(frame: av.VideoFrame) -> int:
 SEQUENTIAL_FORMATS = frozenset({"gif"})
 
 
+#: ``(pts, dts, is_keyframe)`` of one packet
+_PacketKey = tuple[int | None, int | None, bool]
+
+
 @dataclass(frozen=True)
 class _KeyIndex:
     """Where decoding may start, from one demux pass (no decoding).
@@ -733,17 +764,20 @@ class _KeyIndex:
     starts: tuple[int, ...]
 
     @classmethod
-    def build(cls, keys: list[tuple[int | None, bool]], total: int) -> _KeyIndex | None:
-        """The index of packets ``keys`` (``(pts, is_keyframe)`` in decode order), or
-        None when they cannot name the frames: a missing or repeated ``pts``, or a
-        packet count that differs from the ``total`` frames sampling uses."""
-        pts = [p for p, _ in keys if p is not None]
+    def build(cls, keys: list[_PacketKey], total: int, reorders: bool) -> _KeyIndex | None:
+        """The index of packets ``keys`` (``(pts, dts, is_keyframe)`` in decode order),
+        or None when they cannot name the frames: a missing or repeated ``pts``, a
+        packet count that differs from the ``total`` frames sampling uses, or a codec
+        that ``reorders`` frames (B-frames) whose timestamps are all in decode order."""
+        if reorders and all(p == d for p, d, _ in keys):
+            return None
+        pts = [p for p, _, _ in keys if p is not None]
         if len(pts) != total or len(keys) != total or total < 2 or len(set(pts)) != total:
             return None
         rank = {p: r for r, p in enumerate(sorted(pts))}
         starts = [0]
         highest = -1
-        for position, (p, (_, key)) in enumerate(zip(pts, keys, strict=True)):
+        for position, (p, (_, _, key)) in enumerate(zip(pts, keys, strict=True)):
             if position and key and rank[p] == position and highest == position - 1:
                 starts.append(position)
             highest = max(highest, rank[p])
@@ -887,17 +921,20 @@ class _VideoDecoder:
             if recorded > 0 and not seekable:
                 return recorded
             packets, keys = self._scan_packets(container, stream, strict=recorded <= 0)
-            if seekable and keys is not None:
-                self.key_index = _KeyIndex.build(keys, recorded if recorded > 0 else packets)
-            return recorded if recorded > 0 else packets
+            total = recorded if recorded > 0 else packets
+            # avi stores no presentation times: with B-frames its pts are guesses
+            reorders = bool(stream.codec_context.has_b_frames)
+            if seekable and keys is not None and not (reorders and self.format_name == "avi"):
+                self.key_index = _KeyIndex.build(keys, total, reorders)
+            return total
 
     def _scan_packets(
         self, container: av.container.InputContainer, stream: av.VideoStream, *, strict: bool
-    ) -> tuple[int, list[tuple[int | None, bool]] | None]:
-        """Demux only: the number of non-empty packets and each one's ``(pts,
+    ) -> tuple[int, list[_PacketKey] | None]:
+        """Demux only: the number of non-empty packets and each one's ``(pts, dts,
         is_keyframe)`` in decode order (None after a corrupt packet or a demuxer
         error, which raise :class:`BadVideoError` when ``strict``)."""
-        keys: list[tuple[int | None, bool]] = []
+        keys: list[_PacketKey] = []
         packets = 0
         try:
             for packet in container.demux(stream):
@@ -907,7 +944,7 @@ class _VideoDecoder:
                         return packets, None
                     self._check_packet(packet, packets)
                     packets += 1
-                    keys.append((packet.pts, bool(packet.is_keyframe)))
+                    keys.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
         except _AV_ERRORS as exc:
             if not strict:
                 return packets, None
