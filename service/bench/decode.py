@@ -10,8 +10,10 @@ a seeded random order within one process:
 * ``seek`` -- the default: only the packet runs the sampled frames need, from the
   keyframe that starts each run (falls back to ``sequential`` where it cannot).
 
-Each figure is the median of ``--repeats`` rounds after ``--warmup``. Both ways must
-give identical clips (checked every round). Printed per clip: both medians, their ratio,
+Each figure is the median of ``--repeats`` rounds after ``--warmup``, as wall time and
+as the process's CPU time (all its threads: FFmpeg's decoding threads included), the
+latter much less disturbed by other load on a shared machine. Both ways must give
+identical clips (checked every round). Printed per clip: both medians, their ratios,
 frames decoded each way and what the seek pass did (``skipped``: fewer frames decoded;
 ``gave up``: it stopped after a few frames and decoded sequentially; ``sequential``:
 nothing to skip); then the median over clips of each column.
@@ -75,19 +77,22 @@ def bench_clip(
     kwargs["crop_size"] = crop_size
     ways = {"sequential": False, "seek": True}
     times: dict[str, list[float]] = {way: [] for way in ways}
+    cpu: dict[str, list[float]] = {way: [] for way in ways}
     clips: dict[str, DecodedClip] = {}
     order = list(ways)
     order_rng = random.Random(seed)
     for r in range(warmup + repeats):
         order_rng.shuffle(order)
         for way in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             clips[way] = decode_clip(data, seek=ways[way], **kwargs)
             if r >= warmup:
                 times[way].append(time.perf_counter() - start)
+                cpu[way].append(time.process_time() - start_cpu)
         if not np.array_equal(clips["seek"].frames, clips["sequential"].frames):
             raise AssertionError("the seek pass gave other frames than the sequential decode")
     med = {way: statistics.median(v) for way, v in times.items()}
+    med_cpu = {way: statistics.median(v) for way, v in cpu.items()}
     decoded = {way: clips[way].frames_decoded for way in ways}
     if decoded["seek"] < decoded["sequential"]:
         path = "skipped"
@@ -96,11 +101,35 @@ def bench_clip(
     return {
         "median_ms": {way: 1e3 * v for way, v in med.items()},
         "sequential_over_seek": med["sequential"] / med["seek"],
+        "median_cpu_ms": {way: 1e3 * v for way, v in med_cpu.items()},
+        "cpu_sequential_over_seek": med_cpu["sequential"] / med_cpu["seek"],
         "frames_decoded": decoded,
         "codec": clips["seek"].source_codec,
         "source_frames": clips["seek"].source_frames,
         "seek_pass": path,
     }
+
+
+def _print_medians(rows: list[dict[str, Any]]) -> None:
+    """The median over clips of each column, for all clips and for those that skip."""
+    for label, subset in (
+        ("median, all clips", rows),
+        ("median, clips that skip", [r for r in rows if r["seek_pass"] == "skipped"]),
+    ):
+        if not subset:
+            continue
+        cols = [
+            statistics.median(r[key][way] for r in subset)
+            for key in ("median_ms", "median_cpu_ms")
+            for way in ("sequential", "seek")
+        ]
+        ratio = statistics.median(r["sequential_over_seek"] for r in subset)
+        ratio_cpu = statistics.median(r["cpu_sequential_over_seek"] for r in subset)
+        print(
+            f"{label:<40} {cols[0]:>7.1f} {cols[1]:>7.1f} {ratio:>6.2f}"
+            f" {cols[2]:>7.1f} {cols[3]:>8.1f} {ratio_cpu:>6.2f}"
+        )
+    print()
 
 
 def run(args: DecodeBenchConfig) -> int:
@@ -112,8 +141,9 @@ def run(args: DecodeBenchConfig) -> int:
         f" command: {args.command()}"
     )
     header = (
-        f"{'clip':<22} {'sampling':>8} {'codec':>8} {'seq ms':>8} {'seek ms':>8} {'ratio':>6}"
-        f" {'frames seq':>10} {'frames seek':>11}  seek pass"
+        f"{'clip':<22} {'sampling':>8} {'codec':>8} {'seq ms':>7} {'seek ms':>7} {'ratio':>6}"
+        f" {'seq cpu':>7} {'seek cpu':>8} {'ratio':>6} {'frames seq':>10} {'frames seek':>11}"
+        "  seek pass"
     )
     results = []
     for text in args.samplings:
@@ -126,17 +156,16 @@ def run(args: DecodeBenchConfig) -> int:
                 args.repeats, args.warmup, args.seed,
             )  # fmt: skip
             res.update(clip=source.name, sampling=text)
-            ms, fd = res["median_ms"], res["frames_decoded"]
+            ms, cp, fd = res["median_ms"], res["median_cpu_ms"], res["frames_decoded"]
             print(
-                f"{source.name:<22} {text:>8} {res['codec']:>8} {ms['sequential']:>8.1f}"
-                f" {ms['seek']:>8.1f} {res['sequential_over_seek']:>6.2f}"
+                f"{source.name:<22} {text:>8} {res['codec']:>8} {ms['sequential']:>7.1f}"
+                f" {ms['seek']:>7.1f} {res['sequential_over_seek']:>6.2f}"
+                f" {cp['sequential']:>7.1f} {cp['seek']:>8.1f}"
+                f" {res['cpu_sequential_over_seek']:>6.2f}"
                 f" {fd['sequential']:>10} {fd['seek']:>11}  {res['seek_pass']}"
             )
             rows.append(res)
-        seq = statistics.median(r["median_ms"]["sequential"] for r in rows)
-        seek = statistics.median(r["median_ms"]["seek"] for r in rows)
-        ratio = statistics.median(r["sequential_over_seek"] for r in rows)
-        print(f"{'median over clips':<31} {'':>8} {seq:>8.1f} {seek:>8.1f} {ratio:>6.2f}\n")
+        _print_medians(rows)
         results += rows
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
