@@ -455,6 +455,8 @@ def prepare_family(
             "format": loaded.format,
             "stripped_prefix": loaded.stripped_prefix,
         }
+        if loaded.provenance is not None:
+            meta["checkpoint"]["provenance"] = loaded.provenance
     else:
         meta["init_seed"] = config.seed
     return model, meta

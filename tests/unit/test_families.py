@@ -40,6 +40,7 @@ SMALL_CLIP = {
     "s3d": 8,
     "mvit_v2_s": 2,
     "swin3d_t": 2,
+    "i3d_inception": 2,
 }
 SMALL_CROP = 32
 #: TorchScript trace vs eager, max |difference| / max(1, max |logit|) (measured: 0.0)
@@ -57,7 +58,7 @@ def small_model(name: str) -> VideoClassifier:
     return build_family(name, num_classes=7, clip_len=t, crop_size=crop, seed=1)
 
 
-def test_registry_lists_the_twelve_families() -> None:
+def test_registry_lists_the_thirteen_families() -> None:
     assert set(FAMILY_NAMES) == {
         "i3d_r50",
         "slowfast_r50",
@@ -71,6 +72,7 @@ def test_registry_lists_the_twelve_families() -> None:
         "s3d",
         "mvit_v2_s",
         "swin3d_t",
+        "i3d_inception",
     }
     with pytest.raises(KeyError, match="known"):
         get_family("resnet9000")
