@@ -74,14 +74,6 @@ class RequestError(ValueError):
     """A request payload the handler cannot use (answered with 400)."""
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_weights(path: str, fmt: str, device: torch.device) -> torch.nn.Module:
     """Load a TorchScript ``model.pt`` or a ``torch.export`` ``model.pt2`` onto ``device``."""
     if fmt == "torchscript":
@@ -286,7 +278,8 @@ class ShuffleGuardHandler:
             self.meta = json.load(fh)
         fmt = self.meta.get("format", "torchscript")
         weights = os.path.join(model_dir, "model.pt2" if fmt == "export" else "model.pt")
-        digest = sha256_file(weights)
+        with open(weights, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if self.meta.get("sha256") and digest != self.meta["sha256"]:
             raise RuntimeError(
                 f"weights {weights} have sha256 {digest}, meta.json says {self.meta['sha256']}"

@@ -20,13 +20,14 @@ counters may be absent (older checkpoints): they do not change an eval-mode forw
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from service.archive import sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -70,14 +71,6 @@ class LoadedCheckpoint:
     format: str  # "model_state", "state_dict" or "plain"
     sha256: str
     stripped_prefix: str = ""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load(path: Path) -> Any:
@@ -134,7 +127,7 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
         # a VideoClassifier's own state dict: the normalization comes from the family
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         stripped = "net."
-    return LoadedCheckpoint(state, fmt, _sha256(path), stripped)
+    return LoadedCheckpoint(state, fmt, sha256_file(path), stripped)
 
 
 def _short(items: list[str]) -> str:
