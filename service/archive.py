@@ -9,7 +9,8 @@ An archive holds:
   ``crop_size``, ``labels``, ``preset`` {``h1``, ``h2``, ``ensemble``}, ``format``,
   ``sha256`` of the weights file, plus provenance fields;
 * ``model-config.yaml`` -- TorchServe's server-side batching and worker settings;
-* ``handler.py`` -- :mod:`service.handler`.
+* ``handler.py`` -- :mod:`service.handler`, with ``npy_reader.py`` beside it
+  (:mod:`service.npy_reader`, the handler's ``.npy`` reader).
 
 The network takes float32 ``[B, 3, T, H, W]`` RGB in ``[0, 1]`` and returns
 logits ``[B, K]``; normalization is inside it.
@@ -34,6 +35,8 @@ from service.toy.data import TOY_DATA_KEYS
 logger = logging.getLogger(__name__)
 
 HANDLER_PATH = Path(__file__).with_name("handler.py")
+#: modules the handler imports from beside it (TorchServe loads it without ``service``)
+HANDLER_MODULES = (Path(__file__).with_name("npy_reader.py"),)
 REQUIRED_META = ("name", "arch", "clip_len", "frame_interval", "crop_size", "labels", "preset")
 
 
@@ -159,12 +162,16 @@ def build_mar(
         )
         handler = tmp / "handler.py"
         shutil.copyfile(HANDLER_PATH, handler)
+        for module in HANDLER_MODULES:
+            shutil.copyfile(module, tmp / module.name)
         config = ModelArchiverConfig(
             model_name=str(meta["name"]),
             handler=str(handler),
             version=version,
             serialized_file=str(weights),
-            extra_files=str(tmp / "meta.json"),
+            extra_files=",".join(
+                str(tmp / name) for name in ("meta.json", *(m.name for m in HANDLER_MODULES))
+            ),
             export_path=str(out),
             force=True,
             config_file=str(tmp / "model-config.yaml"),
