@@ -162,16 +162,12 @@ def build_mar(
         )
         handler = tmp / "handler.py"
         shutil.copyfile(HANDLER_PATH, handler)
-        for module in HANDLER_MODULES:
-            shutil.copyfile(module, tmp / module.name)
         config = ModelArchiverConfig(
             model_name=str(meta["name"]),
             handler=str(handler),
             version=version,
             serialized_file=str(weights),
-            extra_files=",".join(
-                str(tmp / name) for name in ("meta.json", *(m.name for m in HANDLER_MODULES))
-            ),
+            extra_files=",".join(map(str, (tmp / "meta.json", *HANDLER_MODULES))),
             export_path=str(out),
             force=True,
             config_file=str(tmp / "model-config.yaml"),

@@ -257,54 +257,61 @@ class ShuffleGuardHandler:
                 "[T, H, W, 3] clip followed by an .npy int64 [R, T] of frame indices"
             )
         body = memoryview(payload).cast("B")
-        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
         first = read_npy_header(body, 0)
-        if len(first.shape) == 5:  # copy mode: the clips themselves
-            check_npy(first, np.dtype(np.uint8), "clips")
-            if first.shape[1:] != (T, S, S, 3):
-                raise RequestError(
-                    f"expected clips of shape [B, {T}, {S}, {S}, 3], got {list(first.shape)}"
-                )
-            if not 1 <= first.shape[0] <= MAX_REQUEST_CLIPS:
-                raise RequestError(
-                    f"a request holds 1..{MAX_REQUEST_CLIPS} clips, got {first.shape[0]}"
-                )
-            frames = view_npy(first, body)
-            if first.end != len(body):
-                raise RequestError(
-                    f"body is {len(body)} bytes, the clips array declares {first.end}"
-                )
-            return ClipRequest(frames=frames, indices=None)
-        if len(first.shape) == 4:  # index mode: one clip + frame indices
-            check_npy(first, np.dtype(np.uint8), "clip")
-            if first.shape != (T, S, S, 3):
-                raise RequestError(
-                    f"expected a clip of shape [{T}, {S}, {S}, 3], got {list(first.shape)}"
-                )
-            frames = view_npy(first, body)
-            if first.end >= len(body):
-                raise RequestError("index mode: the clip must be followed by an .npy of indices")
-            second = read_npy_header(body, first.end)
-            check_npy(second, np.dtype("<i8"), "indices")
-            if len(second.shape) != 2 or second.shape[1] != T:
-                raise RequestError(f"expected indices of shape [R, {T}], got {list(second.shape)}")
-            if not 1 <= second.shape[0] <= MAX_REQUEST_CLIPS:
-                raise RequestError(
-                    f"a request holds 1..{MAX_REQUEST_CLIPS} index rows, got {second.shape[0]}"
-                )
-            indices = view_npy(second, body)
-            if second.end != len(body):
-                raise RequestError(
-                    f"body is {len(body)} bytes, the clip and indices declare {second.end}"
-                )
-            lo, hi = int(indices.min()), int(indices.max())
-            if lo < 0 or hi >= T:
-                raise RequestError(f"frame indices must lie in [0, {T}), got {lo}..{hi}")
-            return ClipRequest(frames=frames, indices=indices)
+        if len(first.shape) == 5:
+            return self._copy_mode(body, first)
+        if len(first.shape) == 4:
+            return self._index_mode(body, first)
         raise RequestError(
             "expected an .npy uint8 [B, T, H, W, 3] (copy mode) or uint8 [T, H, W, 3] "
             f"followed by int64 [R, T] (index mode); got a {len(first.shape)}-d array"
         )
+
+    def _copy_mode(self, body: memoryview, first: npy_reader.NpyHeader) -> ClipRequest:
+        """Copy mode: ``first`` declares the clips themselves."""
+        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
+        check_npy(first, np.dtype(np.uint8), "clips")
+        if first.shape[1:] != (T, S, S, 3):
+            raise RequestError(
+                f"expected clips of shape [B, {T}, {S}, {S}, 3], got {list(first.shape)}"
+            )
+        if not 1 <= first.shape[0] <= MAX_REQUEST_CLIPS:
+            raise RequestError(
+                f"a request holds 1..{MAX_REQUEST_CLIPS} clips, got {first.shape[0]}"
+            )
+        frames = view_npy(first, body)
+        if first.end != len(body):
+            raise RequestError(f"body is {len(body)} bytes, the clips array declares {first.end}")
+        return ClipRequest(frames=frames, indices=None)
+
+    def _index_mode(self, body: memoryview, first: npy_reader.NpyHeader) -> ClipRequest:
+        """Index mode: ``first`` declares one clip, frame indices follow it."""
+        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
+        check_npy(first, np.dtype(np.uint8), "clip")
+        if first.shape != (T, S, S, 3):
+            raise RequestError(
+                f"expected a clip of shape [{T}, {S}, {S}, 3], got {list(first.shape)}"
+            )
+        frames = view_npy(first, body)
+        if first.end >= len(body):
+            raise RequestError("index mode: the clip must be followed by an .npy of indices")
+        second = read_npy_header(body, first.end)
+        check_npy(second, np.dtype("<i8"), "indices")
+        if len(second.shape) != 2 or second.shape[1] != T:
+            raise RequestError(f"expected indices of shape [R, {T}], got {list(second.shape)}")
+        if not 1 <= second.shape[0] <= MAX_REQUEST_CLIPS:
+            raise RequestError(
+                f"a request holds 1..{MAX_REQUEST_CLIPS} index rows, got {second.shape[0]}"
+            )
+        indices = view_npy(second, body)
+        if second.end != len(body):
+            raise RequestError(
+                f"body is {len(body)} bytes, the clip and indices declare {second.end}"
+            )
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= T:
+            raise RequestError(f"frame indices must lie in [0, {T}), got {lo}..{hi}")
+        return ClipRequest(frames=frames, indices=indices)
 
     def forward(self, requests: list[ClipRequest]) -> np.ndarray:
         """Every row of ``requests`` -> float32 logits ``[sum of rows, K]``.
