@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib import format as npy_format
 
-#: Longest ``.npy`` header accepted, in bytes. ``numpy.save`` pads its header to a
-#: multiple of 64 bytes with room for the first axis to grow; it writes 128 bytes for
-#: every array the callers accept (at most 5-d, uint8 / int64 / float32), 64-d
-#: arrays included under 1,024. 1 KiB keeps 8x headroom for other writers and bounds
-#: the ``literal_eval``/``tokenize`` work a hostile header costs to a tenth of
-#: numpy's own default bound (10,000, set for the same reason).
+#: Longest ``.npy`` header accepted, in bytes. ``numpy.save`` writes 128 bytes of
+#: preamble and header (padded to a multiple of 64, with room for the first axis to
+#: grow) for every array the callers accept: 2- to 5-d uint8, int64 or float32, any
+#: size. 1 KiB leaves 8x that for other writers and bounds the ``literal_eval`` and
+#: ``tokenize`` work of a hostile header to a tenth of numpy's own default bound
+#: (10,000, set for the same reason).
 MAX_HEADER_BYTES = 1024
 #: What each read of numpy's header parser is, in the order numpy reads them.
 _FIELDS = ("magic string and version", "header length", "header")
