@@ -9,7 +9,8 @@ An archive holds:
   ``crop_size``, ``labels``, ``preset`` {``h1``, ``h2``, ``ensemble``}, ``format``,
   ``sha256`` of the weights file, plus provenance fields;
 * ``model-config.yaml`` -- TorchServe's server-side batching and worker settings;
-* ``handler.py`` -- :mod:`service.handler`.
+* ``handler.py`` -- :mod:`service.handler`, with ``npy_reader.py`` beside it
+  (:mod:`service.npy_reader`, the handler's ``.npy`` reader).
 
 The network takes float32 ``[B, 3, T, H, W]`` RGB in ``[0, 1]`` and returns
 logits ``[B, K]``; normalization is inside it.
@@ -34,15 +35,16 @@ from service.toy.data import TOY_DATA_KEYS
 logger = logging.getLogger(__name__)
 
 HANDLER_PATH = Path(__file__).with_name("handler.py")
+#: modules the handler imports from beside it (TorchServe loads it without ``service``)
+HANDLER_MODULES = (Path(__file__).with_name("npy_reader.py"),)
 REQUIRED_META = ("name", "arch", "clip_len", "frame_interval", "crop_size", "labels", "preset")
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Hex sha256 of a file's bytes, read in blocks (the one file hash on this side of
+    the wire; the handler, which runs without this package, has its own line)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def validate_meta(meta: dict[str, Any]) -> None:
@@ -165,7 +167,7 @@ def build_mar(
             handler=str(handler),
             version=version,
             serialized_file=str(weights),
-            extra_files=str(tmp / "meta.json"),
+            extra_files=",".join(map(str, (tmp / "meta.json", *HANDLER_MODULES))),
             export_path=str(out),
             force=True,
             config_file=str(tmp / "model-config.yaml"),

@@ -1,8 +1,9 @@
 """TorchServe handler for ShuffleGuard model archives.
 
 This file is packed into every ``.mar`` and runs inside TorchServe's Python
-worker, so it depends on torch and numpy only (never on the ``service``
-package): an archive loads on any TorchServe with torch installed.
+worker, so it depends on torch, numpy and :mod:`service.npy_reader` only (never on
+the rest of the ``service`` package): ``service/archive.py`` packs ``npy_reader.py``
+beside it, and an archive loads on any TorchServe with torch installed.
 
 Protocol (``service/wire.py`` writes the gateway's side). An inference request
 body is one of:
@@ -17,9 +18,10 @@ body is one of:
 
 In both, ``T`` must equal ``meta.clip_len`` and ``H = W = meta.crop_size``, and
 :meth:`ShuffleGuardHandler.parse` checks every declared dtype, shape and size
-against these and the request limits from the npy headers alone, before any
-memory is spent; the arrays are then read in place from the request body (no
-copy), and every index is checked to lie in ``[0, T)``.
+against these and the request limits from the npy headers alone (read by
+:func:`service.npy_reader.read_header`, numpy's parser), before any memory is
+spent; the arrays are then read in place from the request body (no copy), and every
+index is checked to lie in ``[0, T)``.
 
 * inference response body: one ``.npy`` float32 ``[B or R, K]`` of logits;
 * describe (``GET /models/{name}?customized=true``): ``customizedMetadata`` is
@@ -37,7 +39,6 @@ neighbours.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import io
 import json
@@ -53,17 +54,22 @@ from typing import Any
 import numpy as np
 import torch
 
+if __package__:  # imported as service.handler
+    from . import npy_reader
+else:  # loaded by TorchServe as the top-level ``handler``, npy_reader.py beside it
+    import npy_reader  # type: ignore[no-redef]
+
 logger = logging.getLogger(__name__)
 
 #: clips per forward pass; bounds worker memory whatever the batch size
 MAX_FORWARD_CLIPS = int(os.environ.get("SHUFFLEGUARD_MAX_FORWARD_CLIPS", "64"))
 #: largest request accepted, in clips (copy mode) or index rows (index mode)
 MAX_REQUEST_CLIPS = 128
-#: longest npy header accepted (numpy writes 64..128 bytes for these arrays)
-MAX_NPY_HEADER_BYTES = 1024
 NPY_CONTENT_TYPE = "application/x-npy"
 #: request body layouts this handler parses (see the module docstring)
 WIRE_MODES = ("copy", "index")
+#: dtypes a request's arrays may have: uint8 clips, little-endian int64 indices
+WIRE_DTYPES = (np.dtype(np.uint8), np.dtype("<i8"))
 #: threads for a CPU gather (default: torch's intra-op threads)
 GATHER_THREADS = int(os.environ.get("SHUFFLEGUARD_GATHER_THREADS", "0")) or None
 #: below this many output bytes a CPU gather runs on one thread
@@ -72,14 +78,6 @@ PARALLEL_GATHER_BYTES = 8 << 20
 
 class RequestError(ValueError):
     """A request payload the handler cannot use (answered with 400)."""
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_weights(path: str, fmt: str, device: torch.device) -> torch.nn.Module:
@@ -113,83 +111,24 @@ class ClipRequest:
         return int(self.frames.shape[0] if self.indices is None else self.indices.shape[0])
 
 
-@dataclass(frozen=True)
-class NpyHeader:
-    """An npy array's header, read from the body without touching its data."""
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    fortran_order: bool
-    start: int  # offset of the data in the body
-    end: int  # offset just past the data
-
-    def view(self, body: memoryview) -> np.ndarray:
-        """The array, read in place from ``body`` (no copy)."""
-        count = int(np.prod(self.shape, dtype=np.int64))
-        flat = np.frombuffer(body, dtype=self.dtype, count=count, offset=self.start)
-        return flat.reshape(self.shape)
-
-
-def read_npy_header(body: memoryview, offset: int) -> NpyHeader:
-    """Parse the npy header at ``body[offset:]``; RequestError on anything malformed.
-
-    Only the header's bytes are read (at most ``MAX_NPY_HEADER_BYTES``); the data
-    size it declares is checked against what the body holds, never allocated.
-    """
-    magic = bytes(body[offset : offset + 6])
-    if magic != b"\x93NUMPY":
-        where = "body" if offset == 0 else f"byte {offset} of the body"
-        raise RequestError(f"{where} is not an .npy array (no \\x93NUMPY magic)")
-    version = tuple(body[offset + 6 : offset + 8])
-    if version == (1, 0):
-        len_bytes = 2
-    elif version in ((2, 0), (3, 0)):
-        len_bytes = 4
-    else:
-        raise RequestError(f"unsupported .npy format version {version}")
-    raw_len = bytes(body[offset + 8 : offset + 8 + len_bytes])
-    if len(raw_len) != len_bytes:
-        raise RequestError("truncated .npy header")
-    header_len = int.from_bytes(raw_len, "little")
-    if header_len > MAX_NPY_HEADER_BYTES:
-        raise RequestError(f".npy header of {header_len} bytes (limit {MAX_NPY_HEADER_BYTES})")
-    start = offset + 8 + len_bytes + header_len
-    if start > len(body):
-        raise RequestError("truncated .npy header")
-    text = bytes(body[offset + 8 + len_bytes : start])
+def read_npy_header(body: memoryview, offset: int) -> npy_reader.NpyHeader:
+    """The npy header at ``body[offset:]`` (:mod:`npy_reader`: numpy's parser, the header
+    bounded before it is read, uint8 or int64 only); RequestError on anything else."""
     try:
-        header = ast.literal_eval(text.decode("latin1" if version != (3, 0) else "utf8"))
-    except Exception as exc:  # SyntaxError, ValueError, MemoryError, RecursionError, ...
-        raise RequestError(f"malformed .npy header: {type(exc).__name__}") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise RequestError("malformed .npy header: expected descr, fortran_order and shape")
-    shape = header["shape"]
-    if (
-        not isinstance(shape, tuple)
-        or len(shape) > 8
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise RequestError(f"malformed .npy shape {shape!r}")
-    descr = header["descr"]
-    if not isinstance(descr, str) or descr not in ("|u1", "<u1", "<i8"):
-        raise RequestError(f"unsupported .npy dtype {descr!r} (expected |u1 or <i8)")
-    dtype = np.dtype(descr)
-    size = dtype.itemsize
-    for d in shape:
-        size *= d
-        if size > len(body):  # also keeps the product small
-            raise RequestError(
-                f".npy array {list(shape)} of {descr} needs more bytes than the body has"
-            )
-    if start + size > len(body):
-        raise RequestError(
-            f".npy array {list(shape)} of {descr} needs {size} bytes, the body has "
-            f"{len(body) - start} after its header"
-        )
-    return NpyHeader(dtype, tuple(shape), header["fortran_order"] is True, start, start + size)
+        return npy_reader.read_header(body, offset, dtypes=WIRE_DTYPES)
+    except npy_reader.NpyError as exc:
+        raise RequestError(str(exc)) from None
 
 
-def check_npy(header: NpyHeader, dtype: np.dtype, what: str) -> None:
+def view_npy(header: npy_reader.NpyHeader, body: memoryview) -> np.ndarray:
+    """The array in place in ``body``, its size checked first; RequestError if short."""
+    try:
+        return header.view(body)
+    except npy_reader.NpyError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def check_npy(header: npy_reader.NpyHeader, dtype: np.dtype, what: str) -> None:
     if header.dtype != dtype:
         raise RequestError(f"{what} must be {dtype}, got {header.dtype}")
     if header.fortran_order:
@@ -286,7 +225,8 @@ class ShuffleGuardHandler:
             self.meta = json.load(fh)
         fmt = self.meta.get("format", "torchscript")
         weights = os.path.join(model_dir, "model.pt2" if fmt == "export" else "model.pt")
-        digest = sha256_file(weights)
+        with open(weights, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if self.meta.get("sha256") and digest != self.meta["sha256"]:
             raise RuntimeError(
                 f"weights {weights} have sha256 {digest}, meta.json says {self.meta['sha256']}"
@@ -317,52 +257,61 @@ class ShuffleGuardHandler:
                 "[T, H, W, 3] clip followed by an .npy int64 [R, T] of frame indices"
             )
         body = memoryview(payload).cast("B")
-        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
         first = read_npy_header(body, 0)
-        if len(first.shape) == 5:  # copy mode: the clips themselves
-            check_npy(first, np.dtype(np.uint8), "clips")
-            if first.shape[1:] != (T, S, S, 3):
-                raise RequestError(
-                    f"expected clips of shape [B, {T}, {S}, {S}, 3], got {list(first.shape)}"
-                )
-            if not 1 <= first.shape[0] <= MAX_REQUEST_CLIPS:
-                raise RequestError(
-                    f"a request holds 1..{MAX_REQUEST_CLIPS} clips, got {first.shape[0]}"
-                )
-            if first.end != len(body):
-                raise RequestError(
-                    f"body is {len(body)} bytes, the clips array declares {first.end}"
-                )
-            return ClipRequest(frames=first.view(body), indices=None)
-        if len(first.shape) == 4:  # index mode: one clip + frame indices
-            check_npy(first, np.dtype(np.uint8), "clip")
-            if first.shape != (T, S, S, 3):
-                raise RequestError(
-                    f"expected a clip of shape [{T}, {S}, {S}, 3], got {list(first.shape)}"
-                )
-            if first.end >= len(body):
-                raise RequestError("index mode: the clip must be followed by an .npy of indices")
-            second = read_npy_header(body, first.end)
-            check_npy(second, np.dtype("<i8"), "indices")
-            if len(second.shape) != 2 or second.shape[1] != T:
-                raise RequestError(f"expected indices of shape [R, {T}], got {list(second.shape)}")
-            if not 1 <= second.shape[0] <= MAX_REQUEST_CLIPS:
-                raise RequestError(
-                    f"a request holds 1..{MAX_REQUEST_CLIPS} index rows, got {second.shape[0]}"
-                )
-            if second.end != len(body):
-                raise RequestError(
-                    f"body is {len(body)} bytes, the clip and indices declare {second.end}"
-                )
-            indices = second.view(body)
-            lo, hi = int(indices.min()), int(indices.max())
-            if lo < 0 or hi >= T:
-                raise RequestError(f"frame indices must lie in [0, {T}), got {lo}..{hi}")
-            return ClipRequest(frames=first.view(body), indices=indices)
+        if len(first.shape) == 5:
+            return self._copy_mode(body, first)
+        if len(first.shape) == 4:
+            return self._index_mode(body, first)
         raise RequestError(
             "expected an .npy uint8 [B, T, H, W, 3] (copy mode) or uint8 [T, H, W, 3] "
             f"followed by int64 [R, T] (index mode); got a {len(first.shape)}-d array"
         )
+
+    def _copy_mode(self, body: memoryview, first: npy_reader.NpyHeader) -> ClipRequest:
+        """Copy mode: ``first`` declares the clips themselves."""
+        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
+        check_npy(first, np.dtype(np.uint8), "clips")
+        if first.shape[1:] != (T, S, S, 3):
+            raise RequestError(
+                f"expected clips of shape [B, {T}, {S}, {S}, 3], got {list(first.shape)}"
+            )
+        if not 1 <= first.shape[0] <= MAX_REQUEST_CLIPS:
+            raise RequestError(
+                f"a request holds 1..{MAX_REQUEST_CLIPS} clips, got {first.shape[0]}"
+            )
+        frames = view_npy(first, body)
+        if first.end != len(body):
+            raise RequestError(f"body is {len(body)} bytes, the clips array declares {first.end}")
+        return ClipRequest(frames=frames, indices=None)
+
+    def _index_mode(self, body: memoryview, first: npy_reader.NpyHeader) -> ClipRequest:
+        """Index mode: ``first`` declares one clip, frame indices follow it."""
+        T, S = int(self.meta["clip_len"]), int(self.meta["crop_size"])
+        check_npy(first, np.dtype(np.uint8), "clip")
+        if first.shape != (T, S, S, 3):
+            raise RequestError(
+                f"expected a clip of shape [{T}, {S}, {S}, 3], got {list(first.shape)}"
+            )
+        frames = view_npy(first, body)
+        if first.end >= len(body):
+            raise RequestError("index mode: the clip must be followed by an .npy of indices")
+        second = read_npy_header(body, first.end)
+        check_npy(second, np.dtype("<i8"), "indices")
+        if len(second.shape) != 2 or second.shape[1] != T:
+            raise RequestError(f"expected indices of shape [R, {T}], got {list(second.shape)}")
+        if not 1 <= second.shape[0] <= MAX_REQUEST_CLIPS:
+            raise RequestError(
+                f"a request holds 1..{MAX_REQUEST_CLIPS} index rows, got {second.shape[0]}"
+            )
+        indices = view_npy(second, body)
+        if second.end != len(body):
+            raise RequestError(
+                f"body is {len(body)} bytes, the clip and indices declare {second.end}"
+            )
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= T:
+            raise RequestError(f"frame indices must lie in [0, {T}), got {lo}..{hi}")
+        return ClipRequest(frames=frames, indices=indices)
 
     def forward(self, requests: list[ClipRequest]) -> np.ndarray:
         """Every row of ``requests`` -> float32 logits ``[sum of rows, K]``.

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.models.resnet3d import ResNet3d, resnet3d_18
+from service.train_options import ARCH, TrainOptions
 
 __all__ = [
     "ARCH",
@@ -63,13 +64,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ARCH = "resnet3d_18"
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of :func:`train_model` (saved as the checkpoint's ``train_args``).
+class TrainConfig(TrainOptions):
+    """Hyper-parameters of :func:`train_model` (saved as the checkpoint's ``train_args``):
+    the user's :class:`~service.train_options.TrainOptions` plus the loop's own settings.
 
     ``val_fraction`` of the training clips (stratified, seeded) are held out for
     validation; when it is > 0 the returned model is the epoch with the best
@@ -80,42 +81,10 @@ class TrainConfig:
     family of :mod:`service.models.families` (channels: ``width`` times the family's).
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    base_width: int = 16
-    seed: int = 0
-    device: str = "cpu"
-    val_fraction: float = 0.0
     augment: bool = True
     max_shift: int = 3
     channels_last: bool = True
     eval_batch_size: int = 64
-    arch: str = ARCH
-    width: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.base_width < 1:
-            raise ValueError(f"base_width must be >= 1, got {self.base_width}")
-        if self.arch == ARCH:
-            if self.width != 1.0:
-                raise ValueError(f"{ARCH} takes base_width, not width (got width {self.width})")
-        else:
-            from service.models.families import width_kwargs
-
-            try:
-                width_kwargs(self.arch, self.width)  # known family, width it supports
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
 
 
 @dataclass

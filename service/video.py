@@ -6,10 +6,10 @@ way MMAction2's test pipeline does: ``SampleFrames`` (test mode, one clip), then
 resize the short side to ``crop_size`` (or to the model's ``resize``: a short side, or
 a fixed ``(h, w)`` as torchvision's R3D/MC3/R(2+1)D transforms), then centre-crop,
 with the model's resize arithmetic (``transform``, see :func:`_resize_crop`). This module
-imports numpy, av and Pillow only (no torch, no web framework), so the gateway, the CLI
-and notebooks share it and a gateway process does not load torch; the gateway maps
-:class:`VideoError` to HTTP in one place through its ``status_code`` and ``code``
-attributes.
+imports numpy, av, Pillow and :mod:`service.npy_reader` only (no torch, no web
+framework), so the gateway, the CLI and notebooks share it and a gateway process does
+not load torch; the gateway maps :class:`VideoError` to HTTP in one place through its
+``status_code`` and ``code`` attributes.
 
 What is accepted, and which error a rejected upload gets
 --------------------------------------------------------
@@ -32,8 +32,8 @@ What is accepted, and which error a rejected upload gets
   so text never reaches FFmpeg's subtitle/playlist parsers), a truncated or
   corrupt file (unreadable container, an incomplete packet or a decoder error
   before the last frame needed), a stream whose codec has no decoder, an
-  ``.npy`` with a malformed header (parsed here, not by numpy: see
-  :func:`_parse_npy_header`), the wrong dtype/rank/channels or a header that
+  ``.npy`` with a malformed header (numpy's parser with the checks of
+  :mod:`service.npy_reader`), the wrong dtype/rank/channels or a header that
   does not match its payload, a body declared ``application/x-npy`` that is not
   an ``.npy``.
 * 413 :class:`LimitExceededError` -- over one of :class:`DecodeLimits`; each is
@@ -95,7 +95,6 @@ decode (``seek=False``) on toy and real files; ``shuffleguard bench decode`` tim
 
 from __future__ import annotations
 
-import ast
 import io
 import logging
 import math
@@ -107,6 +106,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 from PIL import Image
+
+from service import npy_reader
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -553,105 +554,22 @@ def decode_clip(
 # --------------------------------------------------------------------------- #
 # npy
 # --------------------------------------------------------------------------- #
-#: Largest .npy header accepted, in bytes (numpy's own reader defaults to the same
-#: bound; ``numpy.save`` writes under 128 bytes for a 4-d uint8 array).
-NPY_MAX_HEADER_BYTES = 10_000
-#: The spellings of uint8 a ``descr`` may use (byte order is meaningless for 1 byte).
-_NPY_UINT8_DESCRS = frozenset({"|u1", "<u1", ">u1", "=u1", "u1", "|B", "<B", ">B", "=B", "B"})
-_NPY_KEYS = ("descr", "fortran_order", "shape")
+#: The dtypes an .npy clip may have (any spelling of uint8: byte order is meaningless).
+_NPY_DTYPES = (np.dtype(np.uint8),)
+_NPY_EXPECTED = "an .npy clip must be uint8 [T, H, W, 3] RGB 0..255"
 
 
-@dataclass(frozen=True)
-class _NpyHeader:
-    """A checked ``.npy`` header: uint8 data of ``shape`` starting at byte ``offset``."""
-
-    shape: tuple[int, ...]
-    fortran_order: bool
-    offset: int
-
-
-def _parse_npy_header(data: bytes) -> _NpyHeader:
-    """Parse and check an ``.npy`` header without numpy (nothing is allocated).
-
-    The layout (numpy's ``format`` module documentation): the magic ``\\x93NUMPY``,
-    a major and a minor version byte, the header length (little-endian uint16 for
-    version 1.0, uint32 for 2.0 and 3.0), then the header: a Python dict literal
-    (latin-1 for 1.0/2.0, UTF-8 for 3.0) with exactly the keys ``descr``,
-    ``fortran_order`` and ``shape``. The length is bounded by
-    :data:`NPY_MAX_HEADER_BYTES` before the header is read, the literal is read
-    with :func:`ast.literal_eval` (no code runs), and the dtype must be uint8:
-    other descriptors are refused by name, never handed to ``numpy.dtype``.
+def _read_npy_header(data: bytes) -> npy_reader.NpyHeader:
+    """The upload's ``.npy`` header, parsed by :mod:`service.npy_reader` (numpy's
+    parser, the header bounded before it is read, uint8 only); nothing is allocated.
 
     Raises:
         BadVideoError: on anything malformed, with what is wrong.
     """
-    prefix = len(NPY_MAGIC) + 2
-    if len(data) < prefix:
-        raise BadVideoError(
-            f"the .npy is truncated: {len(data)} bytes, not even the magic and version"
-        )
-    major, minor = data[len(NPY_MAGIC)], data[len(NPY_MAGIC) + 1]
-    if (major, minor) not in ((1, 0), (2, 0), (3, 0)):
-        raise BadVideoError(
-            f"unsupported .npy format version {major}.{minor} (1.0, 2.0 or 3.0); use numpy.save"
-        )
-    size_bytes = 2 if major == 1 else 4
-    if len(data) < prefix + size_bytes:
-        raise BadVideoError("the .npy is truncated inside its header length field")
-    header_len = int.from_bytes(data[prefix : prefix + size_bytes], "little")
-    if header_len > NPY_MAX_HEADER_BYTES:
-        raise BadVideoError(
-            f"malformed .npy header: the header length is {header_len} bytes, over"
-            f" {NPY_MAX_HEADER_BYTES}; write the clip with numpy.save"
-        )
-    offset = prefix + size_bytes + header_len
-    if len(data) < offset:
-        raise BadVideoError(
-            f"the .npy is truncated inside its header: {header_len} header bytes declared,"
-            f" {len(data) - prefix - size_bytes} present"
-        )
-    raw = data[prefix + size_bytes : offset]
     try:
-        text = raw.decode("utf-8" if major == 3 else "latin-1")
-    except UnicodeDecodeError as exc:
-        raise BadVideoError(f"malformed .npy header: not UTF-8 ({exc.reason})") from exc
-    try:
-        header = ast.literal_eval(text.strip())
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:
-        reason = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
-        raise BadVideoError(
-            f"malformed .npy header: it is not a Python dict literal ({reason}); write the clip"
-            " with numpy.save"
-        ) from exc
-    if not isinstance(header, dict):
-        raise BadVideoError(
-            f"malformed .npy header: expected a dict, got a {type(header).__name__}"
-        )
-    if sorted(header, key=repr) != sorted(_NPY_KEYS, key=repr):
-        keys = sorted(repr(k) for k in header)
-        raise BadVideoError(
-            f"malformed .npy header: the keys must be exactly descr, fortran_order and shape,"
-            f" got {', '.join(keys) or 'none'}"
-        )
-    descr, fortran_order, shape = (header[key] for key in _NPY_KEYS)
-    if not isinstance(fortran_order, bool):
-        raise BadVideoError(
-            f"malformed .npy header: fortran_order must be a bool, got {fortran_order!r:.40}"
-        )
-    if not isinstance(shape, tuple) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in shape
-    ):
-        raise BadVideoError(
-            f"malformed .npy header: shape must be a tuple of ints, got {shape!r:.80}"
-        )
-    if any(v < 0 for v in shape):
-        raise BadVideoError(f"malformed .npy header: every dimension must be >= 0, got {shape}")
-    if not isinstance(descr, str) or descr not in _NPY_UINT8_DESCRS:
-        raise BadVideoError(
-            f"an .npy clip must be uint8 [T, H, W, 3] RGB 0..255, got dtype {descr!r:.60}:"
-            " wrong dtype (convert with array.astype(np.uint8))"
-        )
-    return _NpyHeader(shape=shape, fortran_order=fortran_order, offset=offset)
+        return npy_reader.read_header(data, dtypes=_NPY_DTYPES)
+    except npy_reader.NpyError as exc:
+        raise BadVideoError(f"{exc}; {_NPY_EXPECTED}, written with numpy.save") from None
 
 
 def _decode_npy(
@@ -661,9 +579,9 @@ def _decode_npy(
     passed through bit-exact or sampled/resized/cropped like a video."""
     limits = budget.limits
     crop_size = geometry.crop_size
-    header = _parse_npy_header(data)
-    shape, fortran_order = header.shape, header.fortran_order
-    expected = f"an .npy clip must be uint8 [T, H, W, 3] RGB 0..255, got uint8 {shape}"
+    header = _read_npy_header(data)
+    shape = header.shape
+    expected = f"{_NPY_EXPECTED}, got uint8 {shape}"
     if len(shape) != 4:
         raise BadVideoError(f"{expected}: wrong number of dimensions")
     if shape[-1] != 3:
@@ -680,15 +598,12 @@ def _decode_npy(
             f"the .npy holds {t} frames, over max_frames={limits.max_frames}; send at most"
             f" {limits.max_frames} frames",
         )
-    offset = header.offset
-    declared = math.prod((t, h, w, 3))
-    if declared != len(data) - offset:
+    if header.end != len(data):
         raise BadVideoError(
-            f"the .npy header declares {declared} bytes of uint8 data but the body holds"
-            f" {len(data) - offset} (truncated or padded file)"
+            f"the .npy header declares {header.nbytes} bytes of uint8 data but the body holds"
+            f" {len(data) - header.start} (truncated or padded file)"
         )
-    flat = np.frombuffer(data, dtype=np.uint8, count=declared, offset=offset)  # a view
-    array = flat.reshape(shape[::-1]).transpose() if fortran_order else flat.reshape(shape)
+    array = header.view(data)  # in place
     if array.shape == (clip_len, crop_size, crop_size, 3):
         return DecodedClip(
             frames=np.array(array, order="C", copy=True),  # bit-exact, writable

@@ -17,10 +17,11 @@ reads the data in place.
 Response body (``application/x-npy``): one ``.npy`` float32 array ``[B, K]`` of
 logits, row ``b`` for clip ``b`` of the request.
 
-The npy format is used because numpy reads it without pickle
-(``allow_pickle=False``), it carries dtype and shape, and any client can write it.
-This module imports numpy only; the TorchServe handler keeps its own copy of
-the two lines it needs so the archive loads without this package.
+The npy format is used because numpy reads it without pickle, it carries dtype
+and shape, and any client can write it. Both sides read it with
+:mod:`service.npy_reader` (numpy's header parser, the header bounded, the dtype
+checked, the data read in place); the archive packs that module beside the
+handler. This module imports numpy only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
+
+from service import npy_reader
 
 CONTENT_TYPE = "application/x-npy"
 
@@ -43,13 +46,15 @@ def encode_array(array: np.ndarray) -> bytes:
 
 
 def decode_array(payload: bytes, *, dtype: np.dtype | type, ndim: int) -> np.ndarray:
-    """Parse an npy payload and check its dtype and rank."""
+    """Parse an npy payload and check its dtype, rank and size; the array is read in
+    place (read-only when ``payload`` is ``bytes``)."""
     try:
-        array = np.load(io.BytesIO(payload), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError/OSError/EOFError on junk
+        header = npy_reader.read_header(payload, dtypes=(np.dtype(dtype),))
+        array = header.view(payload)
+    except npy_reader.NpyError as exc:
         raise WireError(f"payload is not a valid .npy array: {exc}") from exc
-    if array.dtype != np.dtype(dtype):
-        raise WireError(f"expected dtype {np.dtype(dtype)}, got {array.dtype}")
+    if header.end != len(payload):
+        raise WireError(f"payload is {len(payload)} bytes, its .npy array declares {header.end}")
     if array.ndim != ndim:
         raise WireError(f"expected a {ndim}-d array, got shape {array.shape}")
     return array

@@ -14,51 +14,28 @@ checkpoint dict (``state_dict``, ``arch``, ``model_kwargs``, ``labels``, ``clip_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from service.experiments.config import ExperimentConfig, opt
-
-#: ``service.train.ARCH``, spelled here so that the module (and ``--help``) needs no torch
-#: (a unit test checks the two agree)
-ARCH = "resnet3d_18"
+from service.experiments.config import opt
+from service.train_options import ARCH, TrainOptions
 
 
 @dataclass
-class TrainCommandConfig(ExperimentConfig):
-    """Settings of ``shuffleguard train``."""
+class _Paths:
+    data: str = opt(help="directory written by `toy-data`")
+    out: str = opt(help="checkpoint path to write (.pt)")
+
+
+@dataclass
+class TrainCommandConfig(TrainOptions, _Paths):
+    """Settings of ``shuffleguard train``: the paths, :class:`TrainOptions` (declared and
+    validated there), then the command's own options."""
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "train")
 
-    data: str = opt(help="directory written by `toy-data`")
-    out: str = opt(help="checkpoint path to write (.pt)")
-    epochs: int = opt(10, "epochs")
-    batch_size: int = opt(32, "batch size")
-    lr: float = opt(2e-3, "Adam learning rate")
-    weight_decay: float = opt(1e-4, "Adam weight decay")
-    arch: str = opt(ARCH, "resnet3d_18 or a model family (docs/models.md: i3d_r50, x3d_m, ...)")
-    base_width: int = opt(16, "channels of the first stage (resnet3d_18)")
-    width: float = opt(
-        1.0, "channel multiplier of a family (PyTorchVideo families; 1 = the full model)"
-    )
-    seed: int = opt(0, "random seed")
-    device: str = opt("cpu", "cpu (default), cuda, cuda:1, ...")
-    val_fraction: float = opt(
-        0.0,
-        "hold out this share of the train split for validation and keep the best epoch by"
-        " validation accuracy (0: keep the last epoch)",
-    )
     no_augment: bool = opt(False, "no translation/brightness jitter")
     threads: int = opt(2, "CPU threads for torch")
-
-    def check(self) -> None:
-        if self.arch != ARCH:  # a family: the registry knows the names (imports torch)
-            from service.models.families import FAMILY_NAMES
-
-            if self.arch not in FAMILY_NAMES:
-                raise ValueError(
-                    f"--arch: unknown {self.arch!r}; choose from {[ARCH, *FAMILY_NAMES]}"
-                )
 
 
 def run(args: TrainCommandConfig) -> int:
@@ -69,22 +46,8 @@ def run(args: TrainCommandConfig) -> int:
     torch.set_num_threads(max(1, args.threads))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("shuffleguard train: --device cuda given but CUDA is not available")
-    try:
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            base_width=args.base_width,
-            seed=args.seed,
-            device=args.device,
-            val_fraction=args.val_fraction,
-            augment=not args.no_augment,
-            arch=args.arch,
-            width=args.width,
-        )
-    except ValueError as exc:
-        raise SystemExit(f"shuffleguard train: {exc}") from None
+    options = {f.name: getattr(args, f.name) for f in fields(TrainOptions)}
+    config = TrainConfig(**options, augment=not args.no_augment)
     ckpt = train_from_directory(args.data, args.out, config)
     acc = ckpt["test_accuracy"]
     acc_text = "n/a (no test split)" if acc is None else f"{acc:.4f}"

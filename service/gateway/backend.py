@@ -20,7 +20,8 @@ Wire contract with TorchServe (see :mod:`service.wire` and :mod:`service.handler
   worker with ``status == "READY"``.
 
 Retries: only a connection that could not be opened (refused, connect timeout)
-is retried, never a request that may have reached the model.
+is retried (tenacity, exponential backoff from ``retry_backoff_s``), never a
+request that may have reached the model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import tenacity
 
 from service import wire
 from service.defense_np import ShufflePreset
@@ -255,8 +257,12 @@ class HttpBackend:
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        """One HTTP exchange; connection failures (only) are retried with backoff."""
-        attempt = 0
+        """One HTTP exchange; connection failures (only) are retried with backoff.
+
+        A connection that could not be opened (the request never left) is retried up
+        to ``connect_retries`` times after ``retry_backoff_s``, twice that, four
+        times, ... (tenacity); anything after the request may have left is not.
+        """
         request = self._client.build_request(
             method,
             url,
@@ -265,31 +271,32 @@ class HttpBackend:
             params=params,
             timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else httpx.Timeout(timeout),
         )
-        while True:
-            try:
-                return await self._client.send(request)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # The request never left: safe to retry.
-                if attempt >= self.connect_retries:
-                    raise BackendUnavailable(
-                        f"the model backend is not reachable ({type(exc).__name__}); retry later"
-                    ) from exc
-                await asyncio.sleep(self.retry_backoff_s * (2**attempt))
-                attempt += 1
-            except httpx.PoolTimeout as exc:
-                raise BackendUnavailable(
-                    "no free connection to the model backend; retry later"
-                ) from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(
-                    f"the model backend did not answer within {self.timeout_s:g} s; retry later "
-                    "or ask for a smaller ensemble"
-                ) from exc
-            except httpx.TransportError as exc:
-                # Dropped mid-request: it may have run, so it is not retried.
-                raise BackendUnavailable(
-                    f"the connection to the model backend broke ({type(exc).__name__}); retry later"
-                ) from exc
+        retrying = tenacity.AsyncRetrying(  # one per exchange: it holds the attempt count
+            retry=tenacity.retry_if_exception_type((httpx.ConnectError, httpx.ConnectTimeout)),
+            stop=tenacity.stop_after_attempt(self.connect_retries + 1),
+            wait=tenacity.wait_exponential(multiplier=self.retry_backoff_s),
+            reraise=True,
+        )
+        try:
+            return await retrying(self._client.send, request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise BackendUnavailable(
+                f"the model backend is not reachable ({type(exc).__name__}); retry later"
+            ) from exc
+        except httpx.PoolTimeout as exc:
+            raise BackendUnavailable(
+                "no free connection to the model backend; retry later"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(
+                f"the model backend did not answer within {self.timeout_s:g} s; retry later "
+                "or ask for a smaller ensemble"
+            ) from exc
+        except httpx.TransportError as exc:
+            # Dropped mid-request: it may have run, so it is not retried.
+            raise BackendUnavailable(
+                f"the connection to the model backend broke ({type(exc).__name__}); retry later"
+            ) from exc
 
     def _raise_for_status(self, response: httpx.Response, model: str) -> None:
         status = response.status_code

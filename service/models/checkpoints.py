@@ -21,13 +21,14 @@ counters may be absent (older checkpoints): they do not change an eval-mode forw
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from service.archive import sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -73,14 +74,6 @@ class LoadedCheckpoint:
     stripped_prefix: str = ""
     #: the file's ``provenance`` entry, when it has one (``shuffleguard weights``' files)
     provenance: dict[str, Any] | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load(path: Path) -> Any:
@@ -138,7 +131,7 @@ def read_checkpoint(path: Path | str) -> LoadedCheckpoint:
         # a VideoClassifier's own state dict: the normalization comes from the family
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         stripped = "net."
-    return LoadedCheckpoint(state, fmt, _sha256(path), stripped, provenance)
+    return LoadedCheckpoint(state, fmt, sha256_file(path), stripped, provenance)
 
 
 def _short(items: list[str]) -> str:
