@@ -26,6 +26,8 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "ClientDisconnected",
+    "ClientRefused",
+    "ClientThrottled",
     "EmptyUpload",
     "GatewayError",
     "InvalidParameter",
@@ -109,6 +111,19 @@ class ClientDisconnected(GatewayError):
 
 class Overloaded(GatewayError):
     status_code, code = 429, "overloaded"
+    retryable = True
+
+
+class ClientRefused(GatewayError):
+    """The query-attack watch refuses this client for a while (policy ``refuse``)."""
+
+    status_code, code = 403, "client_refused"
+
+
+class ClientThrottled(GatewayError):
+    """The query-attack watch throttles this client (policy ``throttle``)."""
+
+    status_code, code = 429, "client_throttled"
     retryable = True
 
 

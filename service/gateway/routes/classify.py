@@ -40,6 +40,13 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
+def client_name(request: Request) -> str:
+    """Whose query history a request joins: the authenticated client's name that the
+    key check puts on ``request.state.client``, or "anonymous" when the API is open."""
+    name = getattr(request.state, "client", None)
+    return name if isinstance(name, str) and name else "anonymous"
+
+
 def enforce_parameter_policy(request: Request, settings: SettingsDep) -> None:
     """403 for the defense's knobs outside research mode (runs before validation)."""
     if settings.research_mode:
@@ -77,5 +84,6 @@ async def classify(
         ),
         info=request_info(request.scope),
         headers=forwardable_headers(request.headers),
+        client=client_name(request),
     )
     return JSONResponse(classify_body(verdict, research=settings.research_mode))
