@@ -165,4 +165,4 @@ def test_settings_validate_detection_once() -> None:
     with pytest.raises(ValueError, match="detect_hits <= detect_recent"):
         Settings(detect_hits=30, detect_recent=20)
     with pytest.raises(ValueError):
-        Settings(detect_policy="ban")
+        Settings(detect_policy="ban")  # type: ignore[arg-type]
