@@ -70,6 +70,9 @@ class QueryDetectConfig(ExperimentConfig):
     step: int = opt(32, "fingerprint quantization step (pixel levels)")
     keep: int = opt(20, "hashes kept per frame")
     history: int = opt(256, "queries held per client")
+    cost_queries: int = opt(0, "adaptive noise's cost: Square budget per clip (0: skip)")
+    cost_noise: list[int] = opt([0, 8], "noise levels of the cost run")
+    cost_defense: bool = opt(False, "cost run against the defended vote (default: defense=false)")
     out: str = out_opt("runs/querydetect")
     no_progress: bool = progress_opt()
 
@@ -361,6 +364,49 @@ def fingerprint_cost(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str
     return timings
 
 
+def _noisy_oracle(local: LocalService, rng: np.random.Generator, n: int, label: int,
+                  best: list[float]) -> Callable[[np.ndarray], Answer]:  # fmt: skip
+    """``local`` answering each query plus noise in ``[-n, n]``; ``best[0]``: lowest margin."""
+    from service.robustness.blackbox import margin
+
+    def oracle(x: np.ndarray) -> Answer:
+        if n:
+            x = np.clip(x.astype(np.int16) + rng.integers(-n, n + 1, x.shape), 0, 255)
+        answer = local(x.astype(np.uint8))
+        best[0] = min(best[0], margin(answer, label))
+        return answer
+
+    return oracle
+
+
+def noise_cost(config: QueryDetectConfig, model: Any, meta: dict[str, Any],
+               clips: list[tuple[np.ndarray, int]]) -> dict[str, Any]:  # fmt: skip
+    """Square with ``n`` noise per query sent, ``cost_queries`` each: success (Wilson 95%),
+    queries, and the best (lowest) margin of the true label the attacker saw."""
+    from service.experiments.common import derive_seed
+    from service.stats import wilson
+
+    out: dict[str, Any] = {}
+    for n in config.cost_noise:
+        rows = []
+        for i, (clip, label) in enumerate(clips):
+            seed = derive_seed(config.seed, 99, i)
+            local = LocalService(model, meta, research=True, defense=config.cost_defense,
+                                 seed=seed)  # fmt: skip
+            rng = np.random.default_rng(seed)
+            best = [np.inf]
+            oracle = _noisy_oracle(local, rng, n, label, best)
+            res = SquareAttack(eps=config.eps, seed=seed)(oracle, clip, label, config.cost_queries)
+            if not res.skipped:
+                rows.append((res.success, res.queries, best[0]))
+        wins = sum(r[0] for r in rows)
+        out[str(n)] = {"attacked": len(rows), "successes": wins,
+                       "ci95": list(wilson(wins, len(rows))),
+                       "queries_mean": float(np.mean([r[1] for r in rows])),
+                       "best_margin_mean": float(np.mean([r[2] for r in rows]))}  # fmt: skip
+    return out
+
+
 def run(config: QueryDetectConfig) -> int:
     import csv
 
@@ -400,6 +446,8 @@ def run(config: QueryDetectConfig) -> int:
                    for name, st in benign_streams.items()},
         "cost": fingerprint_cost(benign[:64], spec),
     }  # fmt: skip
+    if config.cost_queries:
+        results["noise_cost"] = noise_cost(config, model, meta, clips)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -445,4 +493,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{cost['decode_npy_ms']:.2f} ms (ratio {ratio:.1f}), decode mp4 "
         f"{cost['decode_mp4_ms']:.2f} ms (ratio {ratio_mp4:.2f}).",
         "",
+        *[f"Noise {n}: Square fooled {c['successes']}/{c['attacked']} [{pct(c['ci95'][0], 0)}, "
+          f"{pct(c['ci95'][1], 0)}], queries mean {c['queries_mean']:.0f}, best margin mean "
+          f"{c['best_margin_mean']:.3f}." for n, c in results.get("noise_cost", {}).items()],
     ])  # fmt: skip
