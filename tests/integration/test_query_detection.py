@@ -20,9 +20,9 @@ from tests.integration.helpers import TINY, TINY_META, Gateway, StartGateway
 from tests.integration.test_redteam import write_clips
 
 BUDGET = 30
-#: docs/detection.md: the default rule (4 near-duplicates in the last 20 queries) detects
-#: redteam's attacks at query 5-7 (the clean check, then 4 near-duplicates)
-DETECTED_WITHIN = 8
+#: docs/detection.md: the default rule (4 near-duplicates among the last 20 queries) detects
+#: Square by its 5th query and RayS by its 10th (the clean check included; 8 clips each)
+DETECTED_BY = 10
 
 
 def npy(clip: np.ndarray) -> bytes:
@@ -86,8 +86,9 @@ def test_benign_run_then_redteam_is_refused_and_service_stays_healthy(
         main(["redteam", "--url", guarded.url, "--data", str(data), "--queries", str(BUDGET),
               "--eps", "4", "--clips", "3", "--confirm", "3", "--seed", "1",
               "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
-    answered = status_count(guarded, 200) - answered_before  # the probe query included
-    assert 1 <= answered < DETECTED_WITHIN
+    # answered: redteam's probe + the attack's queries before the refused one
+    answered = status_count(guarded, 200) - answered_before
+    assert 2 <= answered <= DETECTED_BY
     assert metric(guarded, "query_attacks_detected_total") == 1
     assert metric(guarded, "near_duplicate_queries_total") >= 4
 
