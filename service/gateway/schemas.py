@@ -138,7 +138,8 @@ ERROR_STATUSES: dict[int, str] = {
     400: "Bad upload: `empty_upload`, `missing_file`, `bad_multipart`, `bad_video` (empty,"
     " undecodable, corrupt or text body, malformed .npy header, wrong .npy dtype/shape).",
     403: "`research_mode_required`: a research-only parameter (defense, ensemble, h1, h2,"
-    " seed, early_stop) sent to a production gateway.",
+    " seed, early_stop) sent to a production gateway; `client_refused`: the query-attack"
+    " watch refuses this client for a while (policy `refuse`; `Retry-After` says how long).",
     404: "`model_not_found`: no served model has that name.",
     408: "`upload_timeout`: the upload did not arrive within the upload timeout; the"
     " connection is closed.",
@@ -148,8 +149,9 @@ ERROR_STATUSES: dict[int, str] = {
     422: "`invalid_parameter`: a query parameter out of range or of the wrong type. FastAPI's"
     " own validation errors are rewritten to this body (not FastAPI's `detail` list); the"
     " message names each offending parameter.",
-    429: "`overloaded` (the gateway's queue is full) or `backend_overloaded` (the backend's);"
-    " retry after `Retry-After` seconds.",
+    429: "`overloaded` (the gateway's queue is full), `backend_overloaded` (the backend's), or"
+    " `client_throttled` (the query-attack watch's policy `throttle`); retry after"
+    " `Retry-After` seconds.",
     502: "`backend_error`: the model backend answered something the gateway cannot use.",
     503: "`backend_unavailable` (classify, models) or `not_ready` (readyz): the backend is"
     " unreachable or has no ready worker; retry after `Retry-After` seconds.",
