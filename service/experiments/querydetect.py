@@ -206,19 +206,10 @@ def h264(clip: np.ndarray, crf: int) -> bytes:
     """``clip`` encoded as an mp4 (libx264 at ``crf``, yuv420p, 8 fps)."""
     import io
 
-    import av
+    from service.toy.data import write_mp4
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=8)
-        stream.width, stream.height = clip.shape[2], clip.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in clip:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    write_mp4(clip, buf, crf=crf, codec="libx264")
     return buf.getvalue()
 
 
