@@ -326,7 +326,17 @@ def _benign_row(streams: list[list[Any]], rule: Rule) -> dict[str, Any]:
 
 
 def fingerprint_cost(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str, float]:
-    """ms per clip: fingerprinting vs decoding the clip's .npy upload and its mp4 (crf 23)."""
+    """ms per clip: fingerprinting vs decoding the clip's .npy upload and its mp4 (crf 23),
+    at the data's size and upscaled 7x (32 -> 224, pixel repeat: a served model's size)."""
+    timings: dict[str, float] = {}
+    for tag, scale in (("", 1), ("_224", 7)):
+        big = [c.repeat(scale, axis=1).repeat(scale, axis=2) for c in clips[:16]]
+        for key, ms in _cost_at(big, spec).items():
+            timings[key + tag] = ms
+    return timings
+
+
+def _cost_at(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str, float]:
     import io
 
     from service.video import decode_clip
@@ -336,23 +346,19 @@ def fingerprint_cost(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str
         np.save(buf, c)
         return buf.getvalue()
 
+    def per_clip(fn: Callable[[Any], Any], items: list[Any]) -> float:
+        t0 = time.perf_counter()
+        for item in items:
+            fn(item)
+        return (time.perf_counter() - t0) * 1e3 / len(items)
+
     t, s = clips[0].shape[0], clips[0].shape[1]
-    uploads = [npy(c) for c in clips]
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for c in clips:
-        fingerprint(c, spec)
-    timings["fingerprint_ms"] = (time.perf_counter() - t0) * 1e3 / len(clips)
-    t0 = time.perf_counter()
-    for u in uploads:
-        decode_clip(u, clip_len=t, frame_interval=1, crop_size=s)
-    timings["decode_npy_ms"] = (time.perf_counter() - t0) * 1e3 / len(clips)
-    mp4s = [h264(c, 23) for c in clips]
-    t0 = time.perf_counter()
-    for u in mp4s:
-        decode_clip(u, clip_len=t, frame_interval=1, crop_size=s)
-    timings["decode_mp4_ms"] = (time.perf_counter() - t0) * 1e3 / len(clips)
-    return timings
+    decode = lambda u: decode_clip(u, clip_len=t, frame_interval=1, crop_size=s)  # noqa: E731
+    return {
+        "fingerprint_ms": per_clip(lambda c: fingerprint(c, spec), clips),
+        "decode_npy_ms": per_clip(decode, [npy(c) for c in clips]),
+        "decode_mp4_ms": per_clip(decode, [h264(c, 23) for c in clips]),
+    }
 
 
 def _noisy_oracle(local: LocalService, rng: np.random.Generator, n: int, label: int,
@@ -471,8 +477,15 @@ def markdown(results: dict[str, Any]) -> str:
                  for b in rows]  # fmt: skip
         brows.append([name, *cells])
     cost = results["cost"]
-    ratio = cost["fingerprint_ms"] / cost["decode_npy_ms"]
-    ratio_mp4 = cost["fingerprint_ms"] / cost["decode_mp4_ms"]
+    lines = [
+        f"Cost per clip{label}: fingerprint {cost['fingerprint_ms' + tag]:.2f} ms, decode .npy "
+        f"{cost['decode_npy_ms' + tag]:.2f} ms (ratio "
+        f"{cost['fingerprint_ms' + tag] / cost['decode_npy_ms' + tag]:.2f}), decode mp4 "
+        f"{cost['decode_mp4_ms' + tag]:.2f} ms (ratio "
+        f"{cost['fingerprint_ms' + tag] / cost['decode_mp4_ms' + tag]:.2f})."
+        for tag, label in (("", ""), ("_224", " at 224 x 224"))
+        if "fingerprint_ms" + tag in cost
+    ]  # fmt: skip
     return "\n".join([
         "# Query-attack detection", "", *produced_by(results["command"]),
         "Attacks: detected clips / attacked [Wilson 95%], q = median queries to detection.",
@@ -480,10 +493,7 @@ def markdown(results: dict[str, Any]) -> str:
         "Benign: detections / queries [Wilson 95% per query], c = clients flagged, "
         "nd = near-duplicate queries.", "",
         markdown_table(head, brows), "",
-        f"Cost per clip: fingerprint {cost['fingerprint_ms']:.2f} ms, decode .npy "
-        f"{cost['decode_npy_ms']:.2f} ms (ratio {ratio:.1f}), decode mp4 "
-        f"{cost['decode_mp4_ms']:.2f} ms (ratio {ratio_mp4:.2f}).",
-        "",
+        *lines, "",
         *[f"Noise {n}: Square fooled {c['successes']}/{c['attacked']} [{pct(c['ci95'][0], 0)}, "
           f"{pct(c['ci95'][1], 0)}], queries mean {c['queries_mean']:.0f}, best margin mean "
           f"{c['best_margin_mean']:.3f}." for n, c in results.get("noise_cost", {}).items()],

@@ -108,8 +108,9 @@ def thumbnail(frames: np.ndarray, size: int) -> np.ndarray:
     if fh == 1 and fw == 1:
         return frames
     hh, ww = h // fh, w // fw
-    blocks = frames[:, : hh * fh, : ww * fw].reshape(t, hh, fh, ww, fw, c)
-    return blocks.mean(axis=(2, 4)).astype(np.uint8)
+    rows = frames[:, : hh * fh, : ww * fw].reshape(t, hh, fh, ww * fw, c)
+    sums = rows.sum(axis=2, dtype=np.uint32).reshape(t, hh, ww, fw, c).sum(axis=3)
+    return (sums // (fh * fw)).astype(np.uint8)
 
 
 def _window_hashes(values: np.ndarray, spec: FingerprintSpec, salt: int) -> np.ndarray:
