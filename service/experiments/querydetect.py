@@ -381,6 +381,7 @@ def noise_cost(config: QueryDetectConfig, model: Any, meta: dict[str, Any],
     """Square with ``n`` noise per query sent, ``cost_queries`` each: success (Wilson 95%),
     queries, and the best (lowest) margin of the true label the attacker saw."""
     from service.experiments.common import derive_seed
+    from service.robustness.blackbox import margin
     from service.stats import wilson
 
     out: dict[str, Any] = {}
@@ -395,12 +396,15 @@ def noise_cost(config: QueryDetectConfig, model: Any, meta: dict[str, Any],
             oracle = _noisy_oracle(local, rng, n, label, best)
             res = SquareAttack(eps=config.eps, seed=seed)(oracle, clip, label, config.cost_queries)
             if not res.skipped:
-                rows.append((res.success, res.queries, best[0]))
+                clean = LocalService(model, meta, research=True, defense=config.cost_defense,
+                                     seed=seed)(clip)  # fmt: skip
+                rows.append((res.success, res.queries, best[0], margin(clean, label)))
         wins = sum(r[0] for r in rows)
         out[str(n)] = {"attacked": len(rows), "successes": wins,
                        "ci95": list(wilson(wins, len(rows))),
                        "queries_mean": float(np.mean([r[1] for r in rows])),
-                       "best_margin_mean": float(np.mean([r[2] for r in rows]))}  # fmt: skip
+                       "best_margin_mean": float(np.mean([r[2] for r in rows])),
+                       "clean_margin_mean": float(np.mean([r[3] for r in rows]))}  # fmt: skip
     return out
 
 
@@ -493,8 +497,14 @@ def markdown(results: dict[str, Any]) -> str:
         "Benign: detections / queries [Wilson 95% per query], c = clients flagged, "
         "nd = near-duplicate queries.", "",
         markdown_table(head, brows), "",
-        *lines, "",
-        *[f"Noise {n}: Square fooled {c['successes']}/{c['attacked']} [{pct(c['ci95'][0], 0)}, "
-          f"{pct(c['ci95'][1], 0)}], queries mean {c['queries_mean']:.0f}, best margin mean "
-          f"{c['best_margin_mean']:.3f}." for n, c in results.get("noise_cost", {}).items()],
+        *lines, "", *_noise_lines(results.get("noise_cost", {})),
     ])  # fmt: skip
+
+
+def _noise_lines(cost: dict[str, Any]) -> list[str]:
+    from service.experiments.report import pct
+
+    return [f"Noise {n}: Square fooled {c['successes']}/{c['attacked']} [{pct(c['ci95'][0], 0)}, "
+            f"{pct(c['ci95'][1], 0)}], queries mean {c['queries_mean']:.0f}, best margin mean "
+            f"{c['best_margin_mean']:.3f} (clean {c['clean_margin_mean']:.3f})."
+            for n, c in cost.items()]  # fmt: skip
