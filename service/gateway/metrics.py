@@ -116,8 +116,19 @@ class GatewayMetrics:
             namespace=ns,
             registry=self.registry,
         )
-        # query-attack watch: ``client`` is the API key's name ("anonymous" when the API is
-        # open), bounded by the configured keys; the key itself never appears
+        self._watch_metrics(ns)
+        self.inflight = Gauge(
+            "inflight_requests",
+            "Classify requests being handled (uploading, queued or running).",
+            namespace=ns,
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+
+    def _watch_metrics(self, ns: str) -> None:
+        """The query-attack watch's metrics (docs/detection.md). ``client`` is the API
+        key's name ("anonymous" when the API is open), bounded by the configured keys;
+        the key itself never appears."""
         self.near_duplicates = Counter(
             "near_duplicate_queries_total",
             "Queries whose decoded clip nearly repeats one of the client's recent queries.",
@@ -144,13 +155,6 @@ class GatewayMetrics:
             "Time to fingerprint a decoded clip and look it up in the client's history.",
             namespace=ns,
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.inflight = Gauge(
-            "inflight_requests",
-            "Classify requests being handled (uploading, queued or running).",
-            namespace=ns,
-            multiprocess_mode="livesum",
             registry=self.registry,
         )
 
