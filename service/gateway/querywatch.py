@@ -9,12 +9,15 @@ seen before as a *near-duplicate*. The design for video, written for this projec
 
 * **What is fingerprinted**: the decoded clip, uint8 ``[T, H, W, 3]``, exactly what the
   model sees (after sampling and resize). Each frame is block-averaged to at most
-  ``size`` x ``size`` (the toy models' 32 x 32 frames stay as they are), quantized
-  (``value // step``), flattened, and every run of ``window`` consecutive values
-  (stride 1) is hashed (a keyed multiply-add hash mod 2**64, then a mixing finalizer).
-  A frame's fingerprint is its ``keep`` largest distinct hash values (Blacklight's
-  top-k): which windows are kept depends on the secret key, so an attacker cannot tell
-  which pixels matter.
+  ``size`` x ``size`` (the toy models' 32 x 32 frames stay as they are). The clip's mean
+  frame is subtracted (the *temporal residual*: what moves; distinct clips of one scene
+  share their background, and a perturbation that is the same in every frame vanishes)
+  and the residual is quantized (step ``step``, centred on 0). Every run of ``window``
+  consecutive values of the flattened frame is hashed: a keyed polynomial hash mod
+  2**64 salted with the run's position, then a mixing finalizer; runs with no motion are
+  dropped (a still frame falls back to its raw quantized pixels). A frame's fingerprint
+  is its ``keep`` largest hashes (Blacklight's top-k): which runs are kept depends on
+  the secret key, so an attacker cannot tell which pixels matter.
 * **Per frame, not per clip**: a frame *matches* when at least ``match`` of its ``keep``
   hashes are in the client's history; a query is a near-duplicate when at least
   ``frames`` of its ``T`` frames match. An attack that perturbs every frame still leaves
@@ -31,11 +34,12 @@ seen before as a *near-duplicate*. The design for video, written for this projec
 * **Memory**: ``history`` queries per client, at most ``clients`` clients (least
   recently seen evicted with their whole history).
 
-A client is *detected* once ``hits`` near-duplicates are counted within its history;
-what follows is the policy's (:class:`QueryWatch`): ``flag`` logs and counts it,
+A client is *detected* once ``hits`` of its last ``recent`` distinct queries were
+near-duplicates; what follows is the policy's (:class:`QueryWatch`): ``flag`` logs and counts it,
 ``throttle`` lets it through once per ``throttle_s`` for ``penalty_s`` seconds (429
-otherwise), ``refuse`` answers 403 for ``penalty_s`` seconds. After the penalty the
-client starts afresh (its history is cleared, as Chen et al. do after a detection).
+otherwise), ``refuse`` answers 403 for ``penalty_s`` seconds. A detection clears the
+client's history (as Chen et al. do), so each detection is one episode.
+docs/detection.md has the measurements behind the defaults.
 
 numpy only; thread-safe (fingerprinting runs outside the lock, the index update under it).
 """
