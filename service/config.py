@@ -200,7 +200,11 @@ class Settings(BaseSettings):
         default=256, ge=1, le=100_000, description="distinct queries remembered per client"
     )
     detect_clients: int = Field(
-        default=256, ge=1, le=100_000, description="clients remembered (least recent evicted)"
+        default=64,
+        ge=1,
+        le=100_000,
+        description="clients whose history is kept (least recent "
+        "evicted; about 2.8 MB each when full, docs/detection.md)",
     )
     detect_step: int = Field(
         default=32, ge=1, le=255, description="fingerprint quantization step (pixel levels)"

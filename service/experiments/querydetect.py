@@ -328,12 +328,29 @@ def _benign_row(streams: list[list[Any]], rule: Rule) -> dict[str, Any]:
 def fingerprint_cost(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str, float]:
     """ms per clip: fingerprinting vs decoding the clip's .npy upload and its mp4 (crf 23),
     at the data's size and upscaled 7x (32 -> 224, pixel repeat: a served model's size)."""
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"history_mb": history_memory(clips, spec)}
     for tag, scale in (("", 1), ("_224", 7)):
         big = [c.repeat(scale, axis=1).repeat(scale, axis=2) for c in clips[:16]]
         for key, ms in _cost_at(big, spec).items():
             timings[key + tag] = ms
     return timings
+
+
+def history_memory(clips: list[np.ndarray], spec: FingerprintSpec, n: int = 256) -> float:
+    """MB (``tracemalloc``) one client's history holds after ``n`` distinct clips."""
+    import tracemalloc
+
+    from service.gateway.querywatch import QueryWatch
+
+    watch = QueryWatch(spec=spec, history=n)
+    tracemalloc.start()
+    try:
+        for clip in clips[:n]:
+            watch.observe("client", clip)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return held / 1e6
 
 
 def _cost_at(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str, float]:
@@ -445,7 +462,7 @@ def run(config: QueryDetectConfig) -> int:
                     for name, recs in attacks.items()},
         "benign": {name: [_benign_row(st, rule) for rule in rules]
                    for name, st in benign_streams.items()},
-        "cost": fingerprint_cost(benign[:64], spec),
+        "cost": fingerprint_cost(benign[:256], spec),
     }  # fmt: skip
     if config.cost_queries:
         results["noise_cost"] = noise_cost(config, model, meta, clips)
@@ -497,7 +514,9 @@ def markdown(results: dict[str, Any]) -> str:
         "Benign: detections / queries [Wilson 95% per query], c = clients flagged, "
         "nd = near-duplicate queries.", "",
         markdown_table(head, brows), "",
-        *lines, "", *_noise_lines(results.get("noise_cost", {})),
+        *lines, "",
+        f"One client's history after 256 distinct clips: {cost['history_mb']:.2f} MB.", "",
+        *_noise_lines(results.get("noise_cost", {})),
     ])  # fmt: skip
 
 

@@ -207,12 +207,10 @@ class ClientHistory:
     def __init__(self, capacity: int, recent: int) -> None:
         self.capacity = capacity
         self.counts: dict[int, int] = {}
-        self.queries: deque[tuple[bytes, list[int]]] = deque()
+        self.queries: deque[tuple[bytes, np.ndarray]] = deque()  # (digest, its hashes)
         self.digests: dict[bytes, int] = {}
         self.recent: deque[bool] = deque(maxlen=recent)
         self.probes = 0  #: dictionary probes made by lookups (cost, for the tests)
-        self.penalty_until = 0.0  #: throttle/refuse in force until then (clock seconds)
-        self.next_allowed = 0.0  #: throttle: the next request let through
 
     def seen(self, digest: bytes) -> bool:
         return digest in self.digests
@@ -226,8 +224,8 @@ class ClientHistory:
         return scores
 
     def add(self, digest: bytes, prints: np.ndarray, near_duplicate: bool) -> None:
-        hashes = [v for v in prints.ravel().tolist() if v]
-        for v in hashes:
+        hashes = prints[prints > 0]  # kept as uint64: 8 bytes a hash, not a Python int
+        for v in hashes.tolist():
             self.counts[v] = self.counts.get(v, 0) + 1
         self.queries.append((digest, hashes))
         self.digests[digest] = self.digests.get(digest, 0) + 1
@@ -237,7 +235,7 @@ class ClientHistory:
 
     def _evict(self) -> None:
         digest, hashes = self.queries.popleft()
-        for v in hashes:
+        for v in hashes.tolist():
             _decrement(self.counts, v)
         _decrement(self.digests, digest)
 
@@ -297,6 +295,10 @@ class QueryWatch:
                              f"{self.recent}, {self.history}")  # fmt: skip
         self._lock = threading.Lock()
         self._clients: OrderedDict[str, ClientHistory] = OrderedDict()
+        #: name -> [penalty until, throttle: next request let through] (clock seconds);
+        #: apart from the LRU of histories, so evicting a history never lifts a penalty
+        #: (bounded by the key names; dropped once expired)
+        self._penalties: dict[str, list[float]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QueryWatch:
@@ -344,15 +346,16 @@ class QueryWatch:
         """Before a request: the penalty ``name`` is under, if any (a throttled client is
         let through once per ``throttle_s``)."""
         with self._lock:
-            hist = self._clients.get(name)
+            penalty = self._penalties.get(name)
             now = self.clock()
-            if hist is None or now >= hist.penalty_until:
+            if penalty is None or now >= penalty[0]:
+                self._penalties.pop(name, None)
                 return None
             if self.policy == "refuse":
-                return Gate("refuse", hist.penalty_until - now)
-            if now < hist.next_allowed:
-                return Gate("throttle", hist.next_allowed - now)
-            hist.next_allowed = now + self.throttle_s
+                return Gate("refuse", penalty[0] - now)
+            if now < penalty[1]:
+                return Gate("throttle", penalty[1] - now)
+            penalty[1] = now + self.throttle_s
             return None
 
     def observe(self, name: str, frames: np.ndarray) -> Observation:
@@ -375,6 +378,5 @@ class QueryWatch:
                 hist.clear()
                 if self.policy in ("throttle", "refuse"):
                     now = self.clock()
-                    hist.penalty_until = now + self.penalty_s
-                    hist.next_allowed = now + self.throttle_s
+                    self._penalties[name] = [now + self.penalty_s, now + self.throttle_s]
         return Observation(scores, matched, near, False, detected)

@@ -144,6 +144,18 @@ def test_refuse_policy_penalty_then_recovery() -> None:
     assert not w.observe("eve", perturbed(clip, 50)).near_duplicate  # history cleared
 
 
+def test_penalty_survives_history_eviction() -> None:
+    now = [0.0]
+    w = watch(policy="refuse", clients=2, penalty_s=60.0, clock=lambda: now[0])
+    for s in range(4):
+        w.observe("eve", perturbed(moving_clip(7), s))
+    for name in ("a", "b", "c"):  # eve's history is evicted from the LRU
+        w.observe(name, moving_clip(len(name) + 20))
+    assert w.tracked()[0] == 2
+    gate = w.gate("eve")
+    assert gate is not None and gate.action == "refuse"
+
+
 def test_throttle_policy_lets_one_through_per_interval() -> None:
     now = [0.0]
     w = watch(policy="throttle", penalty_s=100.0, throttle_s=10.0, clock=lambda: now[0])
