@@ -301,9 +301,8 @@ class Pipeline:
     ) -> Verdict:
         """Decode, the query-attack watch (when ``client`` is given), then the backend
         rounds and the vote (no admission, no metrics)."""
-        t0 = time.perf_counter()
-        frames = await self._frames(upload, meta, client, info)
-        timings = {"decode": (time.perf_counter() - t0) * 1e3, "shuffle": 0.0}
+        frames, decode_ms = await self._frames(upload, meta, client, info)
+        timings = {"decode": decode_ms, "shuffle": 0.0}
         timings["backend"] = timings["vote"] = 0.0
         session = _Rounds(self, meta, frames, timings, headers)
 
@@ -380,16 +379,19 @@ class Pipeline:
 
     async def _frames(
         self, upload: Upload, meta: ModelMeta, client: str | None, info: RequestInfo | None
-    ) -> np.ndarray:
-        """The decoded clip (a clear 4xx for a bad upload); the query-attack watch sees it
-        when ``client`` is given (its time is not part of ``decode``)."""
+    ) -> tuple[np.ndarray, float]:
+        """The decoded clip and the decode's ms (a clear 4xx for a bad upload); the
+        query-attack watch sees the clip when ``client`` is given (its time is not part
+        of the decode's: ``fingerprint_seconds`` has it)."""
+        t0 = time.perf_counter()
         try:
             frames = await self._in_thread(self._decode, upload, meta)
         except VideoError as exc:
             raise VideoRejected(exc.message, status_code=exc.status_code, code=exc.code) from exc
+        decode_ms = (time.perf_counter() - t0) * 1e3
         if client is not None and self.watch is not None:
             await self._in_thread(self._watch, client, frames, info)
-        return frames
+        return frames, decode_ms
 
     def _decode(self, upload: Upload, meta: ModelMeta) -> np.ndarray:
         return decode_clip(
