@@ -66,6 +66,7 @@ class QueryDetectConfig(ExperimentConfig):
     noise: list[int] = opt([1, 2, 4, 8, 16], "adaptive: noise levels added per query")
     interleave: list[int] = opt([1, 2, 4], "adaptive: benign clips between attack queries")
     benign_clients: int = opt(8, "benign clients the distinct clips are split into")
+    only: list[str] = opt([], "run only these attack streams (e.g. square_each; default: all)")
     seed: int = opt(0, "seed of the attacks, shuffles and subsets", show="always")
     step: int = opt(32, "fingerprint quantization step (pixel levels)")
     keep: int = opt(20, "hashes kept per frame")
@@ -251,9 +252,12 @@ def _attack_streams(
         ("rays", "rays", False, True, 0, 0),
         *[(f"square_noise{n}", "square", True, True, n, 0) for n in config.noise],
         *[(f"square_interleave{m}", "square", True, True, 0, m) for m in config.interleave],
+        ("square_each", "each", True, True, 0, 0),
     ]
     out: dict[str, list[dict[str, Any]]] = {}
     for p, (name, kind, research, defense, n, every) in enumerate(plans):
+        if config.only and name not in config.only:
+            continue
         out[name] = []
         for i, (clip, label) in enumerate(clips):
             seed = derive_seed(config.seed, p, i)
@@ -261,7 +265,7 @@ def _attack_streams(
             attack: BlackBoxAttack = (
                 RaySAttack(eps=config.eps, seed=seed) if kind == "rays" else
                 SquareAttack(eps=config.eps, seed=seed,
-                             frames="window" if kind == "window" else "all")
+                             frames=kind if kind in ("window", "each") else "all")  # type: ignore[arg-type]
             )  # fmt: skip
             rec = Recorder(spec, config.history)
             send = noisy(n, np.random.default_rng(seed)) if n else (lambda x: x)
@@ -446,7 +450,7 @@ def run(config: QueryDetectConfig) -> int:
     spec = FingerprintSpec(step=config.step, keep=config.keep, key=config.seed)
     model, meta = load_model(config.checkpoint)
     meta = {**meta, "preset": dict(meta["preset"])}
-    n_plans = 4 + len(config.noise) + len(config.interleave)
+    n_plans = len(config.only) or 5 + len(config.noise) + len(config.interleave)
     bar = progress_bar(range(n_plans * len(clips)), desc="attacks", unit="clip",
                        enabled=not config.no_progress)  # fmt: skip
     attacks = _attack_streams(config, model, meta, clips, benign, spec, bar)
