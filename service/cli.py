@@ -104,6 +104,10 @@ ANALYSES: dict[str, tuple[str, str, str]] = {
         "service.experiments.detection", "DetectionConfig",
         "ROC/AUC of the suspected_adversarial signals",
     ),
+    "querydetect": (
+        "service.experiments.querydetect", "QueryDetectConfig",
+        "queries-to-detection and false positives of the gateway's query-attack detector",
+    ),
     "denoiser": (
         "service.experiments.denoiser", "DenoiserConfig",
         "train the DnCNN of the denoised-smoothing rows",

@@ -218,6 +218,50 @@ class Settings(BaseSettings):
         default=8, description="classify requests at once of a research-role key"
     )
 
+    # ------------------------------------------------------ query-attack watch
+    detect_policy: Literal["off", "flag", "throttle", "refuse"] = Field(
+        default="flag",
+        description="what a detected query attack gets (docs/detection.md): off (no "
+        "fingerprints), flag (log + metrics), throttle (one request per "
+        "detect_throttle_s for detect_penalty_s, else 429), refuse (403 for detect_penalty_s)",
+    )
+    detect_history: int = Field(
+        default=256, ge=1, le=100_000, description="distinct queries remembered per client"
+    )
+    detect_clients: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="clients whose history is kept (least recent "
+        "evicted; about 2.8 MB each when full, docs/detection.md)",
+    )
+    detect_step: int = Field(
+        default=32, ge=1, le=255, description="fingerprint quantization step (pixel levels)"
+    )
+    detect_window: int = Field(default=20, ge=1, le=3072, description="values per hashed run")
+    detect_keep: int = Field(default=20, ge=1, le=256, description="hashes kept per frame")
+    detect_size: int = Field(
+        default=32, ge=1, le=512, description="frames are block-averaged to at most this side"
+    )
+    detect_match: int = Field(
+        default=14, ge=1, description="a frame matches when this many of its hashes were seen"
+    )
+    detect_frames: float = Field(
+        default=0.75, gt=0, le=1, description="share of a clip's frames that must match"
+    )
+    detect_hits: int = Field(
+        default=4,
+        ge=1,
+        description="near-duplicates among the last detect_recent queries that make a detection",
+    )
+    detect_recent: int = Field(default=20, ge=1, description="see detect_hits")
+    detect_penalty_s: PositiveFloat = Field(
+        default=300.0, description="throttle/refuse: how long a detected client is penalized"
+    )
+    detect_throttle_s: PositiveFloat = Field(
+        default=10.0, description="throttle: one request let through per this many seconds"
+    )
+
     # ---------------------------------------------------------------- serve
     host: str = Field(default="127.0.0.1", description="gateway bind address")
     port: Port = Field(default=8000, description="gateway port")
@@ -254,6 +298,24 @@ class Settings(BaseSettings):
         )
         if len(set(ports)) != len(ports):
             raise ValueError(f"TorchServe inference/management/metrics ports must differ: {ports}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_detection(self) -> Settings:
+        if self.detect_match > self.detect_keep:
+            raise ValueError(
+                f"detect_match ({self.detect_match}) must be <= detect_keep ({self.detect_keep})"
+            )
+        if not self.detect_hits <= self.detect_recent <= self.detect_history:
+            raise ValueError(
+                "need detect_hits <= detect_recent <= detect_history, got "
+                f"{self.detect_hits}, {self.detect_recent}, {self.detect_history}"
+            )
+        if self.detect_window > self.detect_size * self.detect_size * 3:
+            raise ValueError(
+                f"detect_window ({self.detect_window}) exceeds a {self.detect_size}-pixel "
+                "frame's values"
+            )
         return self
 
     @model_validator(mode="after")

@@ -66,8 +66,9 @@ class RedteamConfig(ExperimentConfig):
     )  # fmt: skip
     confirm: int = opt(5, "fresh re-queries that confirm a success (strict majority wrong)")
     p_init: float = opt(0.05, "Square Attack: initial square area / frame area")
-    frames: str = opt("all", "Square Attack: square in every frame, or a spatio-temporal window",
-                      choices=("all", "window"))  # fmt: skip
+    frames: str = opt("all", "Square Attack: the same square in every frame, a spatio-temporal "
+                      "window, or a square of its own in each frame",
+                      choices=("all", "window", "each"))  # fmt: skip
     no_undefended: bool = opt(False, "research mode: skip the defense=false comparison")
     model: str | None = opt(None, "served model (default: the gateway's default)")
     out: str = out_opt("runs/redteam")

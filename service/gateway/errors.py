@@ -27,6 +27,8 @@ __all__ = [
     "BackendUnavailable",
     "ClientDisconnected",
     "ConcurrencyLimited",
+    "ClientRefused",
+    "ClientThrottled",
     "EmptyUpload",
     "GatewayError",
     "InvalidParameter",
@@ -144,6 +146,19 @@ class RateLimited(GatewayError):
 
 class ConcurrencyLimited(GatewayError):
     status_code, code = 429, "concurrency_limited"
+    retryable = True
+
+
+class ClientRefused(GatewayError):
+    """The query-attack watch refuses this client for a while (policy ``refuse``)."""
+
+    status_code, code = 403, "client_refused"
+
+
+class ClientThrottled(GatewayError):
+    """The query-attack watch throttles this client (policy ``throttle``)."""
+
+    status_code, code = 429, "client_throttled"
     retryable = True
 
 

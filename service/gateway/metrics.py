@@ -132,11 +132,45 @@ class GatewayMetrics:
             namespace=ns,
             registry=self.registry,
         )
+        self._watch_metrics(ns)
         self.inflight = Gauge(
             "inflight_requests",
             "Classify requests being handled (uploading, queued or running).",
             namespace=ns,
             multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+
+    def _watch_metrics(self, ns: str) -> None:
+        """The query-attack watch's metrics (docs/detection.md). ``client`` is the API
+        key's name ("anonymous" when the API is open), bounded by the configured keys;
+        the key itself never appears."""
+        self.near_duplicates = Counter(
+            "near_duplicate_queries_total",
+            "Queries whose decoded clip nearly repeats one of the client's recent queries.",
+            ["client"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.attacks_detected = Counter(
+            "query_attacks_detected_total",
+            "Query-attack detections (near-duplicates past the threshold), by client and policy.",
+            ["client", "policy"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.watch_refusals = Counter(
+            "query_watch_refusals_total",
+            "Requests turned away by the query-attack policy (refuse: 403, throttle: 429).",
+            ["client", "action"],
+            namespace=ns,
+            registry=self.registry,
+        )
+        self.fingerprint_duration = Histogram(
+            "fingerprint_seconds",
+            "Time to fingerprint a decoded clip and look it up in the client's history.",
+            namespace=ns,
+            buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
 

@@ -27,6 +27,7 @@ module imports numpy only.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,9 +43,17 @@ from service.defense_np import EarlyStop, ensemble_indices, softmax, suspected, 
 from service.gateway.admission import Admission
 from service.gateway.backend import Backend, ModelMeta
 from service.gateway.catalog import ModelCatalog
-from service.gateway.errors import BackendError, InvalidParameter, ModelNotFound, VideoRejected
+from service.gateway.errors import (
+    BackendError,
+    ClientRefused,
+    ClientThrottled,
+    InvalidParameter,
+    ModelNotFound,
+    VideoRejected,
+)
 from service.gateway.metrics import GatewayMetrics
 from service.gateway.middleware import RequestInfo
+from service.gateway.querywatch import Observation, QueryWatch
 from service.gateway.schemas import MAX_SEED, ClassifyRequest
 from service.gateway.upload import Upload
 from service.video import DecodeLimits, VideoError, decode_clip
@@ -52,6 +61,8 @@ from service.video import DecodeLimits, VideoError, decode_clip
 __all__ = ["MAX_SEED", "Effective", "Pipeline", "Verdict", "build_batch", "index_mode_served"]
 
 R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
 
 #: copy-mode gathers over this many bytes run in the thread pool
 _INLINE_GATHER_BYTES = 4 * 1024 * 1024
@@ -130,6 +141,7 @@ class Pipeline:
             retry_after_s=settings.retry_after_s,
         )
         self.threads = threads or anyio.CapacityLimiter(settings.decode_threads)
+        self.watch = QueryWatch.from_settings(settings) if settings.detect_policy != "off" else None
         self.limits = DecodeLimits(
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
@@ -173,13 +185,16 @@ class Pipeline:
         receive: Callable[[], Awaitable[Upload]],
         info: RequestInfo,
         headers: Mapping[str, str] | None = None,
+        client: str = "anonymous",
     ) -> Verdict:
         """One classify request, from admission to metrics.
 
         ``receive`` reads the upload (called once a place is admitted); ``info``
         is the request's log record (its model and fields are filled in here);
-        ``headers`` are the allow-listed ones forwarded to the backend.
+        ``headers`` are the allow-listed ones forwarded to the backend; ``client``
+        names whose query history the decoded clip joins (the API key's name).
         """
+        self._gate(client)
         forward = dict(headers or {})
         forward["x-request-id"] = info.request_id
         with self.metrics.inflight.track_inprogress():
@@ -191,8 +206,9 @@ class Pipeline:
                     params = self.effective(request, meta)  # bad h2 -> 422 before queueing
                     async with self.admission.run_slot():
                         verdict = await self.classify(
-                            upload, params, meta, request_id=info.request_id, headers=forward
-                        )
+                            upload, params, meta, request_id=info.request_id, headers=forward,
+                            client=client, info=info,
+                        )  # fmt: skip
                 except ModelNotFound:
                     if info.model is not None:  # it was served a moment ago: re-list models
                         self.catalog.invalidate(info.model)
@@ -205,6 +221,47 @@ class Pipeline:
         verdict.timings_ms = {k: round(v, 3) for k, v in verdict.timings_ms.items()}
         self._observe(verdict, info)
         return verdict
+
+    def _gate(self, client: str) -> None:
+        """403/429 for a client the query-attack policy has penalized."""
+        gate = self.watch.gate(client) if self.watch is not None else None
+        if gate is None:
+            return
+        self.metrics.watch_refusals.labels(client=client, action=gate.action).inc()
+        wait = max(1, round(gate.retry_after_s))
+        if gate.action == "refuse":
+            raise ClientRefused(
+                f"client {client!r} is refused for {wait} more s: its queries looked like a "
+                "query-based attack (near-duplicates of one another; see docs/detection.md)",
+                retry_after=wait,
+            )
+        raise ClientThrottled(
+            f"client {client!r} is throttled for now: its queries looked like a query-based "
+            f"attack (see docs/detection.md); retry in {wait} s",
+            retry_after=wait,
+        )
+
+    def _watch(self, client: str, frames: np.ndarray, info: RequestInfo | None) -> None:
+        """Fingerprint the decoded clip into ``client``'s history (in a worker thread);
+        on a detection with policy throttle/refuse the request itself is turned away."""
+        assert self.watch is not None
+        t = time.perf_counter()
+        seen: Observation = self.watch.observe(client, frames)
+        self.metrics.fingerprint_duration.observe(time.perf_counter() - t)
+        if info is not None:
+            info.fields.update(near_duplicate=seen.near_duplicate)
+        if seen.near_duplicate:
+            self.metrics.near_duplicates.labels(client=client).inc()
+        if not seen.detected:
+            return
+        policy = self.watch.policy
+        self.metrics.attacks_detected.labels(client=client, policy=policy).inc()
+        logger.warning(
+            "query attack suspected: client %r sent %d near-duplicate clips among its last %d "
+            "(policy %s)", client, self.watch.hits, self.watch.recent, policy,
+        )  # fmt: skip
+        if policy != "flag":
+            self._gate(client)
 
     def _observe(self, verdict: Verdict, info: RequestInfo) -> None:
         m = self.metrics
@@ -239,14 +296,13 @@ class Pipeline:
         *,
         request_id: str = "",
         headers: Mapping[str, str] | None = None,
+        client: str | None = None,
+        info: RequestInfo | None = None,
     ) -> Verdict:
-        """Decode, then the backend rounds and the vote (no admission, no metrics)."""
-        t0 = time.perf_counter()
-        try:
-            frames = await self._in_thread(self._decode, upload, meta)
-        except VideoError as exc:
-            raise VideoRejected(exc.message, status_code=exc.status_code, code=exc.code) from exc
-        timings = {"decode": (time.perf_counter() - t0) * 1e3, "shuffle": 0.0}
+        """Decode, the query-attack watch (when ``client`` is given), then the backend
+        rounds and the vote (no admission, no metrics)."""
+        frames, decode_ms = await self._frames(upload, meta, client, info)
+        timings = {"decode": decode_ms, "shuffle": 0.0}
         timings["backend"] = timings["vote"] = 0.0
         session = _Rounds(self, meta, frames, timings, headers)
 
@@ -320,6 +376,22 @@ class Pipeline:
             backend_rounds=session.rounds,
             timings_ms=timings,
         )
+
+    async def _frames(
+        self, upload: Upload, meta: ModelMeta, client: str | None, info: RequestInfo | None
+    ) -> tuple[np.ndarray, float]:
+        """The decoded clip and the decode's ms (a clear 4xx for a bad upload); the
+        query-attack watch sees the clip when ``client`` is given (its time is not part
+        of the decode's: ``fingerprint_seconds`` has it)."""
+        t0 = time.perf_counter()
+        try:
+            frames = await self._in_thread(self._decode, upload, meta)
+        except VideoError as exc:
+            raise VideoRejected(exc.message, status_code=exc.status_code, code=exc.code) from exc
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        if client is not None and self.watch is not None:
+            await self._in_thread(self._watch, client, frames, info)
+        return frames, decode_ms
 
     def _decode(self, upload: Upload, meta: ModelMeta) -> np.ndarray:
         return decode_clip(

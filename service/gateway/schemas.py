@@ -142,7 +142,8 @@ ERROR_STATUSES: dict[int, str] = {
     " either way.",
     403: "`research_mode_required`: a research-only parameter (defense, ensemble, h1, h2,"
     " seed, early_stop) sent to a production gateway; `research_key_required`: sent with"
-    " a key whose role is not research.",
+    " a key whose role is not research; `client_refused`: the query-attack watch refuses"
+    " this client for a while (policy `refuse`; `Retry-After` says how long).",
     404: "`model_not_found`: no served model has that name.",
     408: "`upload_timeout`: the upload did not arrive within the upload timeout; the"
     " connection is closed.",
@@ -153,8 +154,9 @@ ERROR_STATUSES: dict[int, str] = {
     " own validation errors are rewritten to this body (not FastAPI's `detail` list); the"
     " message names each offending parameter.",
     429: "`overloaded` (the gateway's queue is full), `backend_overloaded` (the backend's),"
-    " `rate_limited` (the key's token bucket is empty) or `concurrency_limited` (the key"
-    " has its most requests in progress); retry after `Retry-After` seconds.",
+    " `rate_limited` (the key's token bucket is empty), `concurrency_limited` (the key"
+    " has its most requests in progress) or `client_throttled` (the query-attack watch's"
+    " policy `throttle`); retry after `Retry-After` seconds.",
     502: "`backend_error`: the model backend answered something the gateway cannot use.",
     503: "`backend_unavailable` (classify, models) or `not_ready` (readyz): the backend is"
     " unreachable or has no ready worker; retry after `Retry-After` seconds.",

@@ -16,7 +16,8 @@ so a lucky draw of a randomized defense is not reported as a success.
   +-eps per channel, the square's area a fraction ``p`` of the frame that shrinks on
   the paper's schedule, an update kept when the margin loss does not get worse.
   For video, the square is a spatial square repeated in every frame (``frames="all"``,
-  the default) or a spatio-temporal cube of a random run of frames (``"window"``).
+  the default), a spatio-temporal cube of a random run of frames (``"window"``), or a
+  square of its own in each frame (``"each"``).
 * :class:`RaySAttack` -- label-only (hard-label), L-inf: RayS (Chen & Gu, KDD 2020),
   written from the paper's description. It searches a sign direction ``d`` and, for
   each, the smallest radius ``r`` at which ``x + r d`` is misclassified; block sign
@@ -242,7 +243,9 @@ class SquareAttack(BlackBoxAttack):
     ``frames="window"`` in a random run of ``round(sqrt(p_i) * T)`` frames) whose
     perturbation is set to +-eps per channel; kept when the margin is not larger
     than the best seen (ties kept: vote shares move in steps of 1/N). ``p_init``:
-    0.05, the paper's value for L-inf.
+    0.05, the paper's value for L-inf. ``frames="each"``: every frame gets a square of
+    its own (place and signs) at each step, so the perturbation differs from frame to
+    frame (the start stays the stripes shared by every frame).
 
     ``frames="all"`` is the default because a perturbation that is the same in every
     frame is unchanged by any frame shuffle: against a shuffling defense it is the
@@ -252,13 +255,13 @@ class SquareAttack(BlackBoxAttack):
     name = "square"
 
     def __init__(
-        self, *, p_init: float = 0.05, frames: Literal["all", "window"] = "all", **kw: int
+        self, *, p_init: float = 0.05, frames: Literal["all", "window", "each"] = "all", **kw: int
     ) -> None:
         super().__init__(**kw)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        if frames not in ("all", "window"):
-            raise ValueError(f"frames must be 'all' or 'window', got {frames!r}")
+        if frames not in ("all", "window", "each"):
+            raise ValueError(f"frames must be 'all', 'window' or 'each', got {frames!r}")
         self.p_init, self.frames = p_init, frames
 
     def search(self, state: _Search, clean_answer: Answer, rng: np.random.Generator) -> None:
@@ -295,6 +298,8 @@ class SquareAttack(BlackBoxAttack):
     def _update(self, delta: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
         T, H, W, C = delta.shape
         side = int(min(max(round(np.sqrt(p * H * W)), 1), H - 1, W - 1)) or 1
+        if self.frames == "each":
+            return self._update_each(delta, side, rng)
         length = T if self.frames == "all" else max(1, min(T, round(np.sqrt(p) * T)))
         t0 = int(rng.integers(0, T - length + 1))
         r0, c0 = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
@@ -305,6 +310,16 @@ class SquareAttack(BlackBoxAttack):
             if not np.all(new[window] == signs):
                 break
         new[window] = signs
+        return new
+
+    def _update_each(self, delta: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+        """``frames="each"``: every frame gets its own square (place and signs)."""
+        T, H, W, C = delta.shape
+        new = delta.copy()
+        for t in range(T):
+            r0, c0 = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
+            signs = rng.choice([-self.eps, self.eps], size=(1, 1, C)).astype(np.int16)
+            new[t, r0 : r0 + side, c0 : c0 + side] = signs
         return new
 
     def __repr__(self) -> str:

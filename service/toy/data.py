@@ -50,7 +50,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -454,12 +454,18 @@ def _mp4_codec() -> str:
 
 
 def write_mp4(
-    frames: np.ndarray, path: str | Path, *, fps: int = 8, codec: str | None = None
+    frames: np.ndarray,
+    path: str | Path | BinaryIO,
+    *,
+    fps: int = 8,
+    codec: str | None = None,
+    crf: int = 15,
 ) -> str:
-    """Encode uint8 ``[T, H, W, 3]`` RGB frames to an mp4 with PyAV.
+    """Encode uint8 ``[T, H, W, 3]`` RGB frames to an mp4 with PyAV (to a file, or to a
+    binary file object such as ``io.BytesIO``).
 
-    H.264 (``libx264``, yuv420p) when the PyAV build has it, MPEG-4 Part 2 otherwise.
-    ``H`` and ``W`` must be even (yuv420p). Returns the codec used.
+    H.264 (``libx264`` at ``crf``, yuv420p) when the PyAV build has it, MPEG-4 Part 2
+    otherwise. ``H`` and ``W`` must be even (yuv420p). Returns the codec used.
     """
     import av
 
@@ -469,13 +475,14 @@ def write_mp4(
     if H % 2 or W % 2:
         raise ValueError(f"mp4 (yuv420p) needs an even frame size, got {H}x{W}")
     codec = codec or _mp4_codec()
-    with av.open(str(path), mode="w") as container:
+    target = str(path) if isinstance(path, str | Path) else path
+    with av.open(target, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         assert isinstance(stream, av.VideoStream), f"{codec} is not a video codec"
         stream.width, stream.height = W, H
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "15", "preset": "medium", "threads": "1"}
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
         else:
             stream.bit_rate = 2_000_000
         for frame in frames:

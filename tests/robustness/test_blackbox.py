@@ -155,3 +155,21 @@ def test_bad_settings_are_refused() -> None:
         SquareAttack(p_init=0)
     with pytest.raises(ValueError, match="uint8"):
         SquareAttack()(LinearNet(), np.zeros(SHAPE, np.float32), 0, budget=5)
+
+
+def test_square_each_gives_every_frame_its_own_square_and_still_fools() -> None:
+    net = LinearNet()
+    clip, label = near_boundary_clip(net, gap=0.3)
+    sent: list[np.ndarray] = []
+
+    def oracle(x: np.ndarray) -> Answer:
+        sent.append(x)
+        return net(x)
+
+    res = SquareAttack(eps=8, seed=1, frames="each")(oracle, clip, label, budget=400)
+    assert res.success and perturbation_norms(clip, res.adversarial)[0] <= 8
+    delta = sent[2].astype(int) - sent[1].astype(int)  # one update after the stripes
+    changed = [bool(np.any(delta[t])) for t in range(SHAPE[0])]
+    assert sum(changed) >= SHAPE[0] - 1  # (a redrawn square may equal the old signs)
+    per_frame = res.adversarial.astype(int) - clip.astype(int)
+    assert any(not np.array_equal(per_frame[0], per_frame[t]) for t in range(1, SHAPE[0]))

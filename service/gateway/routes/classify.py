@@ -87,5 +87,6 @@ async def classify(
             ),
             info=request_info(request.scope),
             headers=forwardable_headers(request.headers),
+            client=client.name,
         )
     return JSONResponse(classify_body(verdict, research=settings.research_mode))
