@@ -16,6 +16,7 @@ import pytest
 
 from service.cli import main
 from service.experiments.redteam import GatewayError
+from service.gateway.keys import hash_key, new_key
 from tests.integration.helpers import TINY, TINY_META, Gateway, StartGateway
 from tests.integration.test_redteam import write_clips
 
@@ -103,3 +104,37 @@ def test_benign_run_then_redteam_is_refused_and_service_stays_healthy(
         assert c.get(guarded.url + "/readyz").status_code == 200
         assert c.get(guarded.url + "/v1/models").status_code == 200
     assert metric(guarded, "query_watch_refusals_total") >= 2
+
+
+def test_with_keys_the_watch_refuses_the_attacking_key_alone(
+    start_gateway: StartGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyed: each key has its own history; the key running redteam is refused, another
+    key keeps being served, and the metrics name the key (never the key itself)."""
+    keys = {name: new_key() for name in ("mallory", "alice")}
+    key_file = tmp_path / "keys.yaml"
+    key_file.write_text(
+        "keys:\n"
+        + "".join(
+            f"  - {{name: {n}, role: client, sha256: {hash_key(k)}, rate: 1000, burst: 1000}}\n"
+            for n, k in keys.items()
+        )
+    )
+    gateway = start_gateway(
+        research_mode=False, api_keys_file=key_file, detect_policy="refuse", detect_penalty_s=600
+    )
+    monkeypatch.setenv("SHUFFLEGUARD_API_KEY", keys["mallory"])
+    with pytest.raises(GatewayError, match="HTTP 403.*client_refused"):
+        main(["redteam", "--url", gateway.url, "--data", str(write_clips(tmp_path / "clips")),
+              "--queries", str(BUDGET), "--eps", "4", "--clips", "3", "--confirm", "3",
+              "--seed", "1", "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    with httpx.Client(trust_env=False, timeout=60) as c:
+        for name, expected in (("mallory", 403), ("alice", 200)):
+            r = c.post(gateway.url + "/v1/classify", content=npy(distinct_clip(7)),
+                       headers={"Content-Type": "application/x-npy",
+                                "Authorization": f"Bearer {keys[name]}"})  # fmt: skip
+            assert r.status_code == expected, (name, r.text)
+        text = c.get(gateway.url + "/metrics").text
+    assert re.search(r'query_attacks_detected_total{client="mallory",policy="refuse"} 1', text)
+    assert 'client="alice",policy' not in text
+    assert keys["mallory"] not in text and hash_key(keys["mallory"]) not in text
