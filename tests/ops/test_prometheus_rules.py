@@ -27,6 +27,7 @@ EXPECTED_ALERTS = {
     "ShuffleGuardSuspectedAdversarialRate",
     "ShuffleGuardHighP95Latency",
     "ShuffleGuardClientThrottled",
+    "ShuffleGuardQueryAttackSuspected",
 }
 
 
