@@ -294,8 +294,9 @@ PAPER_ATTACKS: list[str] = list(ATTACKS)
 # the defense per clip against the worst of these.
 # --------------------------------------------------------------------------- #
 #: The saturated budget shared by the variants (``analyze adaptive`` overrides
-#: ``steps`` and ``draws`` for its curves).
-SATURATED: dict[str, Any] = {"steps": 100, "draws": 10, "alpha_factor": 2.5}
+#: ``steps`` and ``draws`` for its curves). ``patience`` 3: a clip leaves the batch after
+#: three steps (30 draws) whose copies were all fooled.
+SATURATED: dict[str, Any] = {"steps": 100, "draws": 10, "alpha_factor": 2.5, "patience": 3}
 register_attack(
     AttackSpec(
         "eot_cw", "EOT, CW margin on the mean logits", 5, adaptive=True,
