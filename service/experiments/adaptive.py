@@ -107,9 +107,16 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return (
+        """File name part: the settings and a digest of the entry's options (the paper's
+        EOT, whose entry has none, keeps the plain name)."""
+        spec = ATTACKS.get(self.attack)
+        name = (
             f"{self.row}-{self.attack}-e{self.eps:g}-s{self.steps}-d{self.draws}-r{self.restarts}"
         )
+        if spec is None or not spec.eot:
+            return name
+        options = json.dumps(spec.eot, sort_keys=True).encode()
+        return f"{name}-{hashlib.sha256(options).hexdigest()[:8]}"
 
 
 class Runner:

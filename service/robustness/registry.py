@@ -295,7 +295,8 @@ PAPER_ATTACKS: list[str] = list(ATTACKS)
 # --------------------------------------------------------------------------- #
 #: The saturated budget shared by the variants (``analyze adaptive`` overrides
 #: ``steps`` and ``draws`` for its curves). ``patience`` 3: a clip leaves the batch after
-#: three steps (30 draws) whose copies were all fooled.
+#: three steps (30 draws) whose copies were all fooled by the margin ``kappa`` (2 logits
+#: for the vote-aware variants; 0, i.e. just fooled, for the others).
 SATURATED: dict[str, Any] = {"steps": 100, "draws": 10, "alpha_factor": 2.5, "patience": 3}
 register_attack(
     AttackSpec(
@@ -305,14 +306,14 @@ register_attack(
 )  # fmt: skip
 register_attack(
     AttackSpec(
-        "eot_vote", "EOT, vote-aware (per-copy CW margin clamped at 0)", 6, adaptive=True,
-        eot=SATURATED | {"loss": "vote", "kappa": 0.0, "schedule": "cosine"},
+        "eot_vote", "EOT, vote-aware (per-copy CW margin clamped at 2)", 6, adaptive=True,
+        eot=SATURATED | {"loss": "vote", "kappa": 2.0, "schedule": "cosine"},
     )
 )  # fmt: skip
 register_attack(
     AttackSpec(
         "eot_mi", "EOT, vote-aware MI-FGSM (momentum 0.9)", 7, adaptive=True,
-        eot=SATURATED | {"loss": "vote", "kappa": 0.0, "momentum": 0.9, "schedule": "step"},
+        eot=SATURATED | {"loss": "vote", "kappa": 2.0, "momentum": 0.9, "schedule": "step"},
     )
 )  # fmt: skip
 register_attack(
@@ -324,6 +325,7 @@ register_attack(
 register_attack(
     AttackSpec(
         "eot_static", "EOT, static perturbation (one image for all frames)", 9,
-        adaptive=True, eot=SATURATED | {"loss": "vote", "schedule": "cosine", "static": True},
+        adaptive=True,
+        eot=SATURATED | {"loss": "vote", "kappa": 2.0, "schedule": "cosine", "static": True},
     )
 )  # fmt: skip
