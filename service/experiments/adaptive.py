@@ -36,6 +36,8 @@ saturated perturbations are those files. Writes ``adaptive.{csv,json,md,png}``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
