@@ -5,7 +5,8 @@ attack registry it is given (:data:`service.robustness.registry.ATTACKS` entries
 ``adaptive``: the same :class:`~service.robustness.attacks.EOT` with other options) and
 scores the defense *per clip against the worst variant*: a clip counts as defended only
 if the vote, drawn fresh as the gateway would draw it (an independent generator per
-clip and attack), is right for every variant. Besides that figure it measures:
+clip and attack), is right for every variant and for the paper's EOT. Besides that
+figure it measures:
 
 * the paper's EOT (entry ``eot``: cross-entropy, 30 steps of eps/30, 10 draws), the
   figure before this analysis existed;
@@ -22,7 +23,8 @@ the report is stamped ``SANITY CHECKS FAILED`` when one does:
 
 * ``steps_monotone`` / ``draws_monotone``: no curve point with a larger budget lies
   above the Wilson upper bound of a point with a smaller one;
-* ``saturated_beats_paper_eot``: the worst case is at most the paper's EOT;
+* ``strongest_variant_beats_paper_eot``: the strongest variant alone is at most the
+  paper's EOT (the worst case includes the paper's EOT, so it cannot lose to it);
 * ``adaptive_beats_transfer``: the worst case is at most every transfer attack's
   defended accuracy (point estimates: a strong adaptive attack must not lose to a
   transfer);
@@ -137,8 +139,21 @@ class Runner:
         self.ctx = RowContext(self.model, int(self.y.max()) + 1, self.preset)
         self.defense = ShuffleVote(self.model, self.preset)
         self.cache = Path(cfg.out) / "cache"
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self._check_cache()
         self.seconds: dict[str, float] = {}
+
+    def _check_cache(self) -> None:
+        """The cache holds one model, data, clip subset and preset: refuse another."""
+        meta = {
+            "weights_sha256": common.checkpoint_weights_sha256(self.cfg.checkpoint),
+            "data_sha256": common.data_fingerprint(self.cfg.data), "split": self.cfg.split,
+            "clips": [int(c) for c in self.subset.index], "preset": self.preset.to_dict(),
+        }  # fmt: skip
+        self.cache.mkdir(parents=True, exist_ok=True)
+        path = self.cache / "cache.json"
+        if path.exists() and json.loads(path.read_text()) != meta:
+            raise ValueError(f"{self.cache} holds clips of another model, data or preset")
+        path.write_text(json.dumps(meta))
 
     def craft(self, cell: Cell) -> torch.Tensor:
         """Adversarial clips of ``cell`` (from the cache when there)."""
@@ -280,8 +295,8 @@ def run_adaptive(cfg: AdaptiveConfig) -> dict[str, Any]:
                 mech = mechanism(r, adv, fooled)
     for role, group in cells.items():
         rows += [_row(c, scores[c.key], role, r.seconds[c.key]) for c in group]
-    worst = [all(scores[c.key]["defended"][i] for c in cells["variants"])
-             for i in range(len(r.subset))]  # fmt: skip
+    attacks = cells["variants"] + cells["paper_eot"]  # every adaptive attack at eps
+    worst = [all(scores[c.key]["defended"][i] for c in attacks) for i in range(len(r.subset))]
     rows.append(_row(Cell("worst", "shuffle", cfg.eps, cfg.steps, cfg.draws, cfg.restarts),
                      {"defended": worst, "undefended": worst}, "worst_case", 0.0))  # fmt: skip
     res = report.results(
@@ -327,11 +342,13 @@ def sanity_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  and _within(ifgsm["undefended_accuracy"], t["undefended_correct"], t["n"]))
     ]  # fmt: skip
     w, p = report.pct(worst["defended_accuracy"]), report.pct(paper["defended_accuracy"])
+    best = min(v["defended_accuracy"] for v in _by(rows, "variants"))
     return [
         _monotone("steps_monotone", _by(rows, "steps_curve"), "steps"),
         _monotone("draws_monotone", _by(rows, "draws_curve"), "draws"),
-        {"name": "saturated_beats_paper_eot", "detail": f"worst case {w}% vs paper EOT {p}%",
-         "passed": worst["defended_accuracy"] <= paper["defended_accuracy"] + 1e-12},
+        {"name": "strongest_variant_beats_paper_eot", "passed": best <= paper[
+            "defended_accuracy"] + 1e-12, "detail": f"strongest variant {report.pct(best)}% vs"
+         f" paper EOT {p}% (worst case over both: {w}%)"},
         {"name": "adaptive_beats_transfer", "passed": not lose,
          "detail": f"worst case {w}% vs transfer " + ", ".join(
              f"{t['attack']} {report.pct(t['defended_accuracy'])}%" for t in transfer)},
@@ -379,7 +396,8 @@ def markdown(res: dict[str, Any]) -> str:
         "# Saturated adaptive evaluation of the shuffle defense", "",
         f"{res['clips']} clips; preset h1 = {p['h1']}, h2 = {p['h2']}, ensemble {p['ensemble']}"
         f" ({res['distinct_shuffles']} distinct shuffles at T = {res['frames']}). Defended ="
-        " the vote with fresh draws per clip; worst case = right against every variant.", "",
+        " the vote with fresh draws per clip; worst case = right against every variant and"
+        " the paper's EOT.", "",
         *report.produced_by(res["command"]),
         report.markdown_table(
             ["role", "attack", "eps", "steps", "draws", "defended right", "defended % (95% Wilson)",

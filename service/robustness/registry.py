@@ -295,13 +295,13 @@ PAPER_ATTACKS: list[str] = list(ATTACKS)
 # --------------------------------------------------------------------------- #
 #: The saturated budget shared by the variants (``analyze adaptive`` overrides
 #: ``steps`` and ``draws`` for its curves). ``patience`` 3: a clip leaves the batch after
-#: three steps (30 draws) whose copies were all fooled by the margin ``kappa`` (2 logits
-#: for the vote-aware variants; 0, i.e. just fooled, for the others).
+#: three steps (30 draws) whose copies were all fooled by the margin ``kappa`` (2 logits;
+#: the vote-aware loss also stops pulling there, the mean-logit losses do not).
 SATURATED: dict[str, Any] = {"steps": 100, "draws": 10, "alpha_factor": 2.5, "patience": 3}
 register_attack(
     AttackSpec(
         "eot_cw", "EOT, CW margin on the mean logits", 5, adaptive=True,
-        eot=SATURATED | {"loss": "cw_mean", "schedule": "cosine"},
+        eot=SATURATED | {"loss": "cw_mean", "kappa": 2.0, "schedule": "cosine"},
     )
 )  # fmt: skip
 register_attack(
@@ -319,7 +319,7 @@ register_attack(
 register_attack(
     AttackSpec(
         "eot_ce_mean", "EOT, cross-entropy on the mean logits", 8, adaptive=True,
-        eot=SATURATED | {"loss": "ce_mean", "schedule": "cosine"},
+        eot=SATURATED | {"loss": "ce_mean", "kappa": 2.0, "schedule": "cosine"},
     )
 )  # fmt: skip
 register_attack(

@@ -65,6 +65,7 @@ def _row(role: str, attack: str, k: int, n: int = 20, **kw: Any) -> dict[str, An
 def _rows(**bad: bool) -> list[dict[str, Any]]:
     return [
         _row("paper_eot", "eot", 6),
+        _row("variants", "eot_vote", 8 if bad.get("variant") else 3),
         _row("transfer", "ifgsm", 9, undefended=2),
         _row("transfer", "eot_vote", 10, undefended=12 if bad.get("undefended") else 1),
         _row("steps_curve", "eot_vote", 8, steps=10),
@@ -76,7 +77,7 @@ def _rows(**bad: bool) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("broken", ["steps", "undefended", "unbounded", "transfer"])
+@pytest.mark.parametrize("broken", ["steps", "undefended", "unbounded", "transfer", "variant"])
 def test_each_sanity_check_can_fail(broken: str) -> None:
     assert all(c["passed"] for c in sanity_checks(_rows()))
     failed = {c["name"] for c in sanity_checks(_rows(**{broken: True})) if not c["passed"]}
@@ -84,7 +85,8 @@ def test_each_sanity_check_can_fail(broken: str) -> None:
         "steps": {"steps_monotone"},
         "undefended": {"eot_matches_ifgsm_undefended"},
         "unbounded": {"unbounded_eps"},
-        "transfer": {"adaptive_beats_transfer", "saturated_beats_paper_eot"},
+        "transfer": {"adaptive_beats_transfer"},
+        "variant": {"strongest_variant_beats_paper_eot"},
     }[broken]
     assert failed == expected
 
@@ -104,7 +106,8 @@ def test_end_to_end_on_the_tiny_model(tiny, tmp_path: Path) -> None:  # type: ig
             "unbounded", "worst_case"} <= roles  # fmt: skip
     worst = next(r for r in res["rows"] if r["role"] == "worst_case")
     variants = [r for r in res["rows"] if r["role"] == "variants"]
-    assert worst["defended_correct"] <= min(r["defended_correct"] for r in variants)
+    paper = next(r for r in res["rows"] if r["role"] == "paper_eot")
+    assert worst["defended_correct"] <= min(r["defended_correct"] for r in [*variants, paper])
     assert len(res["sanity_checks"]) == 6 and res["distinct_shuffles"] == 9216
     assert 0.0 <= res["mechanism"]["static_share_mean"] <= 1.0
     md = (tmp_path / "adaptive.md").read_text()
