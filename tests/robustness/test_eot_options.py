@@ -1,0 +1,106 @@
+"""The saturated EOT's options: exact mean-logit gradients under chunking, the
+vote-aware loss, schedules, momentum, restarts, the static option and patience."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.defense import ShufflePreset, make_generator, shuffle_indices
+from service.robustness.attacks import EOT, attack_mode
+
+PRESET = ShufflePreset(h1=2, h2=2)
+
+
+def _grad(attack: EOT, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    attack.generator = make_generator(7)
+    with attack_mode(attack.model), torch.enable_grad():
+        return attack.input_grad(clips, labels)
+
+
+@pytest.mark.parametrize("loss", ["ce_mean", "cw_mean"])
+def test_mean_logit_loss_is_exact_under_chunking(toy, model: nn.Module, loss: str) -> None:
+    clips, labels = toy.clips[:2], toy.labels[:2]
+    chunked = _grad(EOT(model, PRESET, draws=4, loss=loss, batch_size=2), clips, labels)
+    idx = shuffle_indices(clips.shape[2], PRESET.h1, PRESET.h2, 4, generator=make_generator(7))
+    with attack_mode(model), torch.enable_grad():
+        x = clips.clone().requires_grad_(True)
+        mean = torch.stack([model(x[:, :, row]) for row in idx]).mean(0)
+        if loss == "ce_mean":
+            value = F.cross_entropy(mean, labels, reduction="sum")
+        else:
+            true = mean.gather(1, labels[:, None]).squeeze(1)
+            other = mean.masked_fill(F.one_hot(labels, mean.shape[1]).bool(), float("-inf"))
+            value = (other.max(1).values - true).sum()
+        (expected,) = torch.autograd.grad(value, x)
+    assert torch.allclose(chunked, expected, atol=1e-6)
+    assert float(expected.abs().sum()) > 0
+
+
+def test_vote_loss_ignores_fooled_copies(toy, model: nn.Module) -> None:
+    """Labels the model already gets wrong on every copy: the vote-aware loss (kappa 0)
+    has no gradient, the per-copy CW margin still has one."""
+    clips = toy.clips[:2]
+    with torch.no_grad():
+        logits = model(clips)
+    wrong = logits.argsort(dim=1)[:, 0]  # the least likely class: every copy "fooled"
+    attack = EOT(model, PRESET, draws=4, loss="vote")
+    grad = _grad(attack, clips, wrong)
+    assert attack.last_fooled is not None and bool(attack.last_fooled.all())
+    assert float(grad.abs().max()) == 0.0
+    assert float(_grad(EOT(model, PRESET, draws=4, loss="cw"), clips, wrong).abs().max()) > 0
+
+
+def test_schedules() -> None:
+    model = nn.Linear(1, 1)
+    constant = EOT(model, steps=4, alpha=0.1)
+    cosine = EOT(model, steps=4, alpha=0.1, schedule="cosine")
+    step = EOT(model, steps=4, alpha=0.1, schedule="step")
+    assert [constant.step_size(m) for m in range(4)] == [0.1] * 4
+    assert cosine.step_size(0) == pytest.approx(0.1) and cosine.step_size(2) == pytest.approx(0.05)
+    assert [step.step_size(m) for m in range(4)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": "vote", "momentum": 0.9},
+        {"loss": "cw_mean", "schedule": "cosine", "restarts": 2},
+        {"loss": "vote", "static": True},
+        {"loss": "vote", "patience": 1},
+    ],
+)
+def test_options_keep_the_invariants(toy, model: nn.Module, options: dict) -> None:  # type: ignore[type-arg]
+    clips, labels = toy.clips[:3], toy.labels[:3]
+    attack = EOT(model, PRESET, draws=3, steps=4, alpha=2.5 * (4 / 255) / 4, **options)
+    adv = attack(clips, labels)
+    assert float((adv - clips).abs().max()) <= attack.eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert float((adv - clips).abs().max()) > 0
+
+
+def test_static_option_is_one_image_for_all_frames(toy, model: nn.Module) -> None:
+    clips = toy.clips[:2].clamp(0.1, 0.9)  # away from 0 and 1: no clamp breaks the sharing
+    adv = EOT(model, PRESET, draws=2, steps=3, loss="vote", static=True)(clips, toy.labels[:2])
+    delta = adv - clips
+    assert torch.allclose(delta, delta[:, :, :1].expand_as(delta), atol=1e-6)
+
+
+def test_patience_freezes_fooled_clips(toy, model: nn.Module) -> None:
+    """A clip whose copies are all fooled stops moving after ``patience`` steps."""
+    clips = toy.clips[:2]
+    with torch.no_grad():
+        wrong = model(clips).argsort(dim=1)[:, 0]
+    attack = EOT(model, PRESET, draws=2, steps=5, loss="cw", patience=1, record_at=(1, 5))
+    attack(clips, wrong)
+    assert torch.equal(attack.trajectory[1], attack.trajectory[5])
+
+
+def test_bad_options() -> None:
+    model = nn.Linear(1, 1)
+    for kwargs in ({"schedule": "linear"}, {"momentum": -0.1}, {"restarts": 0},
+                   {"patience": 0}, {"loss": "hinge"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            EOT(model, **kwargs)  # type: ignore[arg-type]
