@@ -330,13 +330,17 @@ def flag_rows(
 ) -> list[dict[str, Any]]:
     """Per attack cell: the ``suspected_adversarial`` signals' TPR at ``max_fpr`` on the
     clean clips (:func:`service.experiments.detection.flag_at_fpr`) beside the attack's
-    defended accuracy."""
-    from service.experiments.detection import flag_at_fpr
+    defended accuracy, and ``evaded``: the clips that fooled the vote *and* were not
+    flagged by the gateway's rule (the attacker's real win)."""
+    from service.experiments.detection import flag_at_fpr, signal_scores
 
     rows = []
     for c in cells:
         s = scores[c.key]
-        rows.append({"attack": c.attack, "steps": c.steps, "draws": c.draws,
+        evaded = [not d and not signal_scores(f, 0.5)["gateway"]
+                  for d, f in zip(s["defended"], s["flag"], strict=True)]  # fmt: skip
+        rows.append({"attack": c.attack, "evaded": _rate(evaded), "steps": c.steps,
+                     "draws": c.draws,
                      "defended": _rate(s["defended"]), "undefended": _rate(s["undefended"]),
                      "max_fpr": max_fpr, "signals": flag_at_fpr(clean["flag"], s["flag"],
                                                                 max_fpr=max_fpr)})  # fmt: skip
@@ -465,6 +469,7 @@ def flag_markdown(flag: list[dict[str, Any]] | None) -> list[str]:
     fpr = report.pct(flag[0]["max_fpr"], 0)
     rows = [[ATTACKS[f["attack"]].title, str(f["steps"]), _ci(f["defended"]),
              report.pct(f["undefended"]["accuracy"]),
+             f"{f['evaded']['correct']}/{f['evaded']['n']} ({_ci(f['evaded'])})",
              *[f"{_ci(f['signals'][s])}, FPR {report.pct(f['signals'][s]['fpr'])}"
                for s in ("vote_share", "disagreement", "gateway")]] for f in flag]  # fmt: skip
     return [
@@ -472,10 +477,11 @@ def flag_markdown(flag: list[dict[str, Any]] | None) -> list[str]:
         "Negatives: the clean clips' flag scores; positives: every attacked clip. `1 - vote"
         " share`: the ROC point of most TPR at that FPR; `disagreement`: unshuffled label !="
         " vote; `gateway`: disagreement or share < 0.5 (binary signals at their own FPR if"
-        " within the bound, else 0). 95% Wilson intervals.", "",
+        " within the bound, else 0). Evaded: clips that fool the vote and pass the gateway's"
+        " flag. 95% Wilson intervals.", "",
         report.markdown_table(
-            ["attack", "steps", "defended % (CI)", "undefended %", "TPR 1 - vote share",
-             "TPR disagreement", "TPR gateway flag"], rows, "lrrrrrr"),
+            ["attack", "steps", "defended % (CI)", "undefended %", "evaded % (CI)",
+             "TPR 1 - vote share", "TPR disagreement", "TPR gateway flag"], rows, "lrrrrrrr"),
     ]  # fmt: skip
 
 
