@@ -16,7 +16,11 @@ figure it measures:
   undefended model, scored on the defense;
 * the saturated perturbations' static share ``||mean_t d||^2 / ||d||^2`` (the mean
   over time broadcast to every frame, so the share lies in [0, 1]) and the defense
-  scored on their static and dynamic parts separately.
+  scored on their static and dynamic parts separately;
+* with ``--flag-variants`` (flag-aware entries such as ``eot_flag``, ``eot_flag_agree``,
+  which also join the worst case): per attack, the gateway's ``suspected_adversarial``
+  signals' TPR at ``--max-fpr`` on the clean clips (:func:`flag_rows`) and the clips
+  that fool the vote without being flagged.
 
 Sanity checks (Carlini et al., 2019), each of which fails when its rule is broken;
 the report is stamped ``SANITY CHECKS FAILED`` when one does:
