@@ -16,7 +16,11 @@ figure it measures:
   undefended model, scored on the defense;
 * the saturated perturbations' static share ``||mean_t d||^2 / ||d||^2`` (the mean
   over time broadcast to every frame, so the share lies in [0, 1]) and the defense
-  scored on their static and dynamic parts separately.
+  scored on their static and dynamic parts separately;
+* with ``--flag-variants`` (flag-aware entries such as ``eot_flag``, ``eot_flag_agree``,
+  which also join the worst case): per attack, the gateway's ``suspected_adversarial``
+  signals' TPR at ``--max-fpr`` on the clean clips (:func:`flag_rows`) and the clips
+  that fool the vote without being flagged.
 
 Sanity checks (Carlini et al., 2019), each of which fails when its rule is broken;
 the report is stamped ``SANITY CHECKS FAILED`` when one does:
@@ -83,6 +87,11 @@ class AdaptiveConfig(AnalysisConfig, analysis="adaptive"):
     h1: int | None = opt(None, "preset (default: the model's)")
     h2: int | None = opt(None, "preset (default: the model's)")
     ensemble: int | None = opt(None, "preset (default: the model's)")
+    flag_variants: list[str] = opt(
+        [], "flag-aware adaptive attacks, also in the worst case; with them the report adds"
+        " the suspected_adversarial flag's TPR at --max-fpr", choices=_ADAPTIVE,
+    )  # fmt: skip
+    max_fpr: float = opt(0.05, "FPR on the clean clips of the flag's operating point")
     seed: int = opt(0, "seed of the attacks' and the defense's draws", show="always")
     eot_batch: int = opt(80, "most clip copies per forward pass (memory bound)", show="never")
 
@@ -96,6 +105,8 @@ class AdaptiveConfig(AnalysisConfig, analysis="adaptive"):
             raise ValueError("need at least one variant")
         if self.eps <= 0 or self.unbounded_eps <= self.eps:
             raise ValueError("need 0 < --eps < --unbounded-eps")
+        if not 0.0 <= self.max_fpr <= 1.0:
+            raise ValueError("--max-fpr must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -184,18 +195,22 @@ class Runner:
             restarts=cell.restarts, progress=not self.cfg.no_progress,
         )  # fmt: skip
 
-    def score(self, adv: torch.Tensor, tag: int) -> dict[str, list[bool]]:
-        """Per clip: the defense's fresh vote right? the undefended model right?"""
-        defended, undefended = [], []
+    def score(self, adv: torch.Tensor, tag: int) -> dict[str, list[Any]]:
+        """Per clip: the defense's fresh vote right? the undefended model right? and the
+        gateway's flag inputs (``flag``: ``pred``, ``vote_share``, ``undefended_pred``)."""
+        defended, undefended, flag = [], [], []
         with torch.no_grad():
             plain = self.model(adv).argmax(dim=1) if adv.shape[0] <= 64 else torch.cat(
                 [self.model(b).argmax(dim=1) for b in adv.split(32)])  # fmt: skip
         for i, cid in enumerate(self.subset.index):
             gen = common.generator(self.cfg.seed, int(cid), SCORE_TAG, tag)
-            label = int(self.defense.vote(adv[i : i + 1], gen)[0][0])
+            labels, counts = self.defense.vote(adv[i : i + 1], gen)
+            label = int(labels[0])
             defended.append(label == int(self.y[i]))
             undefended.append(int(plain[i]) == int(self.y[i]))
-        return {"defended": defended, "undefended": undefended}
+            share = float(counts[0, label]) / float(counts[0].sum())
+            flag.append({"pred": label, "vote_share": share, "undefended_pred": int(plain[i])})
+        return {"defended": defended, "undefended": undefended, "flag": flag}
 
 
 def _paper_budget() -> Any:
@@ -240,10 +255,11 @@ def _cells(cfg: AdaptiveConfig) -> dict[str, list[Cell]]:
         ],
         "unbounded": [Cell(curve, "shuffle", cfg.unbounded_eps, cfg.unbounded_steps, D)],
         "mechanism": [Cell(curve, "shuffle", e, S, D, R)],
+        "flag_aware": [Cell(v, "shuffle", e, S, D, R) for v in cfg.flag_variants],
     }
 
 
-def _row(cell: Cell, scores: dict[str, list[bool]], role: str, seconds: float) -> dict[str, Any]:
+def _row(cell: Cell, scores: dict[str, list[Any]], role: str, seconds: float) -> dict[str, Any]:
     d, u = _rate(scores["defended"]), _rate(scores["undefended"])
     return {
         "role": role, "attack": cell.attack, "row": cell.row, "eps": cell.eps,
@@ -281,10 +297,9 @@ def run_adaptive(cfg: AdaptiveConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = Runner(cfg)
     cells = _cells(cfg)
-    scores: dict[str, dict[str, list[bool]]] = {}
-    rows: list[dict[str, Any]] = [
-        _row(Cell("clean", "shuffle", 0, 0, 0), r.score(r.x, 1), "clean", 0.0)
-    ]
+    scores: dict[str, dict[str, list[Any]]] = {}
+    clean = r.score(r.x, 1)
+    rows: list[dict[str, Any]] = [_row(Cell("clean", "shuffle", 0, 0, 0), clean, "clean", 0.0)]
     unique = list({c.key: c for group in cells.values() for c in group}.values())
     with common.progress_bar(unique, desc="adaptive cells", enabled=not cfg.no_progress) as bar:
         for cell in bar:
@@ -295,7 +310,7 @@ def run_adaptive(cfg: AdaptiveConfig) -> dict[str, Any]:
                 mech = mechanism(r, adv, fooled)
     for role, group in cells.items():
         rows += [_row(c, scores[c.key], role, r.seconds[c.key]) for c in group]
-    attacks = cells["variants"] + cells["paper_eot"]  # every adaptive attack at eps
+    attacks = cells["variants"] + cells["paper_eot"] + cells["flag_aware"]  # all at eps
     worst = [all(scores[c.key]["defended"][i] for c in attacks) for i in range(len(r.subset))]
     rows.append(_row(Cell("worst", "shuffle", cfg.eps, cfg.steps, cfg.draws, cfg.restarts),
                      {"defended": worst, "undefended": worst}, "worst_case", 0.0))  # fmt: skip
@@ -304,9 +319,36 @@ def run_adaptive(cfg: AdaptiveConfig) -> dict[str, Any]:
         distinct_shuffles=count_shuffles(r.x.shape[2], r.preset.h1, r.preset.h2),
         frames=r.x.shape[2], rows=rows, mechanism=mech,
     )  # fmt: skip
+    if cfg.flag_variants:
+        res["flag"] = flag_rows(clean, scores, attacks, cfg.max_fpr)
     res["sanity_checks"] = sanity_checks(rows)
     res["sanity_passed"] = all(c["passed"] for c in res["sanity_checks"])
     return res
+
+
+def flag_rows(
+    clean: dict[str, list[Any]],
+    scores: dict[str, dict[str, list[Any]]],
+    cells: list[Cell],
+    max_fpr: float,
+) -> list[dict[str, Any]]:
+    """Per attack cell: the ``suspected_adversarial`` signals' TPR at ``max_fpr`` on the
+    clean clips (:func:`service.experiments.detection.flag_at_fpr`) beside the attack's
+    defended accuracy, and ``evaded``: the clips that fooled the vote *and* were not
+    flagged by the gateway's rule (the attacker's real win)."""
+    from service.experiments.detection import flag_at_fpr, signal_scores
+
+    rows = []
+    for c in cells:
+        s = scores[c.key]
+        evaded = [not d and not signal_scores(f, 0.5)["gateway"]
+                  for d, f in zip(s["defended"], s["flag"], strict=True)]  # fmt: skip
+        rows.append({"attack": c.attack, "evaded": _rate(evaded), "steps": c.steps,
+                     "draws": c.draws,
+                     "defended": _rate(s["defended"]), "undefended": _rate(s["undefended"]),
+                     "max_fpr": max_fpr, "signals": flag_at_fpr(clean["flag"], s["flag"],
+                                                                max_fpr=max_fpr)})  # fmt: skip
+    return rows
 
 
 # --------------------------------------------------------------------------- #
@@ -414,8 +456,37 @@ def markdown(res: dict[str, Any]) -> str:
             [k, f"{report.pct(v['defended']['accuracy'])} ({v['defended']['correct']}/"
              f"{v['defended']['n']})", report.pct(v["undefended"]["accuracy"])]
             for k, v in parts.items()]),
+        *flag_markdown(res.get("flag")),
         *report.figure_link("adaptive curves", "adaptive"),
     ])  # fmt: skip
+
+
+def _ci(d: dict[str, Any]) -> str:
+    return (f"{report.pct(d['tpr'] if 'tpr' in d else d['accuracy'])} ({report.pct(d['lo'], 0)}-"
+            f"{report.pct(d['hi'], 0)})")  # fmt: skip
+
+
+def flag_markdown(flag: list[dict[str, Any]] | None) -> list[str]:
+    """The flag section: each attack's defended accuracy and the flag's TPR."""
+    if not flag:
+        return []
+    fpr = report.pct(flag[0]["max_fpr"], 0)
+    rows = [[ATTACKS[f["attack"]].title, str(f["steps"]), _ci(f["defended"]),
+             report.pct(f["undefended"]["accuracy"]),
+             f"{f['evaded']['correct']}/{f['evaded']['n']} ({_ci(f['evaded'])})",
+             *[f"{_ci(f['signals'][s])}, FPR {report.pct(f['signals'][s]['fpr'])}"
+               for s in ("vote_share", "disagreement", "gateway")]] for f in flag]  # fmt: skip
+    return [
+        "", f"## The suspected_adversarial flag under these attacks (TPR at FPR <= {fpr}%)", "",
+        "Negatives: the clean clips' flag scores; positives: every attacked clip. `1 - vote"
+        " share`: the ROC point of most TPR at that FPR; `disagreement`: unshuffled label !="
+        " vote; `gateway`: disagreement or share < 0.5 (binary signals at their own FPR if"
+        " within the bound, else 0). Evaded: clips that fool the vote and pass the gateway's"
+        " flag. 95% Wilson intervals.", "",
+        report.markdown_table(
+            ["attack", "steps", "defended % (CI)", "undefended %", "evaded % (CI)",
+             "TPR 1 - vote share", "TPR disagreement", "TPR gateway flag"], rows, "lrrrrrrr"),
+    ]  # fmt: skip
 
 
 def plot(res: dict[str, Any], path: Any) -> None:

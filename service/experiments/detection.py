@@ -40,9 +40,9 @@ from service.experiments.config import (
 from service.experiments.evaluate import EvalConfig
 from service.experiments.records import Records
 from service.robustness.registry import ATTACKS, PAPER_ATTACKS, Budget
-from service.stats import auc, roc_curve
+from service.stats import auc, roc_curve, wilson
 
-__all__ = ["SIGNALS", "DetectionConfig", "detection_results", "run"]
+__all__ = ["SIGNALS", "DetectionConfig", "detection_results", "flag_at_fpr", "run"]
 
 SIGNALS = ("vote_share", "disagreement", "gateway")
 
@@ -99,6 +99,29 @@ def detection_results(records: Sequence[dict[str, Any]], threshold: float = 0.5)
                     row["auc"] = None
                 rows.append(row)
     return {"threshold": threshold, "rows": rows, "curves": curves}
+
+
+def flag_at_fpr(
+    clean: Sequence[dict[str, Any]],
+    attacked: Sequence[dict[str, Any]],
+    threshold: float = 0.5,
+    max_fpr: float = 0.05,
+) -> dict[str, dict[str, Any]]:
+    """Per signal, the ROC point of most TPR whose FPR on the clean records is at most
+    ``max_fpr`` (records as :func:`signal_scores` reads them), with a Wilson interval
+    on the TPR: ``{tpr, k, n, lo, hi, fpr, score_threshold}``. A binary signal whose
+    own FPR exceeds ``max_fpr`` gets the point (0, 0): it must flag nothing."""
+    out: dict[str, dict[str, Any]] = {}
+    for sig in SIGNALS:
+        neg = [signal_scores(r, threshold)[sig] for r in clean]
+        pos = [signal_scores(r, threshold)[sig] for r in attacked]
+        fpr, tpr, thr = roc_curve(neg, pos)
+        i = max((j for j in range(len(fpr)) if fpr[j] <= max_fpr + 1e-12), key=lambda j: tpr[j])
+        k = round(tpr[i] * len(pos))
+        lo, hi = wilson(k, len(pos))
+        out[sig] = {"tpr": tpr[i], "k": k, "n": len(pos), "lo": lo, "hi": hi,
+                    "fpr": fpr[i], "score_threshold": thr[i]}  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- #

@@ -408,6 +408,17 @@ class EOT(IFGSM):
     ``record_at`` keeps the iterates
     of the first restart after those step counts in :attr:`trajectory`.
 
+    Flag-aware options (the gateway's ``suspected_adversarial`` flag compares the
+    shuffled vote with the unshuffled prediction): ``include_identity`` adds the
+    unshuffled, noise-free clip as one extra copy to every step, its loss weighted
+    ``identity_weight`` against the mean over the draws (1: as much as the whole
+    ensemble), so the undefended prediction is pushed off the true label too;
+    ``agree`` (lambda >= 0) subtracts ``lambda`` times the spread of the copies'
+    softmax around their mean, ``mean_k ||p_k - p_bar||^2`` (over the draws and the
+    identity copy), so the copies (and the unshuffled prediction) fall on the *same*
+    wrong class. With ``patience``, a clip then also counts as fooled only when the
+    identity copy is fooled (and, with ``agree``, predicts the copies' mean class).
+
     With ``preset=None`` or ``h1 = 0`` every shuffle is the identity and, without
     noise, the attack is I-FGSM with the same options on the undefended model (a
     plumbing test; the sanity checks of :mod:`service.experiments.adaptive` are the
@@ -429,6 +440,7 @@ class EOT(IFGSM):
         batch_size: at most this many copies per forward pass; None = all at once.
         eps, steps, alpha: as :class:`IFGSM` (``4/255``, 30, ``eps / steps``).
         loss, kappa, schedule, momentum, restarts, static, record_at, progress: above.
+        include_identity, identity_weight, agree: the flag-aware options above.
     """
 
     name = "eot"
@@ -453,6 +465,9 @@ class EOT(IFGSM):
         restarts: int = 1,
         static: bool = False,
         patience: int | None = None,
+        include_identity: bool = False,
+        identity_weight: float = 1.0,
+        agree: float = 0.0,
         record_at: tuple[int, ...] = (),
         progress: bool = False,
         temporal_dim: int = 2,
@@ -483,6 +498,11 @@ class EOT(IFGSM):
         if patience is not None and patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}")
         self.patience = patience
+        if identity_weight < 0 or agree < 0:
+            raise ValueError("identity_weight and agree must be >= 0")
+        self.include_identity = bool(include_identity)
+        self.identity_weight = float(identity_weight)
+        self.agree = float(agree)
         self.last_fooled: torch.Tensor | None = None
         self.record_at = tuple(sorted({int(s) for s in record_at if 1 <= s <= self.steps}))
         self.progress = progress
@@ -604,6 +624,40 @@ class EOT(IFGSM):
         (w,) = torch.autograd.grad(per_clip_loss(m, labels, base).sum(), m)  # type: ignore[arg-type]
         return w
 
+    def _mean_probs(
+        self, x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Mean softmax ``[B, K]`` over the draws (and the identity copy), no grad."""
+        with torch.no_grad():
+            total = sum(
+                self._copy_logits(x, idx, noise, a, b).softmax(-1).sum(0)
+                for a, b in self._chunks(x.shape[0])
+            )
+            if self.include_identity:
+                total = total + self.model(x).softmax(-1)
+        return torch.as_tensor(total) / (self.draws + int(self.include_identity))
+
+    def _spread(self, logits: torch.Tensor, p_bar: torch.Tensor | None) -> torch.Tensor:
+        """``agree`` times the copies' summed ``||p_k - p_bar||^2`` over the copy count
+        (``logits [n, B, K]``; 0 without ``agree``). ``p_bar`` is held fixed: the exact
+        gradient of the spread, since the deviations from the mean sum to zero."""
+        if p_bar is None:
+            return logits.new_zeros(())
+        n = self.draws + int(self.include_identity)
+        return self.agree * (logits.softmax(-1) - p_bar).square().sum() / n
+
+    def _identity_term(
+        self, x: torch.Tensor, labels: torch.Tensor, p_bar: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of the unshuffled copy and whether it is fooled (and agrees) per clip."""
+        logits = self.model(x)
+        margin = per_clip_loss(logits.detach(), labels, "cw")
+        fooled = margin >= self.kappa
+        if p_bar is not None:
+            fooled &= logits.detach().argmax(-1) == p_bar.argmax(-1)
+        loss = self.identity_weight * self._copy_loss(logits, labels).sum()
+        return loss - self._spread(logits[None], p_bar), fooled
+
     def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Gradient of the EOT loss (summed over clips) at ``videos``, fresh draws."""
         B = videos.shape[0]
@@ -613,6 +667,7 @@ class EOT(IFGSM):
         weights = None
         if self.loss in ("ce_mean", "cw_mean"):
             weights = self._mean_logit_weights(x.detach(), labels, idx, noise)
+        p_bar = self._mean_probs(x.detach(), idx, noise) if self.agree > 0 else None
         grad = torch.zeros_like(videos)
         fooled = torch.ones(B, dtype=torch.bool, device=videos.device)
         for a, b in self._chunks(B):
@@ -623,8 +678,12 @@ class EOT(IFGSM):
                 loss = self._copy_loss(logits.flatten(0, 1), labels.repeat(b - a)).sum()
             else:
                 loss = (logits.sum(0) * weights).sum()
-            (g,) = torch.autograd.grad(loss / self.draws, x)
+            (g,) = torch.autograd.grad(loss / self.draws - self._spread(logits, p_bar), x)
             grad = grad + g
+        if self.include_identity:
+            loss, id_fooled = self._identity_term(x, labels, p_bar)
+            fooled &= id_fooled
+            grad = grad + torch.autograd.grad(loss, x)[0]
         self.last_fooled = fooled
         return grad
 
@@ -764,6 +823,8 @@ class EOT(IFGSM):
             "eps": self.eps, "steps": self.steps, "alpha": self.alpha, "loss": self.loss,
             "kappa": self.kappa, "schedule": self.schedule, "momentum": self.momentum,
             "restarts": self.restarts, "static": self.static, "patience": self.patience,
+            "include_identity": self.include_identity, "identity_weight": self.identity_weight,
+            "agree": self.agree,
         }  # fmt: skip
 
 

@@ -329,3 +329,23 @@ register_attack(
         eot=SATURATED | {"loss": "vote", "kappa": 2.0, "schedule": "cosine", "static": True},
     )
 )  # fmt: skip
+
+# Flag-aware variants (issue 18, section 4): the gateway's ``suspected_adversarial``
+# flag compares the shuffled vote with the unshuffled prediction. ``eot_flag`` also
+# fools the unshuffled clip (one extra copy per step, weighted as the whole ensemble);
+# ``eot_flag_agree`` also pulls the copies' softmax together (spread weight 10), so
+# the vote and the unshuffled prediction land on one wrong class with a high share.
+FLAG_AWARE: dict[str, Any] = SATURATED | {"loss": "vote", "kappa": 2.0, "schedule": "cosine",
+                                          "include_identity": True}  # fmt: skip
+register_attack(
+    AttackSpec(
+        "eot_flag", "EOT, vote-aware, unshuffled copy fooled too", 10, adaptive=True,
+        eot=FLAG_AWARE,
+    )
+)  # fmt: skip
+register_attack(
+    AttackSpec(
+        "eot_flag_agree", "EOT, vote-aware, unshuffled copy fooled, copies agree", 11,
+        adaptive=True, eot=FLAG_AWARE | {"agree": 10.0},
+    )
+)  # fmt: skip

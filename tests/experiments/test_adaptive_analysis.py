@@ -97,10 +97,14 @@ def test_end_to_end_on_the_tiny_model(tiny, tmp_path: Path) -> None:  # type: ig
         checkpoint=str(tiny.checkpoint), data=str(tiny.data), clips=2, out=str(tmp_path),
         variants=["eot_vote", "eot_cw"], steps=3, draws=2, curve_steps=[1, 3],
         curve_draws=[1, 2], curve_draws_steps=1, unbounded_steps=2, eps=8.0, h1=2, h2=1,
-        ensemble=4, no_progress=True,
+        ensemble=4, no_progress=True, flag_variants=["eot_flag_agree"],
     )  # fmt: skip
     assert run(cfg) == 0
     res = json.loads((tmp_path / "adaptive.json").read_text())
+    flag = {f["attack"]: f for f in res["flag"]}
+    assert set(flag) == {"eot", "eot_vote", "eot_cw", "eot_flag_agree"}
+    assert all(f["signals"][s]["fpr"] <= 0.05 for f in flag.values() for s in f["signals"])
+    assert "suspected_adversarial flag" in (tmp_path / "adaptive.md").read_text()
     roles = {r["role"] for r in res["rows"]}
     assert {"clean", "paper_eot", "variants", "transfer", "steps_curve", "draws_curve",
             "unbounded", "worst_case"} <= roles  # fmt: skip

@@ -82,3 +82,26 @@ def test_detection_from_the_smoke_evaluation(smoke, tmp_path: Path) -> None:  # 
     assert all(r["n_clean"] == 4 for r in res["rows"])
     assert all(0.0 <= r["auc"] <= 1.0 for r in res["rows"] if r["auc"] is not None)
     assert "REDUCED STRENGTH" in (out / "detection.md").read_text()
+
+
+def _flag_rec(share: float, pred: int = 0, undefended: int = 0) -> dict[str, float | int]:
+    return {"vote_share": share, "pred": pred, "undefended_pred": undefended}
+
+
+def test_flag_at_fpr_picks_the_most_tpr_within_the_fpr_bound() -> None:
+    from service.experiments.detection import flag_at_fpr
+
+    # 20 clean clips: shares 0.6 and 0.7 (scores 0.4, 0.3), one disagreeing, 17 unanimous
+    clean = [_flag_rec(1.0)] * 17 + [_flag_rec(0.6), _flag_rec(0.7), _flag_rec(1.0, undefended=1)]
+    attacked = [_flag_rec(0.5)] * 6 + [_flag_rec(0.7)] * 2 + [_flag_rec(1.0, 2, 1)] * 2
+    at5 = flag_at_fpr(clean, attacked, max_fpr=0.05)
+    # vote share: score >= 0.5 flags the 6 clips of share 0.5 and no clean clip (0.4 adds
+    # a clean clip and no attacked one); >= 0.3 would flag 2/20 clean
+    assert (at5["vote_share"]["k"], at5["vote_share"]["fpr"]) == (6, 0.0)
+    assert at5["vote_share"]["lo"] < 0.6 < at5["vote_share"]["hi"]
+    assert (at5["disagreement"]["k"], at5["disagreement"]["fpr"]) == (2, 0.05)
+    assert at5["gateway"]["k"] == 2
+    at10 = flag_at_fpr(clean, attacked, max_fpr=0.10)
+    assert at10["vote_share"]["k"] == 8
+    at1 = flag_at_fpr(clean, attacked, max_fpr=0.01)  # binary signals over the bound: off
+    assert (at1["vote_share"]["k"], at1["disagreement"]["k"], at1["gateway"]["k"]) == (6, 0, 0)

@@ -104,3 +104,61 @@ def test_bad_options() -> None:
                    {"patience": 0}, {"loss": "hinge"}):  # fmt: skip
         with pytest.raises(ValueError):
             EOT(model, **kwargs)  # type: ignore[arg-type]
+
+
+class FrameZero(nn.Module):
+    """Classifies from the frame at position 0 only: class 1 when its mean is over 0.5.
+    Algorithm 1 never leaves frame 0 at position 0, so no shuffled copy sees it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x[:, :, 0].mean(dim=(1, 2, 3)) - 0.5
+        return torch.stack([-50 * f, 50 * f], dim=1)
+
+
+def test_include_identity_fools_the_unshuffled_prediction() -> None:
+    clips = torch.full((2, 3, 8, 4, 4), 0.495)
+    labels = torch.zeros(2, dtype=torch.int64)
+    model = FrameZero()
+    plain = EOT(model, PRESET, draws=4, steps=10, loss="vote", kappa=2.0)(clips, labels)
+    flag = EOT(model, PRESET, draws=4, steps=10, loss="vote", kappa=2.0, include_identity=True)
+    adv = flag(clips, labels)
+    with torch.no_grad():
+        assert model(plain).argmax(1).tolist() == [0, 0]  # the unshuffled clip untouched
+        assert model(adv).argmax(1).tolist() == [1, 1]
+        # both fool the shuffled copies (position 0 holds frame 1 or 2)
+        assert model(plain[:, :, 1:]).argmax(1).tolist() == [1, 1]
+
+
+def test_include_identity_gradient_adds_the_identity_copy(toy, model: nn.Module) -> None:
+    clips, labels = toy.clips[:2], toy.labels[:2]
+    base = _grad(EOT(model, PRESET, draws=3, loss="vote", kappa=2.0), clips, labels)
+    attack = EOT(model, PRESET, draws=3, loss="vote", kappa=2.0, include_identity=True,
+                 identity_weight=0.5)  # fmt: skip
+    both = _grad(attack, clips, labels)
+    with attack_mode(model), torch.enable_grad():
+        x = clips.clone().requires_grad_(True)
+        logits = model(x)
+        true = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+        (ident,) = torch.autograd.grad(0.5 * (other.max(1).values - true).clamp(max=2).sum(), x)
+    assert float(ident.abs().sum()) > 0
+    assert torch.allclose(both, base + ident, atol=1e-6)
+
+
+def _spread(model: nn.Module, adv: torch.Tensor) -> float:
+    idx = shuffle_indices(adv.shape[2], PRESET.h1, PRESET.h2, 16, generator=make_generator(3))
+    with torch.no_grad():
+        probs = torch.stack([model(adv[:, :, row]).softmax(-1) for row in idx] + [
+            model(adv).softmax(-1)])  # fmt: skip
+    return float((probs - probs.mean(0)).square().sum(-1).mean())
+
+
+def test_agree_lowers_the_copies_spread(toy, model: nn.Module) -> None:
+    clips, labels = toy.clips[:8], toy.labels[:8]
+    kw = {"draws": 4, "steps": 10, "loss": "vote", "kappa": 2.0, "include_identity": True,
+          "eps": 8 / 255, "alpha": 2.5 * (8 / 255) / 10}  # fmt: skip
+    loose = EOT(model, PRESET, **kw)(clips, labels)  # type: ignore[arg-type]
+    tight = EOT(model, PRESET, agree=50.0, **kw)(clips, labels)  # type: ignore[arg-type]
+    assert _spread(model, tight) < 0.75 * _spread(model, loose)  # measured 0.11 vs 0.20
+    with pytest.raises(ValueError, match="agree"):
+        EOT(model, PRESET, agree=-1.0)
