@@ -108,6 +108,10 @@ ANALYSES: dict[str, tuple[str, str, str]] = {
         "service.experiments.regime", "RegimeConfig",
         "defended accuracy vs uniformized accuracy across models",
     ),
+    "adaptive": (
+        "service.experiments.adaptive", "AdaptiveConfig",
+        "saturated adaptive EOT: worst case, curves, sanity checks",
+    ),
 }  # fmt: skip
 
 #: ``bench`` sub-commands: name -> (module, config class, one-line help)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 __all__ = [
+    "count_shuffles",
     "EarlyStop",
     "ShufflePreset",
     "VoteOutcome",
@@ -163,6 +164,20 @@ def indices_from_uniforms(T: int, h1: int, h2: int, u: np.ndarray) -> np.ndarray
     pick = np.minimum((u * plan.count).astype(np.int64), plan.last)
     src = plan.table[np.arange(G)[None, :], pick]  # [n, G] source starts
     return src[:, plan.group_of_pos] + plan.offset_in_group
+
+
+def count_shuffles(T: int, h1: int, h2: int) -> int:
+    """How many distinct index rows Algorithm 1 can draw for ``(T, h1, h2)``.
+
+    Groups draw independently and each candidate source start gives its group a
+    different first index, so the count is the product of the groups' candidate
+    counts (1 for a group that keeps its frames). The identity is never among them
+    unless every group keeps its frames (``h1 = 0``, ``T <= h2``): a group with
+    candidates always moves. E.g. ``T = 16``: ``h1 = 1, h2 = 4`` gives 4, the default
+    ``h1 = 2, h2 = 4`` gives 64.
+    """
+    check_shuffle_args(T, h1, h2, 1)
+    return int(np.prod(_plan(T, min(h1, T), h2).last + 1, dtype=object))
 
 
 def ensemble_indices(T: int, h1: int, h2: int, n: int, seed: int) -> np.ndarray:

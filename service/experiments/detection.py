@@ -39,7 +39,7 @@ from service.experiments.config import (
 )
 from service.experiments.evaluate import EvalConfig
 from service.experiments.records import Records
-from service.robustness.registry import ATTACKS, Budget
+from service.robustness.registry import ATTACKS, PAPER_ATTACKS, Budget
 from service.stats import auc, roc_curve
 
 __all__ = ["SIGNALS", "DetectionConfig", "detection_results", "run"]
@@ -119,7 +119,7 @@ class DetectionConfig(ExperimentConfig):
     clips: int | None = opt(None, "clips of a fresh run (default all)")
     subset_seed: int = opt(0, "seed of the clip subset")
     seeds: list[int] = opt([0], "seeds of a fresh run", show="always")
-    attacks: list[str] = opt(list(ATTACKS), "attacks of a fresh run", show="always",
+    attacks: list[str] = opt(list(PAPER_ATTACKS), "attacks of a fresh run", show="always",
                              choices=tuple(ATTACKS))  # fmt: skip
     h1: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")
     h2: int | None = opt(None, "preset of a fresh run (default: tune's sidecar)")

@@ -62,7 +62,14 @@ from service.experiments.config import (
     threads_opt,
 )
 from service.experiments.records import Key, Records
-from service.robustness.registry import ATTACKS, DEFENSE_ROWS, Budget, RowContext
+from service.robustness.registry import (
+    ATTACKS,
+    DEFENSE_ROWS,
+    PAPER_ATTACKS,
+    Budget,
+    RowContext,
+    adaptive_attacks,
+)
 from service.robustness.smoothing import ABSTAIN, RS_ALPHA, RS_N, SIGMA, Defense
 
 __all__ = [
@@ -100,7 +107,7 @@ class EvalConfig(ExperimentConfig):
     clips: int | None = opt(None, "seeded class-stratified subset size (default all)")
     subset_seed: int = opt(0, "seed of the clip subset")
     seeds: list[int] = opt([0], "seeds (CIs over them)", show="always")
-    attacks: list[str] = opt(list(ATTACKS), "attack columns", choices=ATTACKS)
+    attacks: list[str] = opt(list(PAPER_ATTACKS), "attack columns", choices=ATTACKS)
     defenses: list[str] = opt(list(DEFENSE_ROWS), "defense rows", choices=DEFENSE_ROWS)
     h1: int | None = opt(None, "preset (default: tune's sidecar)")
     h2: int | None = opt(None, "preset (default: tune's sidecar)")
@@ -197,9 +204,10 @@ def rows_for(config: EvalConfig, have_denoiser: bool) -> list[str]:
 
 
 def columns_for(config: EvalConfig) -> list[str]:
-    """``clean`` and the attacks asked for; EOT brings I-FGSM (the credibility check)."""
+    """``clean`` and the attacks asked for; an adaptive one brings I-FGSM (the transfer
+    attack it is compared with)."""
     cols = {"clean", *config.attacks}
-    if "eot" in cols:
+    if cols & set(adaptive_attacks()):
         cols.add("ifgsm")
     return [c for c in ("clean", *ATTACKS) if c in cols]
 
@@ -346,17 +354,22 @@ def craft_nonadaptive(
 
 
 def craft_eot(
-    p: Plan, x: torch.Tensor, y: torch.Tensor, ids: list[int], seed: int, row: str
-) -> Crafted:
-    """EOT clips adapted to ``row`` for the clips ``x``; each clip draws its shuffles
-    and noise from its own generator ``(seed, clip, row)``."""
+    p: Plan, x: torch.Tensor, y: torch.Tensor, ids: list[int], seed: int, row: str,
+    col: str = "eot",
+) -> Crafted:  # fmt: skip
+    """Clips of the adaptive column ``col`` adapted to ``row`` for the clips ``x``; each
+    clip draws its shuffles and noise from its own generator ``(seed, clip, row)`` (and
+    the column's ``seed_id`` for the columns after ``eot``)."""
     from service.robustness.registry import eot_for_row
 
     t0 = time.perf_counter()
-    attack = eot_for_row(row, p.model, p.ctx, p.config.budget(), batch_size=p.config.eot_batch)
+    attack = eot_for_row(
+        row, p.model, p.ctx, p.config.budget(), batch_size=p.config.eot_batch, attack=col
+    )
     row_id = DEFENSE_ROWS[row].seed_id
+    tag = () if col == "eot" else (ATTACKS[col].seed_id,)
     attack.set_clip_generators(
-        [torch.Generator().manual_seed(common.derive_seed(seed, c, row_id, EOT_SEED_TAG))
+        [torch.Generator().manual_seed(common.derive_seed(seed, c, row_id, EOT_SEED_TAG, *tag))
          for c in ids]
     )  # fmt: skip
     adv = attack(x, y)
@@ -421,16 +434,15 @@ def _run_chunk(p: Plan, records: Records, chunk: list[int], bar: Any) -> None:
                     xin = crafted.x[i : i + 1]
                     records.add(score(p, key, int(y[i]), xin, x[i : i + 1], crafted, i))
                     bar.update(1)
-    if "eot" not in p.columns:
-        return
-    for s in p.config.seeds:
-        for row in p.rows:
-            need = [i for i, cid in enumerate(ids) if (s, cid, "eot", row) in todo]
-            if not need:
-                continue
-            crafted = craft_eot(p, x[need], y[need], [ids[i] for i in need], s, row)
+    for col, s, row in [
+        (c, s, r) for c in p.columns if c in adaptive_attacks() for s in p.config.seeds
+        for r in p.rows
+    ]:  # fmt: skip
+        need = [i for i, cid in enumerate(ids) if (s, cid, col, row) in todo]
+        if need:
+            crafted = craft_eot(p, x[need], y[need], [ids[i] for i in need], s, row, col)
             for j, i in enumerate(need):
-                key = (s, ids[i], "eot", row)
+                key = (s, ids[i], col, row)
                 records.add(
                     score(p, key, int(y[i]), crafted.x[j : j + 1], x[i : i + 1], crafted, j)
                 )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ from service.robustness.denoise import DenoisedClassifier
 
 __all__ = [
     "EOT",
+    "EOT_LOSSES",
+    "SCHEDULES",
     "IFGSM",
     "Attack",
     "Flickering",
@@ -53,6 +56,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LossName = Literal["ce", "cw"]
+#: EOT's losses: per copy (``ce``, ``cw``, ``vote``, averaged over the draws) or on the
+#: mean logits over the draws (``ce_mean``, ``cw_mean``); see :class:`EOT`.
+EOTLoss = Literal["ce", "cw", "vote", "ce_mean", "cw_mean"]
+EOT_LOSSES: tuple[str, ...] = ("ce", "cw", "vote", "ce_mean", "cw_mean")
+#: Step-size schedules of :class:`EOT`.
+Schedule = Literal["constant", "cosine", "step"]
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
 
 
 @contextlib.contextmanager
@@ -203,6 +213,8 @@ class IFGSM(Attack):
     """
 
     name = "ifgsm"
+    #: the losses this attack accepts
+    LOSSES: tuple[str, ...] = ("ce", "cw")
 
     def __init__(
         self,
@@ -217,8 +229,8 @@ class IFGSM(Attack):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(model, eps=eps, steps=steps, seed=seed, generator=generator, device=device)
-        if loss not in ("ce", "cw"):
-            raise ValueError(f"unknown loss {loss!r}; use 'ce' or 'cw'")
+        if loss not in self.LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; use one of {self.LOSSES}")
         self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
         self.loss = loss
 
@@ -368,13 +380,39 @@ class EOT(IFGSM):
       differentiated through, no straight-through approximation).
 
     Each step draws ``draws`` randomizations -- shuffle indices first (one
-    ``shuffle_indices(T, h1, h2, draws)`` call), then the noise -- and ascends
-    ``mean_k loss(f(R_k(x)), y)``: ``x <- clip_{x0,eps}(x + alpha * sign(grad))``.
+    ``shuffle_indices(T, h1, h2, draws)`` call), then the noise -- and ascends the
+    loss over them: ``d <- clip_eps(d + alpha_m * sign(g))``, ``x = clip_01(x0 + d)``.
+
+    Losses (``loss``), ascended:
+
+    * ``"ce"`` / ``"cw"``: the mean over the draws of each copy's cross-entropy /
+      Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (the paper's EOT is ``"ce"``);
+    * ``"ce_mean"`` / ``"cw_mean"``: cross-entropy / CW margin of the *mean logits*
+      over the draws (computed exactly also when the draws are chunked: a no-grad
+      pass gives the mean, a second pass back-propagates its gradient chunk by chunk);
+    * ``"vote"``: vote-aware, ``mean_k min(margin_k, kappa)``: a copy already fooled
+      by ``kappa`` stops pulling, so the step goes to the copies still voting right.
+
+    Strength options: ``alpha`` (default ``eps / steps``, the paper's), ``schedule``
+    (``constant``; ``cosine``: ``alpha * (1 + cos(pi m / steps)) / 2``; ``step``:
+    alpha halved at 50% and 75% of the steps), ``momentum`` (MI-FGSM: the sign of
+    ``g_m = mu g_{m-1} + grad / mean|grad|``), ``restarts`` (restart 0 starts at the
+    clean clip, the others at a uniform point of the eps-ball; per clip the restart
+    whose copies vote least for the true label on a fresh set of the attacker's own
+    draws is kept) and ``static`` (one perturbation ``[B, 3, 1, H, W]`` shared by all
+    frames: its gradient is the sum of the frames'). ``patience`` (None: off) lets a
+    clip leave the batch once *every* copy of ``patience`` consecutive steps was
+    fooled (with the vote-aware loss at ``kappa = 0`` its gradient was then zero:
+    it saves compute, not strength); ``record_at`` keeps the iterates
+    of the first restart after those step counts in :attr:`trajectory`.
 
     With ``preset=None`` or ``h1 = 0`` every shuffle is the identity and, without
-    noise, the attack is plain I-FGSM on the undefended model run through the same
-    gather-and-average path -- the credibility check: against the undefended model it
-    must fool at least as many clips as :class:`IFGSM`.
+    noise, the attack is I-FGSM with the same options on the undefended model (a
+    plumbing test; the sanity checks of :mod:`service.experiments.adaptive` are the
+    strength tests).
+
+    Memory: at most ``batch_size`` copies per forward pass (draws chunked, gradients
+    summed), whatever ``draws``; ``progress=True`` shows a bar over the steps.
 
     Args:
         model: the undefended classifier, float ``[B, 3, T, H, W]`` in ``[0, 1]`` ->
@@ -385,13 +423,14 @@ class EOT(IFGSM):
         denoiser: per-frame denoiser applied after the noise (needs ``sigma``).
         clamp_noise: clamp the noisy clip to ``[0, 1]`` (default False, as
             :class:`~service.robustness.smoothing.Smooth`).
-        draws: randomizations averaged per step (default 10).
-        batch_size: at most this many copies per forward pass (draws are chunked and
-            their gradients summed); None = all ``draws * B`` at once.
-        eps, steps, alpha, loss: as :class:`IFGSM` (``4/255``, 30, ``eps / steps``, CE).
+        draws: randomizations per step (default 10).
+        batch_size: at most this many copies per forward pass; None = all at once.
+        eps, steps, alpha: as :class:`IFGSM` (``4/255``, 30, ``eps / steps``).
+        loss, kappa, schedule, momentum, restarts, static, record_at, progress: above.
     """
 
     name = "eot"
+    LOSSES = EOT_LOSSES
 
     def __init__(
         self,
@@ -405,7 +444,15 @@ class EOT(IFGSM):
         eps: float = 4 / 255,
         steps: int = 30,
         alpha: float | None = None,
-        loss: LossName = "ce",
+        loss: EOTLoss = "ce",
+        kappa: float = 0.0,
+        schedule: Schedule = "constant",
+        momentum: float = 0.0,
+        restarts: int = 1,
+        static: bool = False,
+        patience: int | None = None,
+        record_at: tuple[int, ...] = (),
+        progress: bool = False,
         temporal_dim: int = 2,
         batch_size: int | None = None,
         seed: int | None = 0,
@@ -413,21 +460,34 @@ class EOT(IFGSM):
         device: torch.device | str | None = None,
     ) -> None:
         _check_eot(sigma, denoiser, draws, batch_size)
+        _check_strength(schedule, momentum, restarts)
         classifier: nn.Module = model
         if denoiser is not None:
             classifier = DenoisedClassifier(denoiser, model, temporal_dim=temporal_dim)
         super().__init__(
-            classifier, eps=eps, steps=steps, alpha=alpha, loss=loss, seed=seed,
-            generator=generator, device=device,
+            classifier, eps=eps, steps=steps, alpha=alpha, loss=loss,  # type: ignore[arg-type]
+            seed=seed, generator=generator, device=device,
         )  # fmt: skip
         self.preset = preset
         self.sigma = sigma
         self.denoised = denoiser is not None
         self.clamp_noise = clamp_noise
         self.draws = int(draws)
+        self.kappa = float(kappa)
+        self.schedule = schedule
+        self.momentum = float(momentum)
+        self.restarts = int(restarts)
+        self.static = bool(static)
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience = patience
+        self.last_fooled: torch.Tensor | None = None
+        self.record_at = tuple(sorted({int(s) for s in record_at if 1 <= s <= self.steps}))
+        self.progress = progress
         self.temporal_dim = temporal_dim
         self.batch_size = batch_size
         self.clip_generators: list[torch.Generator] | None = None
+        self.trajectory: dict[int, torch.Tensor] = {}
 
     @classmethod
     def for_ensemble(cls, ensemble: ShuffleEnsemble, **kwargs: object) -> EOT:
@@ -511,31 +571,186 @@ class EOT(IFGSM):
         return copies.reshape(d * x.shape[0], *x.shape[1:])
 
     # ------------------------------------------------------------- gradients
+    # ------------------------------------------------------------- gradients
+    def _chunks(self, B: int) -> list[tuple[int, int]]:
+        """Draw ranges ``[start, stop)`` with at most ``batch_size`` copies each."""
+        per = self.draws if self.batch_size is None else max(1, self.batch_size // B)
+        return [(s, min(s + per, self.draws)) for s in range(0, self.draws, per)]
+
+    def _copy_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-copy loss ``[n]`` of the per-copy losses (``ce``, ``cw``, ``vote``)."""
+        if self.loss == "vote":
+            return per_clip_loss(logits, labels, "cw").clamp(max=self.kappa)
+        return per_clip_loss(logits, labels, self.loss)  # type: ignore[arg-type]
+
+    def _copy_logits(
+        self, x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None, a: int, b: int
+    ) -> torch.Tensor:
+        """Logits ``[b - a, B, K]`` of draws ``a..b-1``."""
+        chunk_noise = None if noise is None else noise[a:b]
+        return self.model(self._copies(x, idx[a:b], chunk_noise)).view(b - a, x.shape[0], -1)
+
+    def _mean_logit_weights(
+        self, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``dL / d(mean logits)`` ``[B, K]`` for the mean-logit losses (no-grad pass)."""
+        with torch.no_grad():
+            mean = sum(self._copy_logits(x, idx, noise, a, b).sum(0) for a, b in self._chunks(
+                x.shape[0])) / self.draws  # fmt: skip
+        m = torch.as_tensor(mean).detach().requires_grad_(True)
+        base = "ce" if self.loss == "ce_mean" else "cw"
+        (w,) = torch.autograd.grad(per_clip_loss(m, labels, base).sum(), m)  # type: ignore[arg-type]
+        return w
+
     def input_grad(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        idx = self._draw_shuffles(videos.shape[self.temporal_dim], videos.shape[0])
+        """Gradient of the EOT loss (summed over clips) at ``videos``, fresh draws."""
+        B = videos.shape[0]
+        idx = self._draw_shuffles(videos.shape[self.temporal_dim], B)
         noise = self._draw_noise(videos.shape, videos)
-        per_chunk = self.draws
-        if self.batch_size is not None:
-            per_chunk = max(1, self.batch_size // videos.shape[0])
         x = videos.detach().requires_grad_(True)
+        weights = None
+        if self.loss in ("ce_mean", "cw_mean"):
+            weights = self._mean_logit_weights(x.detach(), labels, idx, noise)
         grad = torch.zeros_like(videos)
-        for start in range(0, self.draws, per_chunk):
-            stop = min(start + per_chunk, self.draws)
-            chunk_noise = None if noise is None else noise[start:stop]
-            logits = self.model(self._copies(x, idx[start:stop], chunk_noise))
-            labels_d = labels.repeat(stop - start)
-            loss = per_clip_loss(logits, labels_d, self.loss).sum() / self.draws
-            (g,) = torch.autograd.grad(loss, x)
+        fooled = torch.ones(B, dtype=torch.bool, device=videos.device)
+        for a, b in self._chunks(B):
+            logits = self._copy_logits(x, idx, noise, a, b)
+            fooled &= (logits.detach().argmax(-1) != labels).all(dim=0)
+            if weights is None:
+                loss = self._copy_loss(logits.flatten(0, 1), labels.repeat(b - a)).sum()
+            else:
+                loss = (logits.sum(0) * weights).sum()
+            (g,) = torch.autograd.grad(loss / self.draws, x)
             grad = grad + g
+        self.last_fooled = fooled
         return grad
 
     def clip_loss(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-clip loss ``[B]`` averaged over ``draws`` fresh randomizations."""
+        """Per-clip per-copy loss ``[B]`` averaged over ``draws`` fresh randomizations."""
         idx = self._draw_shuffles(videos.shape[self.temporal_dim], videos.shape[0])
         noise = self._draw_noise(videos.shape, videos)
         logits = self.model(self._copies(videos, idx, noise))
         d, B = self.draws, videos.shape[0]
-        return per_clip_loss(logits, labels.repeat(d), self.loss).view(d, B).mean(dim=0)
+        return self._copy_loss(logits, labels.repeat(d)).view(d, B).mean(dim=0)
+
+    @torch.no_grad()
+    def true_vote_share(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Share ``[B]`` of ``draws`` fresh copies (the attacker's draws) voting ``labels``."""
+        idx = self._draw_shuffles(videos.shape[self.temporal_dim], videos.shape[0])
+        noise = self._draw_noise(videos.shape, videos)
+        right = [
+            (self._copy_logits(videos, idx, noise, a, b).argmax(-1) == labels).float().sum(0)
+            for a, b in self._chunks(videos.shape[0])
+        ]
+        return torch.stack(right).sum(0) / self.draws
+
+    # ------------------------------------------------------------- the steps
+    def step_size(self, m: int) -> float:
+        """Step size of step ``m`` (0-based) under :attr:`schedule`."""
+        if self.schedule == "cosine":
+            return self.alpha * 0.5 * (1.0 + math.cos(math.pi * m / self.steps))
+        if self.schedule == "step":
+            return self.alpha * (
+                0.5 ** int(m >= self.steps / 2) * 0.5 ** int(m >= 0.75 * self.steps)
+            )
+        return self.alpha
+
+    def _direction(self, grad: torch.Tensor, velocity: torch.Tensor | None) -> torch.Tensor:
+        """``grad`` (summed over time if :attr:`static`) with MI-FGSM momentum."""
+        if self.static:
+            grad = grad.sum(dim=self.temporal_dim, keepdim=True)
+        if self.momentum <= 0 or velocity is None:
+            return grad
+        scale = grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
+        return self.momentum * velocity + grad / scale.view(-1, *[1] * (grad.dim() - 1))
+
+    def _run(
+        self, clean: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, bar: Any
+    ) -> torch.Tensor:
+        """One restart from perturbation ``start``; returns the adversarial clips.
+
+        Static: the shared perturbation ``delta`` is the iterate (clipped to the ball,
+        broadcast over the frames); otherwise the clip itself, projected every step
+        exactly as :meth:`IFGSM.iterate` does."""
+        delta = start
+        x = self.project(clean, clean + delta)
+        velocity: torch.Tensor | None = torch.zeros_like(delta) if self.momentum > 0 else None
+        record = not self.trajectory
+        active = torch.ones(clean.shape[0], dtype=torch.bool, device=clean.device)
+        streak = torch.zeros(clean.shape[0], dtype=torch.int64, device=clean.device)
+        for m in range(self.steps):
+            if not bool(active.any()):
+                bar.update(self.steps - m)
+                break
+            grad, fooled = self._grad_on(x, labels, active)
+            g = self._direction(grad, velocity)
+            velocity = g if velocity is not None else None
+            step = self.step_size(m) * g.sign() * active.view(-1, *[1] * (x.dim() - 1))
+            if self.static:
+                delta = (delta + step).clamp(-self.eps, self.eps)
+                x = (clean + delta).clamp(0.0, 1.0)
+            else:
+                x = self.project(clean, x + step)
+            if self.patience is not None:
+                streak = torch.where(fooled & active, streak + 1, torch.zeros_like(streak))
+                active &= streak < self.patience
+            if record and m + 1 in self.record_at:
+                self.trajectory[m + 1] = x.detach().cpu()
+            bar.update(1)
+        for s in self.record_at if record else ():
+            self.trajectory.setdefault(s, x.detach().cpu())
+        return x
+
+    def _grad_on(
+        self, x: torch.Tensor, labels: torch.Tensor, active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`input_grad` on the active clips only (zeros elsewhere) and which
+        clips had every copy fooled this step."""
+        if bool(active.all()):
+            grad = self.input_grad(x, labels)
+            assert self.last_fooled is not None
+            return grad, self.last_fooled
+        act = active.nonzero().flatten()
+        gens = self.clip_generators
+        if gens is not None:
+            self.clip_generators = [gens[i] for i in act.tolist()]
+        try:
+            part = self.input_grad(x[act], labels[act])
+        finally:
+            self.clip_generators = gens
+        grad = torch.zeros_like(x)
+        grad[act] = part
+        fooled = torch.zeros_like(active)
+        assert self.last_fooled is not None
+        fooled[act] = self.last_fooled
+        return grad, fooled
+
+    def _start(self, clean: torch.Tensor, r: int) -> torch.Tensor:
+        """Restart ``r``'s initial perturbation (0: none; else uniform in the ball)."""
+        shape = list(clean.shape)
+        if self.static:
+            shape[self.temporal_dim] = 1
+        if r == 0:
+            return torch.zeros(shape, device=clean.device, dtype=clean.dtype)
+        u = torch.rand(shape, generator=self.generator, dtype=clean.dtype)
+        return ((2 * u - 1) * self.eps).to(clean.device)
+
+    def forward(self, videos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        self.trajectory = {}
+        best, best_share = videos, torch.full((videos.shape[0],), 2.0, device=videos.device)
+        with tqdm(
+            total=self.steps * self.restarts, desc=f"eot {self.loss}", unit="step",
+            disable=not self.progress, leave=False,
+        ) as bar:  # fmt: skip
+            for r in range(self.restarts):
+                adv = self._run(videos, labels, self._start(videos, r), bar)
+                share = self.true_vote_share(adv, labels) if self.restarts > 1 else best_share - 1
+                better = share < best_share
+                best = torch.where(better.view(-1, *[1] * (videos.dim() - 1)), adv, best)
+                best_share = torch.where(better, share, best_share)
+        return best
 
     def describe(self) -> dict[str, object]:
         """The attack's settings, JSON-able (for records)."""
@@ -544,7 +759,18 @@ class EOT(IFGSM):
             "attack": "eot", "shuffle": shuffle, "sigma": self.sigma,
             "denoiser": self.denoised, "clamp_noise": self.clamp_noise, "draws": self.draws,
             "eps": self.eps, "steps": self.steps, "alpha": self.alpha, "loss": self.loss,
+            "kappa": self.kappa, "schedule": self.schedule, "momentum": self.momentum,
+            "restarts": self.restarts, "static": self.static, "patience": self.patience,
         }  # fmt: skip
+
+
+def _check_strength(schedule: str, momentum: float, restarts: int) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+    if not 0.0 <= momentum < 1.0 + 1e-9:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
 
 
 def _check_eot(
