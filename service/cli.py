@@ -136,6 +136,10 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "service.bench.decode", "DecodeBenchConfig",
         "real clips: keyframe-skipping vs sequential decode, frames identical",
     ),
+    "runtime": (
+        "service.bench.runtime", "RuntimeBenchConfig",
+        "CPU runtimes: eager, channels_last, bf16, torch.compile, torch.export; logit agreement",
+    ),
 }  # fmt: skip
 
 #: ``weights`` sub-commands: name -> (module, config class, one-line help)

@@ -130,7 +130,9 @@ def run(args: RealSetConfig) -> int:
         raise SystemExit(f"shuffleguard real-set: no windows in {args.clips_dir}")
     names, rows = ckpt["labels"], []
     for i, name in enumerate(tqdm(files, desc="real set", unit="clip")):
-        frames = decode_window(Path(args.clips_dir) / name, args.arch, args.clip_len, args.crop_size)
+        frames = decode_window(
+            Path(args.clips_dir) / name, args.arch, args.clip_len, args.crop_size
+        )
         np.save(data / f"clip_{i:05d}.npy", frames, allow_pickle=False)
         x = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(255).unsqueeze(0)
         with torch.no_grad():

@@ -231,8 +231,10 @@ def summarize(records: list[dict[str, Any]], cfg: I3DEvalConfig) -> dict[str, An
     for phase in ("ifgsm", "ofa", *[p for p in cfg.phases if p.startswith("eot")]):
         got = list(by.get(phase, {}).values())
         if got:
-            rows += [_rate(f"{phase}, undefended", [r["undefended"] for r in got], "model"),
-                     _rate(f"{phase}, shuffle", [r["defended"] for r in got], "defended vote")]
+            rows += [
+                _rate(f"{phase}, undefended", [r["undefended"] for r in got], "model"),
+                _rate(f"{phase}, shuffle", [r["defended"] for r in got], "defended vote"),
+            ]
     eots = [p for p in cfg.phases if p.startswith("eot") and by.get(p)]
     common_clips = sorted(set.intersection(*[set(by[p]) for p in eots])) if eots else []
     if common_clips:
