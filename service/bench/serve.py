@@ -117,7 +117,8 @@ def summarize_mode(records: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes_per_request": float(np.mean([r["bytes"] for r in records])),
         "copies_per_request": float(np.mean([r["votes_cast"] for r in records])),
         "stages_p50_ms": {
-            k: float(np.median([r["timings_ms"].get(k, 0.0) for r in records])) for k in STAGES
+            k: float(np.median([r.get("timings_ms", {}).get(k, 0.0) for r in records]))
+            for k in STAGES
         },
     }
 

@@ -281,7 +281,8 @@ def plot(res: dict[str, Any], path: Any) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("EOT steps")
     ax.set_ylabel("defended agreement (%)")
-    ax.legend()
+    if res["trajectories"]:
+        ax.legend()
     report.save_figure(fig, path)
 
 
