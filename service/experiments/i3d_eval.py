@@ -63,7 +63,12 @@ class I3DEvalConfig(AnalysisConfig, analysis="i3d"):
     ofa_frame: int = opt(16, "the frame the one frame attack perturbs", show="always")
     uniform_positions: list[int] = opt([0, 8, 16, 24], "frames of the uniformized clips")
     permute_draws: int = opt(1, "full-permutation draws per clip")
-    record_at: list[int] = opt([1, 2, 3, 5, 10, 20, 30, 50, 100], "EOT trajectory steps")
+    record_at: list[int] = opt([5, 10, 20, 30, 50, 100], "EOT trajectory steps")
+    eot_steps: int | None = opt(None, "EOT steps (default: the variant's, 100)", show="always")
+    eot_draws: int | None = opt(
+        None, "EOT draws per step (default: the variant's, 10; fewer: a cheaper attacker, its"
+        " records named <variant>-s<steps>-d<draws>)", show="always",
+    )  # fmt: skip
     h1: int | None = opt(None, "preset (default: the model's)")
     h2: int | None = opt(None, "preset (default: the model's)")
     ensemble: int | None = opt(None, "preset (default: the model's)")
@@ -139,6 +144,27 @@ def _clean(c: _Clips, i: int, cid: int) -> dict[str, Any]:
             "uniformized": uni, "permuted": perm}  # fmt: skip
 
 
+def phase_key(cfg: I3DEvalConfig, phase: str) -> str:
+    """The records' name of ``phase``: an EOT variant run with other steps or draws than
+    its registry entry's is ``<variant>-s<steps>-d<draws>``."""
+    if not phase.startswith("eot") or (cfg.eot_steps, cfg.eot_draws) == (None, None):
+        return phase
+    eot = ATTACKS[phase].eot
+    return f"{phase}-s{cfg.eot_steps or eot['steps']}-d{cfg.eot_draws or eot['draws']}"
+
+
+def _trajectory(c: _Clips, eot: Any, cid: int) -> dict[str, bool]:
+    """The defense's vote on the iterates after ``record_at`` steps; an iterate equal to
+    the previous one (the clip had left the batch: patience) keeps its vote."""
+    out: dict[str, bool] = {}
+    last: tuple[torch.Tensor, bool] | None = None
+    for s, it in sorted(eot.trajectory.items()):
+        if last is None or not torch.equal(last[0], it):
+            last = (it, c.voted(it, cid, 100 + s))
+        out[str(s)] = last[1]
+    return out
+
+
 def _attack(c: _Clips, phase: str, i: int, cid: int) -> dict[str, Any]:
     from service.robustness.attacks import IFGSM, OneFrameAttack
     from service.robustness.registry import Budget, eot_for_row
@@ -152,14 +178,14 @@ def _attack(c: _Clips, phase: str, i: int, cid: int) -> dict[str, Any]:
         adv = attack(x, y)
     else:
         seed = common.derive_seed(cfg.seed, ATTACKS[phase].seed_id, cid)
+        over = {k: v for k, v in (("steps", cfg.eot_steps), ("draws", cfg.eot_draws)) if v}
         eot = eot_for_row(
             "shuffle", c.model, c.ctx, Budget(eps=cfg.eps / 255), batch_size=cfg.eot_batch,
             attack=phase, seed=seed, record_at=tuple(cfg.record_at), progress=not cfg.no_progress,
+            **over,
         )  # fmt: skip
         adv = eot(x, y)
-        extra["trajectory"] = {
-            str(s): c.voted(it, cid, 100 + s) for s, it in sorted(eot.trajectory.items())
-        }
+        extra["trajectory"] = _trajectory(c, eot, cid)
         extra["settings"] = eot.describe()
     delta = (adv - x).flatten()
     return {"undefended": c.plain(adv, i), "defended": c.voted(adv, cid, 3),
@@ -173,11 +199,12 @@ def run_i3d(cfg: I3DEvalConfig) -> dict[str, Any]:
     names = c.ckpt["labels"]
     chosen = _order(cfg, c.subset.index)[: cfg.first]
     for phase in cfg.phases:
-        todo = [(i, cid) for i, cid in chosen if (phase, cid) not in c.done]
-        for i, cid in common.progress_bar(todo, desc=phase, enabled=not cfg.no_progress):
+        key = phase_key(cfg, phase)
+        todo = [(i, cid) for i, cid in chosen if (key, cid) not in c.done]
+        for i, cid in common.progress_bar(todo, desc=key, enabled=not cfg.no_progress):
             s = time.perf_counter()
             body = _clean(c, i, cid) if phase == "clean" else _attack(c, phase, i, cid)
-            c.save({"phase": phase, "clip": cid, "label": names[int(c.subset.labels[i])],
+            c.save({"phase": key, "clip": cid, "label": names[int(c.subset.labels[i])],
                     "seconds": time.perf_counter() - s, **body})  # fmt: skip
     ids = {cid for _, cid in chosen}
     records = [r for r in read_records(c.path) if r["clip"] in ids]
@@ -228,14 +255,15 @@ def summarize(records: list[dict[str, Any]], cfg: I3DEvalConfig) -> dict[str, An
             _rate("permuted (Fig. 2, N = T)", [p for r in clean for p in r["permuted"]],
                   "undefended, full frame permutation"),
         ]  # fmt: skip
-    for phase in ("ifgsm", "ofa", *[p for p in cfg.phases if p.startswith("eot")]):
+    eot_keys = sorted({r["phase"] for r in records if r["phase"].startswith("eot")})
+    for phase in ("ifgsm", "ofa", *eot_keys):
         got = list(by.get(phase, {}).values())
         if got:
             rows += [
                 _rate(f"{phase}, undefended", [r["undefended"] for r in got], "model"),
                 _rate(f"{phase}, shuffle", [r["defended"] for r in got], "defended vote"),
             ]
-    eots = [p for p in cfg.phases if p.startswith("eot") and by.get(p)]
+    eots = eot_keys
     common_clips = sorted(set.intersection(*[set(by[p]) for p in eots])) if eots else []
     if common_clips:
         worst = [all(by[p][k]["defended"] for p in eots) for k in common_clips]
