@@ -918,9 +918,12 @@ class _VideoDecoder:
             stream = self._video_stream(container)
             recorded = int(stream.frames)
             seekable = self.seek and self.format_name not in SEQUENTIAL_FORMATS
-            if recorded > 0 and not seekable:
-                return recorded
-            packets, keys = self._scan_packets(container, stream, strict=recorded <= 0)
+            if recorded > 0 and not (seekable and self._reachable(recorded)):
+                return recorded  # nothing to index: sampling refuses or reads from the start
+            # Past this many packets the centre clip lies beyond max_frames: no index.
+            span = self.clip_len * self.frame_interval
+            limit = recorded or 2 * self.budget.limits.max_frames + span
+            packets, keys = self._scan_packets(container, stream, strict=not recorded, limit=limit)
             total = recorded if recorded > 0 else packets
             # avi stores no presentation times: with B-frames its pts are guesses
             reorders = bool(stream.codec_context.has_b_frames)
@@ -929,22 +932,31 @@ class _VideoDecoder:
             return total
 
     def _scan_packets(
-        self, container: av.container.InputContainer, stream: av.VideoStream, *, strict: bool
+        self,
+        container: av.container.InputContainer,
+        stream: av.VideoStream,
+        *,
+        strict: bool,
+        limit: int,
     ) -> tuple[int, list[_PacketKey] | None]:
         """Demux only: the number of non-empty packets and each one's ``(pts, dts,
         is_keyframe)`` in decode order (None after a corrupt packet or a demuxer
-        error, which raise :class:`BadVideoError` when ``strict``)."""
-        keys: list[_PacketKey] = []
+        error, which raise :class:`BadVideoError` when ``strict``, or past ``limit``
+        packets: then a ``strict`` scan goes on counting, another stops)."""
+        keys: list[_PacketKey] | None = []
         packets = 0
         try:
             for packet in container.demux(stream):
                 self.budget.check_time()
                 if packet.size:
-                    if packet.is_corrupt and not strict:
+                    if (packet.is_corrupt or packets >= limit) and not strict:
                         return packets, None
                     self._check_packet(packet, packets)
                     packets += 1
-                    keys.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
+                    if keys is not None and len(keys) < limit:
+                        keys.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
+                    else:
+                        keys = None  # memory stays bounded whatever the packet count
         except _AV_ERRORS as exc:
             if not strict:
                 return packets, None
@@ -1082,6 +1094,11 @@ class _VideoDecoder:
             image = np.rot90(image, k=self.rotation // 90)
         self.height, self.width = image.shape[:2]
         return self.geometry.apply(image)
+
+    def _reachable(self, total: int) -> bool:
+        """True when the centre clip of ``total`` frames ends within ``max_frames``."""
+        indices = sample_frame_indices(total, self.clip_len, self.frame_interval)
+        return int(indices.max()) < self.budget.limits.max_frames
 
     def _check_reachable(self, total: int, indices: np.ndarray) -> None:
         needed = int(indices.max()) + 1

@@ -4,9 +4,11 @@ Each file is decoded twice, ``seek=True`` (the default) and ``seek=False`` (ever
 to the last sampled one, the decoder as it was), and the clips must be identical: frames
 bit for bit, indices, frame count. Toy clips (tests/media.py, frames carrying their index)
 cover H.264 with B-frames, closed and open GOPs, in mp4/mkv/mpeg-ts and as a raw
-elementary stream, VP8/VP9 in webm, MPEG-4 with B-frames and MJPEG in avi, and GIF; the
-real clips (scripts/real-clips.tsv) cover real encoders' files, two of which make the
-seek pass give up (their timestamps do not name the frames the decoder returns).
+elementary stream, VP8/VP9 in webm, MPEG-4 with B-frames and MJPEG in avi, GIF, and
+containers without an index (fragmented mp4, avi without idx1); the real clips
+(scripts/real-clips.tsv) cover real encoders' files, two of which carry timestamps that
+do not name the frames the decoder returns (decoded sequentially). A wrong index must
+make the seek pass give up and decode sequentially.
 """
 
 from __future__ import annotations
@@ -187,3 +189,36 @@ def test_a_wrong_index_gives_up_and_decodes_sequentially(
     assert any("gave up" in r.getMessage() for r in caplog.records)
     assert_same(sequential, seeking)
     assert seeking.frames_decoded > sequential.frames_decoded  # the attempt plus the pass
+
+
+def _without_avi_index(data: bytes) -> bytes:
+    """The avi with its idx1 index chunk turned into a JUNK chunk (demuxers skip it)."""
+    out = bytearray(data)
+    at = out.rfind(b"idx1")
+    assert at > 0
+    out[at : at + 4] = b"JUNK"
+    return bytes(out)
+
+
+@pytest.mark.parametrize("name", ["mp4_fragmented", "avi_mjpeg_no_index", "avi_mpeg4_no_index"])
+def test_containers_without_an_index(name: str) -> None:
+    # The seek pass never asks the container to seek: it demuxes and drops the packets
+    # before a keyframe, so a file without a sample table or idx1 skips the same way.
+    frames = media.synthetic_frames(60, 96, 128, seed=6)
+    if name == "mp4_fragmented":
+        data = media.write_video(
+            None, frames, "mp4", "libx264", options={**H264, "x264-params": B_FRAMES},
+            container_options={"movflags": "frag_keyframe+empty_moov"},
+        )  # fmt: skip
+    elif name == "avi_mjpeg_no_index":
+        data = _without_avi_index(media.write_video(None, frames, "avi", "mjpeg"))
+    else:
+        options = {"g": "8", "qscale": "2"}
+        data = _without_avi_index(media.write_video(None, frames, "avi", "mpeg4", options=options))
+    for clip_len, interval in [(8, 2), (4, 8)]:
+        sequential, seeking = both(data, clip_len, interval)
+        assert_same(sequential, seeking)
+        assert [media.read_frame_index(f) for f in seeking.frames] == (
+            seeking.frame_indices.tolist()
+        )
+        assert seeking.frames_decoded < sequential.frames_decoded
