@@ -45,7 +45,7 @@ class RuntimeBenchConfig(ExperimentConfig):
 
     arch: str = opt("i3d_inception", "model family", show="always")
     weights: str = opt(
-        "weights/i3d_inception_kinetics400.pt", "converted weights (shuffleguard weights i3d)"
+        "runs/weights/i3d_inception_kinetics400.pt", "converted weights (shuffleguard weights i3d)"
     )
     random_init: bool = opt(False, "untrained weights (plumbing tests)")
     clip_len: int = opt(32, "frames per clip", show="always")

@@ -73,7 +73,8 @@ class ServeBenchConfig(ExperimentConfig):
         choices=SIZES,
     )
     i3d_weights: Path = opt(
-        Path("weights/i3d_inception_kinetics400.pt"), "size i3d: `shuffleguard weights i3d`'s file"
+        Path("runs/weights/i3d_inception_kinetics400.pt"),
+        "size i3d: `shuffleguard weights i3d`'s file",
     )
     i3d_video: Path = opt(
         Path("data/sources/vtest.avi"), "size i3d: the uploaded video (scripts/fetch-real-clips.sh)"

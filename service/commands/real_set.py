@@ -48,7 +48,7 @@ class RealSetConfig(ExperimentConfig):
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "real-set")
 
     weights: str = opt(
-        "weights/i3d_inception_kinetics400.pt", "converted weights (shuffleguard weights i3d)",
+        "runs/weights/i3d_inception_kinetics400.pt", "converted weights (shuffleguard weights i3d)",
         show="always",
     )  # fmt: skip
     arch: str = opt("i3d_inception", "model family of the weights", show="always")
