@@ -77,6 +77,7 @@ class I3DEvalConfig(AnalysisConfig, analysis="i3d"):
         " every source's second, ...; default all)", show="always",
     )  # fmt: skip
     seed: int = opt(0, "seed of the attacks' and the defense's draws", show="always")
+    report_only: bool = opt(False, "compute nothing: the report from the records in --out")
     eot_batch: int = opt(10, "most clip copies per forward pass (memory bound)")
 
     def check(self) -> None:
@@ -198,7 +199,7 @@ def run_i3d(cfg: I3DEvalConfig) -> dict[str, Any]:
     c = _Clips(cfg)
     names = c.ckpt["labels"]
     chosen = _order(cfg, c.subset.index)[: cfg.first]
-    for phase in cfg.phases:
+    for phase in [] if cfg.report_only else cfg.phases:
         key = phase_key(cfg, phase)
         todo = [(i, cid) for i, cid in chosen if (key, cid) not in c.done]
         for i, cid in common.progress_bar(todo, desc=key, enabled=not cfg.no_progress):

@@ -74,6 +74,9 @@ def test_analyze_i3d_records_resume_and_summary(tiny_set: Path, tmp_path: Path) 
     assert len(ifgsm) == 2 and all(r["linf_255"] <= 4.0 + 1e-3 for r in ifgsm)
     assert i3d_eval(cfg) == 0  # resumed: nothing recomputed
     assert read_records(tmp_path / "records.jsonl") == records
+    cfg.report_only, cfg.phases = True, ["ofa"]
+    assert i3d_eval(cfg) == 0  # the report only: no OFA computed
+    assert read_records(tmp_path / "records.jsonl") == records
     res = json.loads((tmp_path / "i3d.json").read_text())
     assert res["clips"] == 2 and res["size"] == [8, 32, 32]
     assert "own top-1" in (tmp_path / "i3d.md").read_text()
