@@ -76,6 +76,7 @@ class I3DEvalConfig(AnalysisConfig, analysis="i3d"):
         None, "only the first N clips of the run order (every source's first window, then"
         " every source's second, ...; default all)", show="always",
     )  # fmt: skip
+    start: int = opt(0, "skip the first N clips of the run order (a second process's share)")
     seed: int = opt(0, "seed of the attacks' and the defense's draws", show="always")
     report_only: bool = opt(False, "compute nothing: the report from the records in --out")
     eot_batch: int = opt(10, "most clip copies per forward pass (memory bound)")
@@ -84,8 +85,8 @@ class I3DEvalConfig(AnalysisConfig, analysis="i3d"):
         super().check()
         if self.eps <= 0 or self.ofa_eps <= 0 or self.permute_draws < 1:
             raise ValueError("--eps, --ofa-eps must be > 0 and --permute-draws >= 1")
-        if self.first is not None and self.first < 1:
-            raise ValueError("--first must be >= 1")
+        if self.first is not None and self.first < 1 or self.start < 0:
+            raise ValueError("--first must be >= 1 and --start >= 0")
 
 
 class _Clips:
@@ -201,7 +202,7 @@ def run_i3d(cfg: I3DEvalConfig) -> dict[str, Any]:
     chosen = _order(cfg, c.subset.index)[: cfg.first]
     for phase in [] if cfg.report_only else cfg.phases:
         key = phase_key(cfg, phase)
-        todo = [(i, cid) for i, cid in chosen if (key, cid) not in c.done]
+        todo = [(i, cid) for i, cid in chosen[cfg.start :] if (key, cid) not in c.done]
         for i, cid in common.progress_bar(todo, desc=key, enabled=not cfg.no_progress):
             s = time.perf_counter()
             body = _clean(c, i, cid) if phase == "clean" else _attack(c, phase, i, cid)

@@ -97,3 +97,13 @@ def test_summary_worst_case_and_trajectories() -> None:
     assert res["eot_clips"] == [0]
     vote = res["trajectories"]["eot_vote"]
     assert (vote["1"]["correct"], vote["10"]["correct"], vote["10"]["n"]) == (2, 0, 2)
+
+
+def test_start_leaves_the_first_clips_to_another_process(tiny_set: Path, tmp_path: Path) -> None:
+    cfg = I3DEvalConfig(checkpoint=str(tiny_set / "model.pt"), data=str(tiny_set / "data"),
+                        out=str(tmp_path), threads=1, no_progress=True, first=2, start=1,
+                        phases=["clean"])  # fmt: skip
+    assert i3d_eval(cfg) == 0
+    assert [r["clip"] for r in read_records(tmp_path / "records.jsonl")] == [1]
+    with pytest.raises(ValueError, match="--start"):
+        I3DEvalConfig(checkpoint="m", data="d", start=-1)
