@@ -74,6 +74,10 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
         "service.commands.real_clips", "RealClipsConfig",
         "cut the fetched real footage into lossless clip windows + manifest.json",
     ),
+    "real-set": (
+        "service.commands.real_set", "RealSetConfig",
+        "real clips at a model's size, labelled by the undefended model (analyses' input)",
+    ),
     "evaluate": (
         "service.experiments.evaluate", "EvalConfig", "attacks x defenses table (paper Table 5)"
     ),
@@ -120,6 +124,10 @@ ANALYSES: dict[str, tuple[str, str, str]] = {
         "service.experiments.adaptive", "AdaptiveConfig",
         "saturated adaptive EOT: worst case, curves, sanity checks",
     ),
+    "i3d": (
+        "service.experiments.i3d_eval", "I3DEvalConfig",
+        "the paper's I3D rows on real clips, clip by clip, resumable",
+    ),
 }  # fmt: skip
 
 #: ``bench`` sub-commands: name -> (module, config class, one-line help)
@@ -135,6 +143,10 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "decode": (
         "service.bench.decode", "DecodeBenchConfig",
         "real clips: keyframe-skipping vs sequential decode, frames identical",
+    ),
+    "runtime": (
+        "service.bench.runtime", "RuntimeBenchConfig",
+        "CPU runtimes: eager, channels_last, bf16, torch.compile, torch.export; logit agreement",
     ),
 }  # fmt: skip
 

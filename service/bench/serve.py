@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 MODES = ("undefended", "copy", "index", "index_early")
 FULL_NAME = "r3d18_random_224"
+I3D_NAME = "i3d_kinetics400"
+SIZES = ("toy", "full", "i3d")
+#: the gateway's stages (``timings_ms``), in request order
+STAGES = ("decode", "shuffle", "backend", "vote", "total")
 
 
 @dataclass
@@ -64,12 +68,20 @@ class ServeBenchConfig(ExperimentConfig):
     model_store: Path = opt(Path("model_store"), "the model store holding toy_r3d18.mar")
     sizes: list[str] = opt(
         ["toy", "full"],
-        "toy: the shipped toy_r3d18.mar; full: random-init r3d_18 at 32x224x224",
-        choices=("toy", "full"),
+        "toy: the shipped toy_r3d18.mar; full: random-init r3d_18 at 32x224x224; i3d: the"
+        " real Kinetics-400 I3D (--i3d-weights) at 32x224x224 on a real video (--i3d-video)",
+        choices=SIZES,
+    )
+    i3d_weights: Path = opt(
+        Path("runs/weights/i3d_inception_kinetics400.pt"),
+        "size i3d: `shuffleguard weights i3d`'s file",
+    )
+    i3d_video: Path = opt(
+        Path("data/sources/vtest.avi"), "size i3d: the uploaded video (scripts/fetch-real-clips.sh)"
     )
     ensemble: int = opt(10, "N shuffled copies")
     requests: int = opt(30, "latency rounds, toy")
-    full_requests: int = opt(1, "latency rounds, full")
+    full_requests: int = opt(1, "latency rounds, full and i3d")
     saturation: int = opt(40, "closed-loop requests, toy")
     full_saturation: int = opt(
         0,
@@ -105,6 +117,10 @@ def summarize_mode(records: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_ms": percentiles([r["ms"] for r in records]),
         "bytes_per_request": float(np.mean([r["bytes"] for r in records])),
         "copies_per_request": float(np.mean([r["votes_cast"] for r in records])),
+        "stages_p50_ms": {
+            k: float(np.median([r.get("timings_ms", {}).get(k, 0.0) for r in records]))
+            for k in STAGES
+        },
     }
 
 
@@ -142,6 +158,15 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {res['throughput_rps'][mode]:.3f} |"
             )
         t = res["targets"]
+        lines += [
+            "",
+            "Where the time goes (gateway stages, p50 ms; backend = the handler's"
+            " gather + forward):",
+            "",
+        ]
+        lines += [f"- {mode}: " + ", ".join(
+            f"{k} {res['modes'][mode].get('stages_p50_ms', {}).get(k, float('nan')):.0f}"
+            for k in STAGES) for mode in MODES]  # fmt: skip
         lines += [
             "",
             f"Latency: {res['requests']} interleaved rounds; saturation: {res['saturation']} "
@@ -302,6 +327,21 @@ def build_full_size_archive(store: Path) -> Path:
     )
 
 
+def build_i3d_archive(store: Path, weights: Path) -> Path:
+    """DeepMind's Kinetics-400 I3D (family ``i3d_inception``, converted weights) archived
+    at its own size, 32 x 224 x 224, with the paper's I3D preset (h1 3, h2 4, N 10)."""
+    from service.archive import FamilyArchiveConfig, archive_family
+
+    if not weights.is_file():
+        raise SystemExit(f"bench serve: {weights} is missing; run `shuffleguard weights i3d`")
+    return archive_family(
+        FamilyArchiveConfig(
+            family="i3d_inception", name=I3D_NAME, out=store, checkpoint=weights,
+            labels="kinetics400", batch_size=1, response_timeout_s=1800,
+        )
+    )  # fmt: skip
+
+
 def toy_clips(mar: Path, count: int, seed: int) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Clean clips of the toy model's dataset at its exact shape (uint8 [T, S, S, 3])."""
     import zipfile
@@ -412,16 +452,19 @@ def run_size(
     saturation: int,
     concurrency: int,
     desc: str,
+    upload: bytes | None = None,
 ) -> dict[str, Any]:
-    """Latency rounds, then the closed loops, for one model (see the module docstring)."""
+    """Latency rounds, then the closed loops, for one model (see the module docstring).
+    ``upload``: send these bytes (a video file) instead of ``clips`` as ``.npy``; ``clips``
+    then holds the decoded clip (its size is the bytes ratio's unit)."""
     import httpx
     from tqdm import tqdm
 
     n = args.ensemble
-    bodies = [_npy(c) for c in clips]
+    bodies = [upload] if upload is not None else [_npy(c) for c in clips]
     gateway_of = {m: urls["copy" if m == "copy" else "index"] for m in MODES}
     client = httpx.Client(timeout=3600, trust_env=False)
-    headers = {"Content-Type": "application/x-npy"}
+    headers = {"Content-Type": "application/octet-stream" if upload else "application/x-npy"}
 
     def call(mode: str, seed: int, c: httpx.Client = client) -> tuple[float, dict[str, Any]]:
         t0 = time.perf_counter()
@@ -516,6 +559,26 @@ def run_size(
     }
 
 
+def _run_i3d(urls: dict[str, str], args: ServeBenchConfig) -> dict[str, Any]:
+    """Size ``i3d``: the real video uploaded as it is (the gateway decodes it)."""
+    from service.models.families import get_family
+    from service.video import decode_clip
+
+    video = args.i3d_video.read_bytes()
+    spec = get_family("i3d_inception").spec
+    decoded = decode_clip(
+        video, clip_len=spec.clip_len, frame_interval=spec.frame_interval,
+        crop_size=spec.crop_size, resize=spec.resize, transform=spec.transform,
+    ).frames  # fmt: skip
+    res = run_size(
+        model=I3D_NAME, clips=[decoded], urls=urls, args=args, requests=args.full_requests,
+        saturation=args.full_saturation, concurrency=min(args.concurrency, 2), desc="i3d",
+        upload=video,
+    )  # fmt: skip
+    res["clip"] = f"{args.i3d_video.name} uploaded as is ({len(video) / 1e6:.1f} MB)"
+    return res
+
+
 def run(args: ServeBenchConfig) -> int:
     import psutil
     import torch
@@ -534,6 +597,9 @@ def run(args: ServeBenchConfig) -> int:
         if "full" in args.sizes:
             print("building the 32x224x224 random-init r3d_18 archive ...", file=sys.stderr)
             build_full_size_archive(store)
+        if "i3d" in args.sizes:
+            print("building the 32x224x224 Kinetics-400 I3D archive ...", file=sys.stderr)
+            build_i3d_archive(store, args.i3d_weights)
         ports = free_ports(3)
         server = TorchServeProcess(
             TorchServeOptions(
@@ -600,6 +666,8 @@ def run(args: ServeBenchConfig) -> int:
                     )
                     res["clip"] = "synthetic moving gradient, npy 32x224x224"
                     result["sizes"]["full"] = res
+                if "i3d" in args.sizes:
+                    result["sizes"]["i3d"] = _run_i3d(urls, args)
                 for k, p in pids.items():
                     rss[k]["after"] = psutil.Process(p).memory_info().rss / 1e6
         finally:
