@@ -53,10 +53,19 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "--out": None,
     },
     "bench serve": {
-        "--model-store": Path("model_store"), "--sizes": ["toy", "full"], "--ensemble": 10,
+        "--model-store": Path("model_store"), "--sizes": ["toy", "full"],
+        "--i3d-weights": Path("runs/weights/i3d_inception_kinetics400.pt"),
+        "--i3d-video": Path("data/sources/vtest.avi"), "--ensemble": 10,
         "--requests": 30, "--full-requests": 1, "--saturation": 40, "--full-saturation": 0,
         "--concurrency": 4, "--warmup": 1, "--seed": 0, "--out": Path("runs/bench_serve"),
         "--no-progress": False,
+    },
+    "bench runtime": {
+        "--arch": "i3d_inception", "--weights": "runs/weights/i3d_inception_kinetics400.pt",
+        "--random-init": False, "--clip-len": 32, "--crop-size": 224,
+        "--ways": ["eager", "channels_last", "bf16", "compile", "export"],
+        "--clips-dir": "data/real_clips", "--clips": 4, "--repeats": 1, "--threads": 1,
+        "--seed": 0, "--out": None,
     },
     "bench decode": {
         "--sources": ["all"], "--samplings": ["16x1", "32x2"], "--crop-size": 224,
