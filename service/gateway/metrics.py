@@ -59,119 +59,115 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+#: every metric name starts with ``shuffleguard_``
+NAMESPACE = "shuffleguard"
+
+
 class GatewayMetrics:
     """The gateway's metrics, registered on a private registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        ns = "shuffleguard"
-        self.requests_total = Counter(
+        self.requests_total = self._counter(
             "requests_total",
             "Every /v1/classify request, by model and HTTP status (4xx included).",
             ["model", "status"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "request_duration_seconds",
             "Time per pipeline stage of successful classify requests.",
+            DURATION_BUCKETS,
             ["stage"],
-            namespace=ns,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
         )
-        self.vote_agreement = Histogram(
+        self.vote_agreement = self._histogram(
             "vote_agreement",
             "Winning vote share of the shuffled ensemble (1.0 = unanimous).",
-            namespace=ns,
-            buckets=AGREEMENT_BUCKETS,
-            registry=self.registry,
+            AGREEMENT_BUCKETS,
         )
-        self.suspected_adversarial = Counter(
+        self.suspected_adversarial = self._counter(
             "suspected_adversarial_total",
             "Requests flagged as suspected adversarial (label flip or low agreement).",
             ["model"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.backend_errors = Counter(
+        self.backend_errors = self._counter(
             "backend_errors_total",
             "Backend faults by kind: unavailable, timeout, queue_full, bad_response.",
             ["kind"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.copies_classified = Histogram(
+        self.copies_classified = self._histogram(
             "copies_classified",
             "Shuffled copies classified per defended request (below the ensemble size when "
             "early stopping found the vote decided).",
-            namespace=ns,
-            buckets=COPIES_BUCKETS,
-            registry=self.registry,
+            COPIES_BUCKETS,
         )
-        self.backend_bytes = Counter(
+        self.backend_bytes = self._counter(
             "backend_sent_bytes_total",
             "Array bytes sent to the model backend (clips, and frame indices in index mode).",
             ["model"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.client_requests = Counter(
-            "client_requests_total",
-            "Every /v1/classify request by API key name (from the key file; `anonymous` when "
-            "the API is open, `unauthenticated` for 401s) and HTTP status.",
-            ["client", "status"],
-            namespace=ns,
-            registry=self.registry,
-        )
-        self.quota_rejections = Counter(
-            "quota_rejections_total",
-            "Classify requests refused with 429 by the key's quota, by key name and reason "
-            "(rate: token bucket empty; concurrency: too many at once).",
-            ["client", "reason"],
-            namespace=ns,
-            registry=self.registry,
-        )
-        self._watch_metrics(ns)
+        self._client_metrics()
+        self._watch_metrics()
         self.inflight = Gauge(
             "inflight_requests",
             "Classify requests being handled (uploading, queued or running).",
-            namespace=ns,
+            namespace=NAMESPACE,
             multiprocess_mode="livesum",
             registry=self.registry,
         )
 
-    def _watch_metrics(self, ns: str) -> None:
+    def _counter(self, name: str, doc: str, labels: list[str]) -> Counter:
+        return Counter(name, doc, labels, namespace=NAMESPACE, registry=self.registry)
+
+    def _histogram(
+        self,
+        name: str,
+        doc: str,
+        buckets: tuple[float, ...],
+        labels: tuple[str, ...] | list[str] = (),
+    ) -> Histogram:
+        return Histogram(
+            name, doc, labels, namespace=NAMESPACE, buckets=buckets, registry=self.registry
+        )
+
+    def _client_metrics(self) -> None:
+        """Per API key name (from the key file, plus `anonymous` and `unauthenticated`):
+        bounded, never the key or its hash."""
+        self.client_requests = self._counter(
+            "client_requests_total",
+            "Every /v1/classify request by API key name (from the key file; `anonymous` when "
+            "the API is open, `unauthenticated` for 401s) and HTTP status.",
+            ["client", "status"],
+        )
+        self.quota_rejections = self._counter(
+            "quota_rejections_total",
+            "Classify requests refused with 429 by the key's quota, by key name and reason "
+            "(rate: token bucket empty; concurrency: too many at once).",
+            ["client", "reason"],
+        )
+
+    def _watch_metrics(self) -> None:
         """The query-attack watch's metrics (docs/detection.md). ``client`` is the API
         key's name ("anonymous" when the API is open), bounded by the configured keys;
         the key itself never appears."""
-        self.near_duplicates = Counter(
+        self.near_duplicates = self._counter(
             "near_duplicate_queries_total",
             "Queries whose decoded clip nearly repeats one of the client's recent queries.",
             ["client"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.attacks_detected = Counter(
+        self.attacks_detected = self._counter(
             "query_attacks_detected_total",
             "Query-attack detections (near-duplicates past the threshold), by client and policy.",
             ["client", "policy"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.watch_refusals = Counter(
+        self.watch_refusals = self._counter(
             "query_watch_refusals_total",
             "Requests turned away by the query-attack policy (refuse: 403, throttle: 429).",
             ["client", "action"],
-            namespace=ns,
-            registry=self.registry,
         )
-        self.fingerprint_duration = Histogram(
+        self.fingerprint_duration = self._histogram(
             "fingerprint_seconds",
             "Time to fingerprint a decoded clip and look it up in the client's history.",
-            namespace=ns,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
