@@ -86,42 +86,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         collector = PoolCollector(client) if isinstance(client, BackendPool) else None
         if collector is not None:
             metrics.registry.register(collector)
-        catalog = ModelCatalog(
-            client,
-            default_model=settings.default_model,
-            ttl_s=settings.metadata_ttl_s,
-            readiness_ttl_s=settings.readiness_ttl_s,
-        )
-        admission = Admission(
-            settings.max_inflight,
-            settings.max_queue,
-            queue_timeout_s=settings.queue_timeout_s,
-            retry_after_s=settings.retry_after_s,
-        )
-        app.state.gateway = GatewayState(
-            settings=settings,
-            backend=client,
-            catalog=catalog,
-            metrics=metrics,
-            admission=admission,
-            pipeline=Pipeline(settings, client, catalog, metrics=metrics, admission=admission),
-            keys=keys,
-            quotas=Quotas(metrics),
-        )
+        app.state.gateway = gateway_state(settings, client, metrics, keys)
         log_access_control(keys)
-        logger.info(
-            "gateway up: %s backend %s (management %s), default model %s, %s mode, "
-            "max_inflight=%d max_queue=%d, shuffle_mode=%s, early_stop=%s",
-            settings.backend_kind,
-            settings.backend_url,
-            settings.backend_management_url,
-            settings.default_model,
-            "RESEARCH" if settings.research_mode else "production",
-            settings.max_inflight,
-            settings.max_queue,
-            settings.shuffle_mode,
-            settings.early_stop,
-        )
+        log_start_up(settings)
         try:
             yield
         finally:
@@ -148,6 +115,51 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     if keys.enabled:
         document_security(app)
     return app
+
+
+def gateway_state(
+    settings: Settings, client: Backend, metrics: GatewayMetrics, keys: KeyStore
+) -> GatewayState:
+    """What the routes share: the catalog, admission, pipeline and quotas over ``client``."""
+    catalog = ModelCatalog(
+        client,
+        default_model=settings.default_model,
+        ttl_s=settings.metadata_ttl_s,
+        readiness_ttl_s=settings.readiness_ttl_s,
+    )
+    admission = Admission(
+        settings.max_inflight,
+        settings.max_queue,
+        queue_timeout_s=settings.queue_timeout_s,
+        retry_after_s=settings.retry_after_s,
+    )
+    return GatewayState(
+        settings=settings,
+        backend=client,
+        catalog=catalog,
+        metrics=metrics,
+        admission=admission,
+        pipeline=Pipeline(settings, client, catalog, metrics=metrics, admission=admission),
+        keys=keys,
+        quotas=Quotas(metrics),
+    )
+
+
+def log_start_up(settings: Settings) -> None:
+    """Once at start-up: the backend and the serving settings."""
+    logger.info(
+        "gateway up: %s backend %s (management %s), default model %s, %s mode, "
+        "max_inflight=%d max_queue=%d, shuffle_mode=%s, early_stop=%s",
+        settings.backend_kind,
+        settings.backend_url,
+        settings.backend_management_url,
+        settings.default_model,
+        "RESEARCH" if settings.research_mode else "production",
+        settings.max_inflight,
+        settings.max_queue,
+        settings.shuffle_mode,
+        settings.early_stop,
+    )
 
 
 def log_access_control(keys: KeyStore) -> None:
