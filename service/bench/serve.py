@@ -38,9 +38,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -442,6 +443,59 @@ def _npy(clip: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def closed_loop(send: Callable[..., Any], total: int, concurrency: int) -> float:
+    """Requests/s of ``concurrency`` clients sending ``total`` requests back to back;
+    ``send(seed, client)`` sends one."""
+    import httpx
+
+    counter = iter(range(10_000, 10_000 + total))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(timeout=3600, trust_env=False) as c:
+            while True:
+                with lock:
+                    seed = next(counter, None)
+                if seed is None:
+                    return
+                send(seed, c)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return total / (time.perf_counter() - t0)
+
+
+def size_report(
+    *, model: str, clip_bytes: int, n: int, requests: int, saturation: int,
+    concurrency: int, by_mode: dict[str, list[dict[str, Any]]], rps: dict[str, list[float]],
+) -> dict[str, Any]:  # fmt: skip
+    """One size's figures: per-mode summaries, throughput and the target ratios."""
+    modes = {m: summarize_mode(by_mode[m]) for m in MODES}
+    throughput = {m: float(np.mean(v)) if v else float("nan") for m, v in rps.items()}
+    return {
+        "model": model,
+        "clip_bytes": clip_bytes,
+        "requests": requests,
+        "saturation": saturation,
+        "concurrency": concurrency,
+        "modes": modes,
+        "throughput_rps": throughput,
+        "agreement": agreement(by_mode),
+        "targets": {
+            "index_bytes_over_clip": modes["index"]["bytes_per_request"] / clip_bytes,
+            "early_bytes_over_clip": modes["index_early"]["bytes_per_request"] / clip_bytes,
+            "early_copies_over_n": modes["index_early"]["copies_per_request"] / n,
+            "throughput_over_copy": throughput["index_early"] / throughput["copy"],
+            "index_throughput_over_copy": throughput["index"] / throughput["copy"],
+        },
+        "raw": by_mode,
+    }
+
+
 def run_size(
     *,
     model: str,
@@ -506,57 +560,18 @@ def run_size(
                     }
                 )
 
-    def closed_loop(mode: str, total: int) -> float:
-        """Requests/s of ``concurrency`` clients sending ``total`` requests back to back."""
-        counter = iter(range(10_000, 10_000 + total))
-        lock = threading.Lock()
-
-        def worker() -> None:
-            with httpx.Client(timeout=3600, trust_env=False) as c:
-                while True:
-                    with lock:
-                        seed = next(counter, None)
-                    if seed is None:
-                        return
-                    call(mode, seed, c)
-
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return total / (time.perf_counter() - t0)
-
     # forward then reverse order, half the requests each: drift hits every mode alike
     half = saturation // 2
     rps: dict[str, list[float]] = {m: [] for m in MODES}
     for order in (list(MODES), list(reversed(MODES))) if half else ():
         for mode in tqdm(order, desc=f"{desc} saturation", disable=args.no_progress):
-            rps[mode].append(closed_loop(mode, half))
+            rps[mode].append(closed_loop(partial(call, mode), half, concurrency))
     client.close()
 
-    modes = {m: summarize_mode(by_mode[m]) for m in MODES}
-    throughput = {m: float(np.mean(v)) if v else float("nan") for m, v in rps.items()}
-    clip_bytes = int(clips[0].nbytes)
-    return {
-        "model": model,
-        "clip_bytes": clip_bytes,
-        "requests": requests,
-        "saturation": 2 * half,
-        "concurrency": concurrency,
-        "modes": modes,
-        "throughput_rps": throughput,
-        "agreement": agreement(by_mode),
-        "targets": {
-            "index_bytes_over_clip": modes["index"]["bytes_per_request"] / clip_bytes,
-            "early_bytes_over_clip": modes["index_early"]["bytes_per_request"] / clip_bytes,
-            "early_copies_over_n": modes["index_early"]["copies_per_request"] / n,
-            "throughput_over_copy": throughput["index_early"] / throughput["copy"],
-            "index_throughput_over_copy": throughput["index"] / throughput["copy"],
-        },
-        "raw": by_mode,
-    }
+    return size_report(
+        model=model, clip_bytes=int(clips[0].nbytes), n=n, requests=requests,
+        saturation=2 * half, concurrency=concurrency, by_mode=by_mode, rps=rps,
+    )  # fmt: skip
 
 
 def _run_i3d(urls: dict[str, str], args: ServeBenchConfig) -> dict[str, Any]:
