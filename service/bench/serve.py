@@ -594,6 +594,54 @@ def _run_i3d(urls: dict[str, str], args: ServeBenchConfig) -> dict[str, Any]:
     return res
 
 
+def build_store(store: Path, args: ServeBenchConfig, toy_mar: Path) -> None:
+    """The archives of ``args.sizes`` in ``store`` (the toy linked, the others built)."""
+    if "toy" in args.sizes:
+        (store / toy_mar.name).symlink_to(toy_mar)
+    if "full" in args.sizes:
+        print("building the 32x224x224 random-init r3d_18 archive ...", file=sys.stderr)
+        build_full_size_archive(store)
+    if "i3d" in args.sizes:
+        print("building the 32x224x224 Kinetics-400 I3D archive ...", file=sys.stderr)
+        build_i3d_archive(store, args.i3d_weights)
+
+
+def run_sizes(urls: dict[str, str], args: ServeBenchConfig, toy_mar: Path) -> dict[str, Any]:
+    """``run_size`` for each of ``args.sizes`` against the two gateways at ``urls``."""
+    sizes: dict[str, Any] = {}
+    if "toy" in args.sizes:
+        clips, meta = toy_clips(toy_mar, count=16, seed=args.seed + 777)
+        res = run_size(
+            model=meta["name"],
+            clips=clips,
+            urls=urls,
+            args=args,
+            requests=args.requests,
+            saturation=args.saturation,
+            concurrency=args.concurrency,
+            desc="toy",
+        )
+        res["clip"] = f"clean toy clips (dataset {meta.get('dataset')}), npy"
+        sizes["toy"] = res
+    if "full" in args.sizes:
+        clip = synthetic_clip(32, 224)
+        res = run_size(
+            model=FULL_NAME,
+            clips=[clip],
+            urls=urls,
+            args=args,
+            requests=args.full_requests,
+            saturation=args.full_saturation,
+            concurrency=min(args.concurrency, 2),
+            desc="full",
+        )
+        res["clip"] = "synthetic moving gradient, npy 32x224x224"
+        sizes["full"] = res
+    if "i3d" in args.sizes:
+        sizes["i3d"] = _run_i3d(urls, args)
+    return sizes
+
+
 def run(args: ServeBenchConfig) -> int:
     import psutil
     import torch
@@ -607,14 +655,7 @@ def run(args: ServeBenchConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="sg-bench-serve-") as tmp_str:
         store = Path(tmp_str) / "store"
         store.mkdir()
-        if "toy" in args.sizes:
-            (store / toy_mar.name).symlink_to(toy_mar)
-        if "full" in args.sizes:
-            print("building the 32x224x224 random-init r3d_18 archive ...", file=sys.stderr)
-            build_full_size_archive(store)
-        if "i3d" in args.sizes:
-            print("building the 32x224x224 Kinetics-400 I3D archive ...", file=sys.stderr)
-            build_i3d_archive(store, args.i3d_weights)
+        build_store(store, args, toy_mar)
         ports = free_ports(3)
         server = TorchServeProcess(
             TorchServeOptions(
@@ -653,36 +694,7 @@ def run(args: ServeBenchConfig) -> int:
                     k: {"rest": psutil.Process(p).memory_info().rss / 1e6} for k, p in pids.items()
                 }
                 urls = {"index": index_url, "copy": copy_url}
-                if "toy" in args.sizes:
-                    clips, meta = toy_clips(toy_mar, count=16, seed=args.seed + 777)
-                    res = run_size(
-                        model=meta["name"],
-                        clips=clips,
-                        urls=urls,
-                        args=args,
-                        requests=args.requests,
-                        saturation=args.saturation,
-                        concurrency=args.concurrency,
-                        desc="toy",
-                    )
-                    res["clip"] = f"clean toy clips (dataset {meta.get('dataset')}), npy"
-                    result["sizes"]["toy"] = res
-                if "full" in args.sizes:
-                    clip = synthetic_clip(32, 224)
-                    res = run_size(
-                        model=FULL_NAME,
-                        clips=[clip],
-                        urls=urls,
-                        args=args,
-                        requests=args.full_requests,
-                        saturation=args.full_saturation,
-                        concurrency=min(args.concurrency, 2),
-                        desc="full",
-                    )
-                    res["clip"] = "synthetic moving gradient, npy 32x224x224"
-                    result["sizes"]["full"] = res
-                if "i3d" in args.sizes:
-                    result["sizes"]["i3d"] = _run_i3d(urls, args)
+                result["sizes"] = run_sizes(urls, args, toy_mar)
                 for k, p in pids.items():
                     rss[k]["after"] = psutil.Process(p).memory_info().rss / 1e6
         finally:
