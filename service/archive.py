@@ -10,7 +10,7 @@ An archive holds:
   ``sha256`` of the weights file, plus provenance fields;
 * ``model-config.yaml`` -- TorchServe's server-side batching and worker settings;
 * ``handler.py`` -- :mod:`service.handler`, with ``npy_reader.py`` beside it
-  (:mod:`service.npy_reader`, the handler's ``.npy`` reader).
+  (:mod:`service.decoder.npy`, the handler's ``.npy`` reader).
 
 The network takes float32 ``[B, 3, T, H, W]`` RGB in ``[0, 1]`` and returns
 logits ``[B, K]``; normalization is inside it.
@@ -35,8 +35,9 @@ from service.toy.data import TOY_DATA_KEYS
 logger = logging.getLogger(__name__)
 
 HANDLER_PATH = Path(__file__).with_name("handler.py")
-#: modules the handler imports from beside it (TorchServe loads it without ``service``)
-HANDLER_MODULES = (Path(__file__).with_name("npy_reader.py"),)
+#: modules the handler imports from beside it (TorchServe loads it without ``service``),
+#: by their name in the archive
+HANDLER_MODULES = {"npy_reader.py": Path(__file__).parent / "decoder" / "npy.py"}
 REQUIRED_META = ("name", "arch", "clip_len", "frame_interval", "crop_size", "labels", "preset")
 
 
@@ -114,6 +115,28 @@ def model_config_yaml(
     )
 
 
+def _export_weights(model: torch.nn.Module, meta: dict[str, Any], fmt: str, tmp: Path) -> Path:
+    """``model`` exported into ``tmp`` as ``model.pt`` (TorchScript) or ``model.pt2``."""
+    clip_len, crop_size = int(meta["clip_len"]), int(meta["crop_size"])
+    if fmt == "torchscript":
+        weights = tmp / "model.pt"
+        export_torchscript(model, clip_len, crop_size, weights)
+    elif fmt == "export":
+        weights = tmp / "model.pt2"
+        export_program(model, clip_len, crop_size, weights)
+    else:
+        raise ValueError(f"fmt must be 'torchscript' or 'export', got {fmt!r}")
+    return weights
+
+
+def _copy_handler(tmp: Path) -> tuple[Path, list[Path]]:
+    """``handler.py`` and the modules it imports from beside it, copied into ``tmp``
+    under their names in the archive."""
+    handler = shutil.copyfile(HANDLER_PATH, tmp / "handler.py")
+    modules = [shutil.copyfile(src, tmp / name) for name, src in HANDLER_MODULES.items()]
+    return handler, modules
+
+
 def build_mar(
     model: torch.nn.Module,
     meta: dict[str, Any],
@@ -140,15 +163,7 @@ def build_mar(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sg-archive-") as tmp_str:
         tmp = Path(tmp_str)
-        clip_len, crop_size = int(meta["clip_len"]), int(meta["crop_size"])
-        if fmt == "torchscript":
-            weights = tmp / "model.pt"
-            export_torchscript(model, clip_len, crop_size, weights)
-        elif fmt == "export":
-            weights = tmp / "model.pt2"
-            export_program(model, clip_len, crop_size, weights)
-        else:
-            raise ValueError(f"fmt must be 'torchscript' or 'export', got {fmt!r}")
+        weights = _export_weights(model, meta, fmt, tmp)
         meta["format"] = fmt
         meta["sha256"] = sha256_file(weights)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -160,14 +175,13 @@ def build_mar(
                 response_timeout_s=response_timeout_s,
             )
         )
-        handler = tmp / "handler.py"
-        shutil.copyfile(HANDLER_PATH, handler)
+        handler, modules = _copy_handler(tmp)
         config = ModelArchiverConfig(
             model_name=str(meta["name"]),
             handler=str(handler),
             version=version,
             serialized_file=str(weights),
-            extra_files=",".join(map(str, (tmp / "meta.json", *HANDLER_MODULES))),
+            extra_files=",".join(map(str, (tmp / "meta.json", *modules))),
             export_path=str(out),
             force=True,
             config_file=str(tmp / "model-config.yaml"),

@@ -1,9 +1,10 @@
 """TorchServe handler for ShuffleGuard model archives.
 
 This file is packed into every ``.mar`` and runs inside TorchServe's Python
-worker, so it depends on torch, numpy and :mod:`service.npy_reader` only (never on
-the rest of the ``service`` package): ``service/archive.py`` packs ``npy_reader.py``
-beside it, and an archive loads on any TorchServe with torch installed.
+worker, so it depends on torch, numpy and the ``.npy`` reader
+:mod:`service.decoder.npy` only (never on the rest of the ``service`` package):
+``service/archive.py`` packs that reader beside it as ``npy_reader.py``, and an archive
+loads on any TorchServe with torch installed.
 
 Protocol (``service/wire.py`` writes the gateway's side). An inference request
 body is one of:
@@ -19,7 +20,7 @@ body is one of:
 In both, ``T`` must equal ``meta.clip_len`` and ``H = W = meta.crop_size``, and
 :meth:`ShuffleGuardHandler.parse` checks every declared dtype, shape and size
 against these and the request limits from the npy headers alone (read by
-:func:`service.npy_reader.read_header`, numpy's parser), before any memory is
+:func:`service.decoder.npy.read_header`, numpy's parser), before any memory is
 spent; the arrays are then read in place from the request body (no copy), and every
 index is checked to lie in ``[0, T)``.
 
@@ -54,8 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 
-if __package__:  # imported as service.handler
-    from . import npy_reader
+if __package__:  # imported from the ``service`` package
+    from service.decoder import npy as npy_reader
 else:  # loaded by TorchServe as the top-level ``handler``, npy_reader.py beside it
     import npy_reader  # type: ignore[no-redef]
 
@@ -77,7 +78,17 @@ PARALLEL_GATHER_BYTES = 8 << 20
 
 
 class RequestError(ValueError):
-    """A request payload the handler cannot use (answered with 400)."""
+    """A request payload the handler cannot use.
+
+    TorchServe answers it with ``status`` and the JSON body ``{"error": {"code":
+    code, "message": ...}}``: the model server's wire contract, kept here because the
+    handler runs without the ``service`` package (the gateway's table,
+    :mod:`service.gateway.errors`, imports FastAPI); the gateway reads any such answer
+    as its own fault, ``backend_error``.
+    """
+
+    status = 400
+    code = "bad_batch"
 
 
 def load_weights(path: str, fmt: str, device: torch.device) -> torch.nn.Module:
@@ -371,9 +382,9 @@ class ShuffleGuardHandler:
             except RequestError as exc:
                 parsed.append(None)
                 if context is not None:
-                    context.set_response_status(400, str(exc), idx)
+                    context.set_response_status(exc.status, str(exc), idx)
                     context.set_response_content_type(idx, "application/json")
-                data[idx] = json.dumps({"error": {"code": "bad_batch", "message": str(exc)}})
+                data[idx] = json.dumps({"error": {"code": exc.code, "message": str(exc)}})
         good = [p for p in parsed if p is not None]
         logits = self.forward(good) if good else np.zeros((0, 0), np.float32)
         responses: list[Any] = []

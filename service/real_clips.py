@@ -9,12 +9,12 @@ label of such a clip is the undefended model's own prediction.
 
 :func:`build_set` cuts every source into windows of ``clip_len`` frames, ``frame_interval``
 apart, starting every ``stride`` frames (frame ``i`` is the ``i``-th frame the decoder
-gives, as :mod:`service.video` counts), and writes each window as FFV1 in Matroska with
+gives, as :mod:`service.decoder.pyav` counts), and writes each window as FFV1 in Matroska with
 the source's decoded pixels unchanged (its pixel format kept where FFV1 has it, else
 ``bgra``): lossless, so the gateway decodes exactly the source's frames and applies its
 own sampling, resize and crop, whatever the model's geometry. ``manifest.json`` records
 the settings, each source's sha256 and each window's source, start frame, frame count and
-the sha256 of its frames as uint8 RGB (the conversion :mod:`service.video` uses).
+the sha256 of its frames as uint8 RGB (the conversion :mod:`service.decoder.pyav` uses).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def locate(names: Sequence[str], directory: Path | None = None) -> dict[Source, 
 
 
 def rgb(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame as uint8 ``[H, W, 3]`` RGB, the conversion :mod:`service.video` uses."""
+    """A decoded frame as uint8 ``[H, W, 3]`` RGB, the conversion the decoder uses."""
     return frame.to_ndarray(format="rgb24", src_color_range=frame.color_range)
 
 

@@ -19,7 +19,7 @@ logits, row ``b`` for clip ``b`` of the request.
 
 The npy format is used because numpy reads it without pickle, it carries dtype
 and shape, and any client can write it. Both sides read it with
-:mod:`service.npy_reader` (numpy's header parser, the header bounded, the dtype
+:mod:`service.decoder.npy` (numpy's header parser, the header bounded, the dtype
 checked, the data read in place); the archive packs that module beside the
 handler. This module imports numpy only.
 """
@@ -30,7 +30,7 @@ import io
 
 import numpy as np
 
-from service import npy_reader
+from service.decoder import npy
 
 CONTENT_TYPE = "application/x-npy"
 
@@ -49,9 +49,9 @@ def decode_array(payload: bytes, *, dtype: np.dtype | type, ndim: int) -> np.nda
     """Parse an npy payload and check its dtype, rank and size; the array is read in
     place (read-only when ``payload`` is ``bytes``)."""
     try:
-        header = npy_reader.read_header(payload, dtypes=(np.dtype(dtype),))
+        header = npy.read_header(payload, dtypes=(np.dtype(dtype),))
         array = header.view(payload)
-    except npy_reader.NpyError as exc:
+    except npy.NpyError as exc:
         raise WireError(f"payload is not a valid .npy array: {exc}") from exc
     if header.end != len(payload):
         raise WireError(f"payload is {len(payload)} bytes, its .npy array declares {header.end}")

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.decoder.decode import decode_clip
 from service.models.families import VideoClassifier
 from service.models.i3d import inception_i3d
-from service.video import decode_clip
 
 DATA = Path(__file__).resolve().parent / "data"
 GIF = DATA / "v_CricketShot_g04_c01_rgb.gif"

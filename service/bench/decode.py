@@ -2,7 +2,7 @@
 
 For each real clip of ``scripts/real-clips.tsv`` (fetched by
 ``scripts/fetch-real-clips.sh``) and each sampling ``CLIPxINTERVAL``, the upload bytes
-are decoded by :func:`service.video.decode_clip` two ways, interleaved round by round in
+are decoded by :func:`service.decoder.decode.decode_clip` two ways, interleaved round by round in
 a seeded random order within one process:
 
 * ``sequential`` -- ``seek=False``: every frame from the first up to the last sampled one
@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from service.decoder.clip import DecodedClip
+from service.decoder.decode import decode_clip
 from service.experiments.config import ExperimentConfig, opt
-from service.video import DecodedClip, decode_clip
 
 
 def _sampling(text: str) -> tuple[int, int]:

@@ -576,8 +576,8 @@ def run_size(
 
 def _run_i3d(urls: dict[str, str], args: ServeBenchConfig) -> dict[str, Any]:
     """Size ``i3d``: the real video uploaded as it is (the gateway decodes it)."""
+    from service.decoder.decode import decode_clip
     from service.models.families import get_family
-    from service.video import decode_clip
 
     video = args.i3d_video.read_bytes()
     spec = get_family("i3d_inception").spec

@@ -107,8 +107,8 @@ def build_checkpoint(args: RealSetConfig) -> tuple[torch.nn.Module, dict[str, An
 
 def decode_window(path: Path, arch: str, clip_len: int, crop_size: int) -> np.ndarray:
     """One window decoded as the gateway decodes it for ``arch`` at this size."""
+    from service.decoder.decode import decode_clip
     from service.models.families import get_family
-    from service.video import decode_clip
 
     spec = get_family(arch).spec.scaled(clip_len, crop_size)
     clip = decode_clip(

@@ -4,7 +4,7 @@ A user brings a served archive (``--model X.mar``: TorchScript ``model.pt`` or
 ``torch.export`` ``model.pt2`` + ``meta.json``, any architecture) and a directory of
 their own labelled clips (``--data DIR``, see :func:`read_labels` and docs/audit.md).
 Clips are decoded exactly as the gateway decodes an upload
-(:func:`service.video.decode_clip` with the archive's ``clip_len``, ``frame_interval``,
+(:func:`service.decoder.decode.decode_clip` with the archive's ``clip_len``, ``frame_interval``,
 ``crop_size``, ``resize`` and ``transform``), so the audit sees what the served model
 would see. Gradients flow through the archived network itself.
 
@@ -284,7 +284,8 @@ def decode_clips(directory: str | Path, rows: list[LabelRow], meta: Any) -> torc
     """
     import numpy as np
 
-    from service.video import VideoError, decode_clip
+    from service.decoder.decode import decode_clip
+    from service.decoder.errors import VideoError
 
     root = Path(directory)
     frames = []

@@ -197,7 +197,7 @@ def capture(attack: BlackBoxAttack, service: Callable[[np.ndarray], Answer], cli
 # --------------------------------------------------------------------------- #
 def reencoded(clip: np.ndarray, crf: int, meta: dict[str, Any]) -> np.ndarray:
     """``clip`` as H.264 (libx264 at ``crf``, yuv420p) decoded as the gateway decodes."""
-    from service.video import decode_clip
+    from service.decoder.decode import decode_clip
 
     return decode_clip(h264(clip, crf), clip_len=meta["clip_len"], frame_interval=1,
                        crop_size=meta["crop_size"], resize=meta["crop_size"]).frames  # fmt: skip
@@ -360,7 +360,7 @@ def history_memory(clips: list[np.ndarray], spec: FingerprintSpec, n: int = 256)
 def _cost_at(clips: list[np.ndarray], spec: FingerprintSpec) -> dict[str, float]:
     import io
 
-    from service.video import decode_clip
+    from service.decoder.decode import decode_clip
 
     def npy(c: np.ndarray) -> bytes:
         buf = io.BytesIO()

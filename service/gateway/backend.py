@@ -88,7 +88,7 @@ class ModelMeta:
     #: before the crop: short side (int) or fixed (h, w); meta.json's ``resize``,
     #: default ``crop_size`` (archives older than the field)
     resize: int | tuple[int, int] = 0
-    #: resize/crop arithmetic of :func:`service.video.decode_clip`
+    #: resize/crop arithmetic of :func:`service.decoder.decode.decode_clip`
     transform: str = "shuffleguard"
     #: "trained" or "random" (a random-init archive for smoke tests and benchmarks)
     weights: str = "trained"

@@ -1,21 +1,26 @@
-"""Typed gateway exceptions and the one place that maps them to HTTP.
+"""Typed gateway exceptions and the one table that gives each error code its HTTP status.
 
 Every error answer has the body ``{"error": {"code": "<snake_case>", "message":
 "..."}}``: ``code`` is stable for programs, ``message`` says what was wrong and
-what to do. Exceptions from :mod:`service.video` (``VideoError`` and
-subclasses) already carry ``status_code`` and ``code`` and are mapped the same
-way (:class:`VideoRejected`), so the decoder does not depend on the gateway.
+what to do. An error carries its code only: :data:`ERROR_CODES` gives each code its
+status and meaning, for the answers (:func:`error_response`) and for the OpenAPI
+documentation (:func:`service.gateway.schemas.error_responses`). The decoder's errors
+(:mod:`service.decoder.errors`) carry codes of this table too and reach the client
+through :class:`VideoRejected`, so the decoder does not depend on the gateway.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.decoder.errors import VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +30,11 @@ __all__ = [
     "BackendProtocolError",
     "BackendTimeout",
     "BackendUnavailable",
+    "BadMultipart",
     "ClientDisconnected",
     "ConcurrencyLimited",
+    "ERROR_CODES",
+    "ErrorCode",
     "ClientRefused",
     "ClientThrottled",
     "EmptyUpload",
@@ -48,10 +56,95 @@ __all__ = [
 ]
 
 
-class GatewayError(Exception):
-    """Base of the gateway's typed errors: an HTTP status, a code and a message."""
+@dataclass(frozen=True)
+class ErrorCode:
+    """What one error code means over HTTP."""
 
-    status_code: int = 500
+    status: int
+    #: what it means, for the OpenAPI documentation
+    doc: str
+    #: False for a code no client ever reads (it is only logged)
+    answered: bool = True
+
+
+#: Every error code the gateway answers with: its HTTP status and what it means. The one
+#: table: the typed errors below and the decoder's carry a code only, the handlers and
+#: the OpenAPI documentation read the status here. (Any other status of Starlette's own
+#: HTTP errors is answered as it is, with the code ``http_error``.)
+ERROR_CODES: dict[str, ErrorCode] = {
+    "empty_upload": ErrorCode(400, "the upload is empty"),
+    "missing_file": ErrorCode(400, "a multipart upload without a `file` field"),
+    "bad_multipart": ErrorCode(400, "a malformed multipart body or boundary"),
+    "bad_video": ErrorCode(
+        400,
+        "empty, undecodable, corrupt or text body, malformed .npy header, wrong .npy dtype/shape",
+    ),
+    "unauthorized": ErrorCode(
+        401,
+        "API keys are configured and the request presents none, or not a valid one"
+        " (`Authorization: Bearer <key>` or `X-API-Key: <key>`); the same answer either way",
+    ),
+    "research_mode_required": ErrorCode(
+        403,
+        "a research-only parameter (defense, ensemble, h1, h2, seed, early_stop) sent to a"
+        " production gateway",
+    ),
+    "research_key_required": ErrorCode(
+        403, "a research-only parameter sent with a key whose role is not research"
+    ),
+    "client_refused": ErrorCode(
+        403,
+        "the query-attack watch refuses this client for a while (policy `refuse`;"
+        " `Retry-After` says how long)",
+    ),
+    "model_not_found": ErrorCode(404, "no served model has that name"),
+    "not_found": ErrorCode(404, "no route with that path"),
+    "method_not_allowed": ErrorCode(405, "the route does not take that method"),
+    "upload_timeout": ErrorCode(
+        408, "the upload did not arrive within the upload timeout; the connection is closed"
+    ),
+    "upload_too_large": ErrorCode(
+        413, "the upload is over the gateway's size limit; the connection is closed"
+    ),
+    "video_too_large": ErrorCode(413, "the upload is over the decoder's `max_bytes`"),
+    "frame_too_large": ErrorCode(413, "a frame is over the decoder's `max_pixels`"),
+    "too_many_frames": ErrorCode(413, "the clip needs more than the decoder's `max_frames`"),
+    "decode_timeout": ErrorCode(413, "decoding took longer than `max_decode_seconds`"),
+    "not_a_video": ErrorCode(415, "a still image, or media without a video stream"),
+    "invalid_parameter": ErrorCode(
+        422,
+        "a query parameter out of range or of the wrong type. FastAPI's own validation"
+        " errors are rewritten to this body (not FastAPI's `detail` list); the message"
+        " names each offending parameter",
+    ),
+    "overloaded": ErrorCode(429, "the gateway's queue is full"),
+    "backend_overloaded": ErrorCode(429, "the backend's queue is full"),
+    "rate_limited": ErrorCode(429, "the key's token bucket is empty"),
+    "concurrency_limited": ErrorCode(429, "the key has its most requests in progress"),
+    "client_throttled": ErrorCode(429, "the query-attack watch's policy `throttle`"),
+    "client_disconnected": ErrorCode(
+        499, "the client closed the connection mid-upload (nginx's convention)", answered=False
+    ),
+    "internal_error": ErrorCode(
+        500, "a fault of the gateway; the request id in the logs has the details"
+    ),
+    "backend_error": ErrorCode(502, "the model backend answered something the gateway cannot use"),
+    "backend_unavailable": ErrorCode(
+        503, "the model backend is unreachable or has no ready worker"
+    ),
+    "not_ready": ErrorCode(
+        503, "the model backend is unreachable or the default model has no ready worker"
+    ),
+    "backend_timeout": ErrorCode(504, "the model backend did not answer in time"),
+}
+#: the codes of Starlette's own HTTP errors (routing), by their status in the table
+_HTTP_EXCEPTION_CODES = {ERROR_CODES[c].status: c for c in ("not_found", "method_not_allowed")}
+
+
+class GatewayError(Exception):
+    """Base of the gateway's typed errors: a code (its status: :data:`ERROR_CODES`)
+    and a message."""
+
     code: str = "internal_error"
     #: answer with a Retry-After header (the app's ``retry_after_s`` unless ``retry_after``)
     retryable: bool = False
@@ -68,19 +161,24 @@ class GatewayError(Exception):
         if retry_after is not None:
             self.retry_after = retry_after
 
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of this error's code."""
+        return ERROR_CODES[self.code].status
+
 
 class InvalidParameter(GatewayError):
-    status_code, code = 422, "invalid_parameter"
+    code = "invalid_parameter"
 
 
 class ResearchModeRequired(GatewayError):
-    status_code, code = 403, "research_mode_required"
+    code = "research_mode_required"
 
 
 class Unauthorized(GatewayError):
     """No key, or not a valid one: one answer for both, so it says nothing of which."""
 
-    status_code, code = 401, "unauthorized"
+    code = "unauthorized"
     headers = {"WWW-Authenticate": 'Bearer realm="shuffleguard"'}  # noqa: RUF012
 
     def __init__(self) -> None:
@@ -91,74 +189,77 @@ class Unauthorized(GatewayError):
 
 
 class ResearchKeyRequired(GatewayError):
-    status_code, code = 403, "research_key_required"
+    code = "research_key_required"
 
 
 class ModelNotFound(GatewayError):
-    status_code, code = 404, "model_not_found"
+    code = "model_not_found"
 
 
 class EmptyUpload(GatewayError):
-    status_code, code = 400, "empty_upload"
+    code = "empty_upload"
 
 
 class MissingFileField(GatewayError):
-    status_code, code = 400, "missing_file"
+    code = "missing_file"
 
 
 class UploadTooLarge(GatewayError):
-    status_code, code = 413, "upload_too_large"
+    code = "upload_too_large"
     close_connection = True
 
 
 class UploadTimeout(GatewayError):
-    status_code, code = 408, "upload_timeout"
+    code = "upload_timeout"
     close_connection = True
 
 
-class VideoRejected(GatewayError):
-    """The decoder refused the upload; status and code come from its ``VideoError``."""
+class BadMultipart(GatewayError):
+    code = "bad_multipart"
 
-    def __init__(self, message: str, *, status_code: int, code: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
+
+class VideoRejected(GatewayError):
+    """The decoder refused the upload; message and code come from its ``VideoError``."""
+
+    def __init__(self, error: VideoError) -> None:
+        super().__init__(error.message)
+        self.code = error.code
 
 
 class ClientDisconnected(GatewayError):
     """The client went away mid-upload; 499 (nginx's convention) is only logged."""
 
-    status_code, code = 499, "client_disconnected"
+    code = "client_disconnected"
     close_connection = True
 
 
 class Overloaded(GatewayError):
-    status_code, code = 429, "overloaded"
+    code = "overloaded"
     retryable = True
 
 
 class RateLimited(GatewayError):
     """The client's token bucket is empty; ``retry_after``: seconds until it is not."""
 
-    status_code, code = 429, "rate_limited"
+    code = "rate_limited"
     retryable = True
 
 
 class ConcurrencyLimited(GatewayError):
-    status_code, code = 429, "concurrency_limited"
+    code = "concurrency_limited"
     retryable = True
 
 
 class ClientRefused(GatewayError):
     """The query-attack watch refuses this client for a while (policy ``refuse``)."""
 
-    status_code, code = 403, "client_refused"
+    code = "client_refused"
 
 
 class ClientThrottled(GatewayError):
     """The query-attack watch throttles this client (policy ``throttle``)."""
 
-    status_code, code = 429, "client_throttled"
+    code = "client_throttled"
     retryable = True
 
 
@@ -169,25 +270,25 @@ class BackendError(GatewayError):
 
 
 class BackendUnavailable(BackendError):
-    status_code, code, kind = 503, "backend_unavailable", "unavailable"
+    code, kind = "backend_unavailable", "unavailable"
     retryable = True
 
 
 class BackendTimeout(BackendError):
-    status_code, code, kind = 504, "backend_timeout", "timeout"
+    code, kind = "backend_timeout", "timeout"
 
 
 class BackendOverloaded(BackendError):
     """The backend's own queue is full (TorchServe answers 503): tell the client to back off."""
 
-    status_code, code, kind = 429, "backend_overloaded", "queue_full"
+    code, kind = "backend_overloaded", "queue_full"
     retryable = True
 
 
 class BackendProtocolError(BackendError):
     """The backend answered something the gateway cannot use (a bug or a mismatch)."""
 
-    status_code, code, kind = 502, "backend_error", "bad_response"
+    code, kind = "backend_error", "bad_response"
 
 
 # --------------------------------------------------------------------------- #
@@ -198,14 +299,17 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def error_response(
-    status_code: int,
     code: str,
     message: str,
     *,
+    status: int | None = None,
     retry_after: int | None = None,
     close_connection: bool = False,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    """The JSON error answer for ``code``, with its status from :data:`ERROR_CODES`
+    unless ``status`` is given (Starlette's own HTTP errors keep theirs)."""
+    status_code = ERROR_CODES[code].status if status is None else status
     headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
@@ -233,7 +337,6 @@ def install_error_handlers(app: FastAPI) -> None:
             gateway = getattr(request.app.state, "gateway", None)
             retry_after = gateway.settings.retry_after_s if gateway is not None else 1
         return error_response(
-            exc.status_code,
             exc.code,
             exc.message,
             retry_after=retry_after,
@@ -243,15 +346,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, "invalid_parameter", _format_validation_error(exc))
+        return error_response("invalid_parameter", _format_validation_error(exc))
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = _HTTP_EXCEPTION_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if exc.status_code == 404:
+        if code == "not_found":
             detail = f"no route {request.method} {request.url.path}; see GET /docs"
-        response = error_response(exc.status_code, code, detail)
+        response = error_response(code, detail, status=exc.status_code)
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
@@ -259,7 +362,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
-            500, "internal_error", "internal error; the request id in the logs has the details"
+            "internal_error", "internal error; the request id in the logs has the details"
         )
 
     app.add_exception_handler(GatewayError, on_gateway_error)

@@ -21,7 +21,7 @@ index order, and the vote stops as soon as its label and ``suspected_adversarial
 flag equal what the full ``N``-copy vote would give. ``votes`` then sum to
 ``votes_cast`` (< ``ensemble``); ``ensemble`` stays the requested ``N``.
 
-The gateway does no tensor work: decoding aside (:mod:`service.video`), this
+The gateway does no tensor work: decoding aside (:mod:`service.decoder`), this
 module imports numpy only.
 """
 
@@ -39,6 +39,9 @@ import anyio.to_thread
 import numpy as np
 
 from service.config import Settings
+from service.decoder.decode import decode_clip
+from service.decoder.errors import VideoError
+from service.decoder.limits import DecodeLimits
 from service.defense_np import EarlyStop, ensemble_indices, softmax, suspected, vote
 from service.gateway.admission import Admission
 from service.gateway.backend import Backend, ModelMeta
@@ -56,7 +59,6 @@ from service.gateway.middleware import RequestInfo
 from service.gateway.querywatch import Observation, QueryWatch
 from service.gateway.schemas import MAX_SEED, ClassifyRequest
 from service.gateway.upload import Upload
-from service.video import DecodeLimits, VideoError, decode_clip
 
 __all__ = ["MAX_SEED", "Effective", "Pipeline", "Verdict", "build_batch", "index_mode_served"]
 
@@ -387,7 +389,7 @@ class Pipeline:
         try:
             frames = await self._in_thread(self._decode, upload, meta)
         except VideoError as exc:
-            raise VideoRejected(exc.message, status_code=exc.status_code, code=exc.code) from exc
+            raise VideoRejected(exc) from exc
         decode_ms = (time.perf_counter() - t0) * 1e3
         if client is not None and self.watch is not None:
             await self._in_thread(self._watch, client, frames, info)

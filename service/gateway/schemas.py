@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.config import MAX_ENSEMBLE, MODEL_NAME_PATTERN
+from service.gateway.errors import ERROR_CODES
 
 #: seeds are drawn from, and accepted in, [0, MAX_SEED]
 MAX_SEED = 2**63 - 1
@@ -133,35 +134,6 @@ class ErrorBody(BaseModel):
 # --------------------------------------------------------------------------- #
 # Documented responses (OpenAPI): the one place that lists what each operation answers
 # --------------------------------------------------------------------------- #
-#: Every error status the gateway answers, with its codes (body: :class:`ErrorBody`).
-ERROR_STATUSES: dict[int, str] = {
-    400: "Bad upload: `empty_upload`, `missing_file`, `bad_multipart`, `bad_video` (empty,"
-    " undecodable, corrupt or text body, malformed .npy header, wrong .npy dtype/shape).",
-    401: "`unauthorized`: API keys are configured and the request presents none, or not a"
-    " valid one (`Authorization: Bearer <key>` or `X-API-Key: <key>`); the same answer"
-    " either way.",
-    403: "`research_mode_required`: a research-only parameter (defense, ensemble, h1, h2,"
-    " seed, early_stop) sent to a production gateway; `research_key_required`: sent with"
-    " a key whose role is not research; `client_refused`: the query-attack watch refuses"
-    " this client for a while (policy `refuse`; `Retry-After` says how long).",
-    404: "`model_not_found`: no served model has that name.",
-    408: "`upload_timeout`: the upload did not arrive within the upload timeout; the"
-    " connection is closed.",
-    413: "Over a limit: `upload_too_large` (the connection is closed), `video_too_large`,"
-    " `frame_too_large`, `too_many_frames`, `decode_timeout`.",
-    415: "`not_a_video`: a still image, or media without a video stream.",
-    422: "`invalid_parameter`: a query parameter out of range or of the wrong type. FastAPI's"
-    " own validation errors are rewritten to this body (not FastAPI's `detail` list); the"
-    " message names each offending parameter.",
-    429: "`overloaded` (the gateway's queue is full), `backend_overloaded` (the backend's),"
-    " `rate_limited` (the key's token bucket is empty), `concurrency_limited` (the key"
-    " has its most requests in progress) or `client_throttled` (the query-attack watch's"
-    " policy `throttle`); retry after `Retry-After` seconds.",
-    502: "`backend_error`: the model backend answered something the gateway cannot use.",
-    503: "`backend_unavailable` (classify, models) or `not_ready` (readyz): the backend is"
-    " unreachable or has no ready worker; retry after `Retry-After` seconds.",
-    504: "`backend_timeout`: the model backend did not answer in time.",
-}
 #: statuses always answered with a ``Retry-After`` header (seconds)
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _RETRY_AFTER_HEADER: dict[str, Any] = {
@@ -182,13 +154,25 @@ _WWW_AUTHENTICATE_HEADER: dict[str, Any] = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """FastAPI ``responses=`` entries for ``statuses``: the JSON :class:`ErrorBody`, what
-    each status means, and the ``Retry-After`` (``WWW-Authenticate``) header where it is
-    always sent."""
+def _describe(codes: list[str], status: int) -> str:
+    """What ``status`` means for an operation answering ``codes``, from the table."""
+    text = " ".join(f"`{code}`: {ERROR_CODES[code].doc}." for code in codes)
+    if status in RETRY_AFTER_STATUSES:
+        text += " Retry after `Retry-After` seconds."
+    return text
+
+
+def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` entries for an operation answering the error ``codes``:
+    per status (from :data:`~service.gateway.errors.ERROR_CODES`), the JSON
+    :class:`ErrorBody`, what each of its codes means, and the ``Retry-After``
+    (``WWW-Authenticate``) header where it is always sent."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ERROR_CODES[code].status, []).append(code)
     out: dict[int | str, dict[str, Any]] = {}
-    for status in statuses:
-        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
+    for status, answered in sorted(by_status.items()):
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _describe(answered, status)}
         if status in RETRY_AFTER_STATUSES:
             entry["headers"] = _RETRY_AFTER_HEADER
         if status == 401:
@@ -197,6 +181,18 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+#: codes no operation documents: Starlette's routing answers (any path) and a fault
+#: of the gateway itself
+_UNDOCUMENTED = ("not_found", "method_not_allowed", "internal_error")
+#: the backend faults of an operation that asks the backend
+_BACKEND_CODES = ("backend_error", "backend_unavailable", "backend_timeout")
+#: the error codes of ``POST /v1/classify``: every answered code of the table but
+#: ``/readyz``'s own
+CLASSIFY_ERRORS = tuple(
+    code
+    for code, error in ERROR_CODES.items()
+    if error.answered and code not in (*_UNDOCUMENTED, "not_ready")
+)
 #: ``POST /v1/classify``: the answer of either mode, and every error it can get
 CLASSIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -205,10 +201,10 @@ CLASSIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
         " and timings_ms (ClassifyResponse); research mode returns every field"
         " (ResearchClassifyResponse).",
     },
-    **error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504),
+    **error_responses(*CLASSIFY_ERRORS),
 }
 #: ``GET /v1/models``: a missing key and backend faults (it takes no parameters)
-MODELS_RESPONSES = error_responses(401, 502, 503, 504)
+MODELS_RESPONSES = error_responses("unauthorized", *_BACKEND_CODES)
 #: operations that need a key when keys are configured: (path, method)
 KEYED_OPERATIONS = (("/v1/classify", "post"), ("/v1/models", "get"))
 #: the OpenAPI security schemes of a gateway with keys
@@ -217,7 +213,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 #: ``GET /readyz``: not ready
-READYZ_RESPONSES = error_responses(503)
+READYZ_RESPONSES = error_responses("not_ready")
 #: ``GET /metrics``: Prometheus' text format, not JSON
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

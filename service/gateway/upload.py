@@ -26,24 +26,20 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.gateway.errors import (
+    BadMultipart,
     ClientDisconnected,
     EmptyUpload,
-    GatewayError,
     MissingFileField,
     UploadTimeout,
     UploadTooLarge,
 )
 
-__all__ = ["FILE_FIELD", "MULTIPART_SLACK_BYTES", "Upload", "read_upload"]
+__all__ = ["FILE_FIELD", "MULTIPART_SLACK_BYTES", "BadMultipart", "Upload", "read_upload"]
 
 #: the multipart field that carries the clip
 FILE_FIELD = "file"
 #: room for multipart boundaries and part headers on top of the file limit
 MULTIPART_SLACK_BYTES = 64 * 1024
-
-
-class BadMultipart(GatewayError):
-    status_code, code = 400, "bad_multipart"
 
 
 @dataclass(frozen=True)
@@ -127,48 +123,72 @@ async def read_upload(
     """Receive the clip of a classify request (raw body or multipart ``file``).
 
     Raises:
-        UploadTooLarge (413), UploadTimeout (408), EmptyUpload / MissingFileField /
-        BadMultipart (400), ClientDisconnected (499, the client is gone).
+        UploadTooLarge, UploadTimeout, EmptyUpload, MissingFileField, BadMultipart,
+        ClientDisconnected (the client is gone; only logged).
     """
     content_type = request.headers.get("content-type")
     mime, params = parse_options_header(content_type or "")
     is_multipart = mime == b"multipart/form-data"
     body_limit = max_bytes + (MULTIPART_SLACK_BYTES if is_multipart else 0)
-
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
         if request.headers.get("expect", "").lower() != "100-continue":
             # The client sends regardless: read it away briefly so it sees the answer.
             await _drain(request, linger_s, body_limit * 4)
         raise UploadTooLarge(_too_large(max_bytes))
+    collector = _FilePart(max_bytes) if is_multipart else None
+    parser = None if collector is None else _multipart_parser(params, collector, body_limit)
+    raw = await _receive(
+        request,
+        parser,
+        body_limit=body_limit,
+        max_bytes=max_bytes,
+        timeout_s=timeout_s,
+        linger_s=linger_s,
+    )
+    return _upload(collector, raw, content_type)
 
-    collector: _FilePart | None = None
-    parser: MultipartParser | None = None
-    if is_multipart:
-        boundary = params.get(b"boundary")
-        if not boundary:
-            raise BadMultipart("multipart/form-data without a boundary; let the client set it")
-        collector = _FilePart(max_bytes)
-        try:
-            parser = MultipartParser(
-                boundary,
-                {
-                    "on_part_begin": collector.on_part_begin,
-                    "on_part_data": collector.on_part_data,
-                    "on_part_end": collector.on_part_end,
-                    "on_header_field": collector.on_header_field,
-                    "on_header_value": collector.on_header_value,
-                    "on_header_end": collector.on_header_end,
-                    "on_headers_finished": collector.on_headers_finished,
-                },
-                max_size=body_limit,
-            )
-        except FormParserError as exc:  # e.g. a boundary over python-multipart's 256 bytes
-            raise BadMultipart(
-                f"multipart/form-data with an unusable boundary ({exc}); RFC 2046 boundaries"
-                " are 1 to 70 characters, let the client set it"
-            ) from None
 
+def _multipart_parser(
+    params: dict[bytes, bytes], collector: _FilePart, body_limit: int
+) -> MultipartParser:
+    """python-multipart's push parser, feeding ``collector``; BadMultipart when the
+    Content-Type's boundary is missing or unusable."""
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadMultipart("multipart/form-data without a boundary; let the client set it")
+    try:
+        return MultipartParser(
+            boundary,
+            {
+                "on_part_begin": collector.on_part_begin,
+                "on_part_data": collector.on_part_data,
+                "on_part_end": collector.on_part_end,
+                "on_header_field": collector.on_header_field,
+                "on_header_value": collector.on_header_value,
+                "on_header_end": collector.on_header_end,
+                "on_headers_finished": collector.on_headers_finished,
+            },
+            max_size=body_limit,
+        )
+    except FormParserError as exc:  # e.g. a boundary over python-multipart's 256 bytes
+        raise BadMultipart(
+            f"multipart/form-data with an unusable boundary ({exc}); RFC 2046 boundaries"
+            " are 1 to 70 characters, let the client set it"
+        ) from None
+
+
+async def _receive(
+    request: Request,
+    parser: MultipartParser | None,
+    *,
+    body_limit: int,
+    max_bytes: int,
+    timeout_s: float,
+    linger_s: float,
+) -> bytearray:
+    """The body as it arrives: fed to ``parser`` (then nothing is returned), else
+    collected; refused as soon as it passes ``body_limit`` or ``timeout_s``."""
     raw = bytearray()
     received = 0
     try:
@@ -194,7 +214,12 @@ async def read_upload(
         raise ClientDisconnected("the client closed the connection during the upload") from None
     except FormParserError as exc:
         raise BadMultipart(f"the multipart body is malformed: {exc}") from None
+    return raw
 
+
+def _upload(collector: _FilePart | None, raw: bytearray, content_type: str | None) -> Upload:
+    """The clip and its Content-Type (None when it says nothing), from the multipart
+    ``collector`` or the raw body."""
     if collector is not None:
         if not collector.found:
             raise MissingFileField(

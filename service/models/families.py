@@ -97,7 +97,7 @@ class InputSpec:
 
     ``clip_len`` frames ``frame_interval`` apart (centred), then ``resize`` (an int:
     the short side; ``(h, w)``: a fixed size), then a centre ``crop_size`` square, with
-    the ``transform`` arithmetic of :mod:`service.video` (``"torchvision"``: the
+    the ``transform`` arithmetic of :mod:`service.decoder.resize` (``"torchvision"``: the
     libraries' bilinear without antialias, long side floored, crop offset rounded).
     ``mean``/``std`` normalize the ``[0, 1]`` RGB inside the model.
     """

@@ -67,7 +67,7 @@ def test_markdown_report() -> None:
                 "without_torch": cost,
                 "with_torch": cost,
                 "gateway_app": cost,
-                "torch_importers": ["service.video"],
+                "torch_importers": ["service.decoder.resize"],
             },
             "torch_install_mb": 1000.0,
             "torch_build": "CPU build",

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"usage: {argv[0]} TARGET [libFuzzer flags]")
     name, flags = argv[1], argv[2:]
     # Instrument the project's parsers, the pure-Python multipart parser and numpy's
-    # .npy header parser (service.npy_reader calls it on untrusted bytes); the C
+    # .npy header parser (service.decoder.npy calls it on untrusted bytes); the C
     # parsers -- numpy's, FFmpeg, CPython's -- are exercised, not instrumented.
     with atheris.instrument_imports(
         include=["service", "python_multipart", "numpy.lib._format_impl"]

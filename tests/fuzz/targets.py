@@ -1,7 +1,7 @@
 """Fuzz targets: bytes in, and the invariant every input must satisfy.
 
 Every input must end in a clip (or parsed batch / upload) or in one of the
-project's typed errors -- :class:`service.video.VideoError`,
+project's typed errors -- :class:`service.decoder.errors.VideoError`,
 :class:`service.gateway.errors.GatewayError`, the handler's ``RequestError`` --
 within the decode-time limit, with no allocation past the limits. Anything else
 (another exception, a clip of the wrong shape, a decode that overruns its time
@@ -23,9 +23,12 @@ import numpy as np
 
 from service import handler as handler_module
 from service import wire as wire_module
+from service.decoder.decode import decode_clip
+from service.decoder.errors import VideoError
+from service.decoder.limits import DecodeLimits
+from service.decoder.sniff import NPY_MAGIC
 from service.gateway import upload as upload_module
-from service.gateway.errors import GatewayError
-from service.video import NPY_MAGIC, DecodeLimits, VideoError, decode_clip
+from service.gateway.errors import ERROR_CODES, GatewayError
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -62,8 +65,9 @@ def _decode(data: bytes, content_type: str | None = None) -> None:
             content_type=content_type,
         )
     except VideoError as exc:
-        if not exc.message or exc.status_code not in (400, 413, 415):
-            raise InvariantViolation(f"{type(exc).__name__} {exc.status_code}: {exc}") from exc
+        status = ERROR_CODES[exc.code].status
+        if not exc.message or status not in (400, 413, 415):
+            raise InvariantViolation(f"{type(exc).__name__} {status}: {exc}") from exc
     else:
         _check_clip(clip.frames)
     elapsed = time.monotonic() - t0
@@ -72,15 +76,16 @@ def _decode(data: bytes, content_type: str | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# service.video
+# service.decoder
 # --------------------------------------------------------------------------- #
 def npy(data: bytes) -> None:
-    """The .npy path of :func:`service.video.decode_clip` (the magic is always prepended)."""
+    """The .npy path of :func:`service.decoder.decode.decode_clip` (the magic is always
+    prepended)."""
     _decode(NPY_MAGIC + data, content_type="application/x-npy")
 
 
 def video(data: bytes) -> None:
-    """The video path of :func:`service.video.decode_clip` (mutated real containers)."""
+    """The video path of :func:`service.decoder.decode.decode_clip` (mutated real containers)."""
     _decode(data)
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from service import wire
+from service.decoder.decode import decode_clip
 from service.defense_np import ensemble_indices
 from service.gateway.pipeline import build_batch
 from service.torchserve_proc import TorchServeProcess
-from service.video import decode_clip
 from tests import media
 from tests.integration.helpers import (
     COLORS,

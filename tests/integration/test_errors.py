@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from service.decoder.sniff import NPY_MAGIC
 from service.torchserve_proc import TorchServeProcess
-from service.video import NPY_MAGIC
 from tests import media
 from tests.fuzz import targets as fuzz_targets
 from tests.integration.helpers import (

@@ -27,8 +27,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from service.decoder.decode import decode_clip
+from service.decoder.sampling import sample_frame_indices
 from service.models.families import get_family
-from service.video import decode_clip, sample_frame_indices
 from tests.media import npy_bytes
 
 TOL = 1.0 / 255 + 1e-6

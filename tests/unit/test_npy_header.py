@@ -1,4 +1,4 @@
-"""service.video's own .npy header parser: every malformed header is a 400 that
+"""The decoder's .npy header parser: every malformed header is a 400 that
 says what is wrong, every header over a limit a 413, before numpy allocates."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from service.video import BadVideoError, LimitExceededError, VideoError, decode_clip
+from service.decoder.decode import decode_clip
+from service.decoder.errors import BadVideoError, LimitExceededError, VideoError
+from service.gateway.errors import ERROR_CODES
 from tests import media
 
 CLIP = {"clip_len": 8, "frame_interval": 2, "crop_size": 64}
@@ -31,7 +33,7 @@ def test_unclosed_bracket_in_the_header_is_a_400_that_says_so() -> None:
     # The issue's input: numpy's own parser raises tokenize.TokenError on it (was a 500).
     header = "{'descr': '|u1', 'fortran_order': False, 'shape': (16, 64, 64, 3 }"
     err = reject(npy_v1(header + " " * 10 + "\n", b"\0" * (16 * 64 * 64 * 3)))
-    assert isinstance(err, BadVideoError) and err.status_code == 400
+    assert isinstance(err, BadVideoError) and ERROR_CODES[err.code].status == 400
     assert "malformed .npy header" in err.message and "does not match" in err.message
 
 
@@ -63,7 +65,7 @@ def test_unclosed_bracket_in_the_header_is_a_400_that_says_so() -> None:
 )
 def test_malformed_headers_are_400_and_say_what_is_wrong(data: bytes, fragment: str) -> None:
     err = reject(data)
-    assert isinstance(err, BadVideoError) and err.status_code == 400, err
+    assert isinstance(err, BadVideoError) and ERROR_CODES[err.code].status == 400, err
     assert fragment in err.message, err.message
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from service.config import Settings
+from service.decoder import errors as decoder_errors
 from service.gateway import create_app
+from service.gateway.errors import ERROR_CODES, GatewayError
 from service.gateway.keys import hash_key
 
 
@@ -43,6 +45,36 @@ def test_every_status_is_documented_with_the_error_body(
         assert has_retry_after == (int(status) in (429, 503)), (path, status)
         has_challenge = "WWW-Authenticate" in doc.get("headers", {})
         assert has_challenge == (int(status) == 401), (path, status)
+
+
+def _domain_codes() -> set[str]:
+    """The code of every typed error: the decoder's, and each gateway error class that
+    names its own (not the base, nor ``VideoRejected``, which passes the decoder's on)."""
+    codes = set(decoder_errors.CODES)
+    pending = [GatewayError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if "code" in vars(cls) and cls is not GatewayError:
+            codes.add(cls.code)
+    return codes
+
+
+def test_every_domain_error_code_has_a_status_and_is_documented(spec: dict[str, Any]) -> None:
+    """One table: each error's code has its status there, and the OpenAPI document
+    names the code under that status (the one exception is 499, which no client reads)."""
+    codes = _domain_codes()
+    assert len(codes) > 20 and {"bad_video", "too_many_frames", "bad_multipart"} <= codes
+    assert codes <= set(ERROR_CODES), codes - set(ERROR_CODES)
+    documented: dict[int, str] = {}
+    for ops in spec["paths"].values():
+        for op in ops.values():
+            for status, doc in op["responses"].items():
+                documented[int(status)] = documented.get(int(status), "") + doc["description"]
+    for code in codes:
+        entry = ERROR_CODES[code]
+        assert (f"`{code}`" in documented.get(entry.status, "")) == entry.answered, code
+    assert {c for c in codes if not ERROR_CODES[c].answered} == {"client_disconnected"}
 
 
 def test_422_is_the_gateways_error_body_not_fastapis(spec: dict[str, Any]) -> None:

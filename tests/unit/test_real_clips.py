@@ -15,7 +15,7 @@ import pytest
 
 from service import cli, real_clips
 from service.commands.real_clips import RealClipsConfig, run
-from service.video import decode_clip
+from service.decoder.decode import decode_clip
 from tests.sysdeps import require_real_clips
 
 MANIFEST = Path(__file__).resolve().parents[2] / "docs/results/i3d/real_clips_manifest.json"

@@ -1,4 +1,4 @@
-"""service.video: sampling maths, every accepted format, and every rejection.
+"""service.decoder: sampling maths, every accepted format, and every rejection.
 
 Videos are real files encoded by PyAV (tests/media.py); their frames carry the
 frame index in a black/white bit grid and a seed-derived background colour, so
@@ -17,17 +17,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.video as video
-from service.video import (
+from service.decoder import resize
+from service.decoder.clip import DecodedClip
+from service.decoder.decode import decode_clip
+from service.decoder.errors import (
+    LIMIT_CODES,
     BadVideoError,
-    DecodedClip,
-    DecodeLimits,
     LimitExceededError,
     NotAVideoError,
     VideoError,
-    decode_clip,
-    sample_frame_indices,
 )
+from service.decoder.limits import DecodeLimits
+from service.decoder.sampling import sample_frame_indices
+from service.gateway.errors import ERROR_CODES
 from tests import media
 
 
@@ -200,13 +202,13 @@ def test_only_sampled_frames_are_converted(
     encoded_video: EncodeVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[int, ...]] = []
-    real = video._resize_crop
+    real = resize.resize_crop
 
     def counting(image: np.ndarray, crop_size: int) -> np.ndarray:
         calls.append(image.shape)
         return real(image, crop_size)
 
-    monkeypatch.setattr(video, "_resize_crop", counting)
+    monkeypatch.setattr(resize, "resize_crop", counting)
     clip = decode_clip(encoded_video("webm_vp8", t=40, h=96, w=128), **CLIP)
     assert len(calls) == len(set(clip.frame_indices.tolist())) == 8
     looped = decode_clip(encoded_video("mp4_h264", t=5, h=64, w=80), **CLIP)
@@ -286,7 +288,7 @@ def raises(
         decode_clip(data, **args)  # type: ignore[arg-type]
     err = info.value
     assert isinstance(err, VideoError)
-    assert (err.status_code, err.code) == (status, code)
+    assert (ERROR_CODES[err.code].status, err.code) == (status, code)
     assert err.message and str(err) == err.message
     return err
 
@@ -485,10 +487,10 @@ def test_npy_header_and_payload_disagree() -> None:
 def test_error_classes() -> None:
     assert issubclass(BadVideoError, VideoError) and issubclass(NotAVideoError, VideoError)
     assert issubclass(LimitExceededError, VideoError)
-    assert (BadVideoError.status_code, BadVideoError.code) == (400, "bad_video")
-    assert (NotAVideoError.status_code, NotAVideoError.code) == (415, "not_a_video")
-    assert LimitExceededError.status_code == 413
-    codes = {LimitExceededError(name, 2, 1, "m").code for name in video.LIMIT_CODES}
+    assert (ERROR_CODES[BadVideoError.code].status, BadVideoError.code) == (400, "bad_video")
+    assert (ERROR_CODES[NotAVideoError.code].status, NotAVideoError.code) == (415, "not_a_video")
+    codes = {LimitExceededError(name, 2, 1, "m").code for name in LIMIT_CODES}
+    assert {ERROR_CODES[code].status for code in codes} == {413}
     assert codes == {"video_too_large", "frame_too_large", "too_many_frames", "decode_timeout"}
 
 

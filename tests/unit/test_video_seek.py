@@ -1,4 +1,4 @@
-"""service.video skips to keyframes: the same clip as the sequential decode, fewer frames.
+"""The decoder skips to keyframes: the same clip as the sequential decode, fewer frames.
 
 Each file is decoded twice, ``seek=True`` (the default) and ``seek=False`` (every frame up
 to the last sampled one, the decoder as it was), and the clips must be identical: frames
@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import video
-from service.video import DecodedClip, decode_clip
+from service.decoder import pyav
+from service.decoder.clip import DecodedClip
+from service.decoder.decode import decode_clip
+from service.decoder.keyframes import KeyIndex
 from tests import media
 from tests.sysdeps import require_real_clips
 
@@ -117,7 +119,7 @@ def keys(*packets: tuple[int | None, bool]) -> list[tuple[int | None, int | None
 
 
 def test_key_index_refuses_timestamps_that_cannot_name_frames() -> None:
-    build = video._KeyIndex.build
+    build = KeyIndex.build
     assert build(keys((0, True), (1, False), (None, False)), 3, False) is None  # a missing pts
     assert build(keys((0, True), (1, False), (1, True)), 3, False) is None  # a repeated pts
     assert build(keys((0, True), (1, False)), 3, False) is None  # the header counts 3 frames
@@ -158,7 +160,7 @@ def test_real_clips_identical_to_the_sequential_decode(
     paths = require_real_clips()
     for name, path in paths.items():
         caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger=video.__name__):
+        with caplog.at_level(logging.DEBUG, logger=pyav.__name__):
             sequential, seeking = both(path.read_bytes(), clip_len, interval, crop=112)
         assert_same(sequential, seeking)
         assert not any("gave up" in r.getMessage() for r in caplog.records), name
@@ -176,15 +178,15 @@ def test_a_wrong_index_gives_up_and_decodes_sequentially(
     # gives a frame that is not a keyframe, or not the frame expected, and the request
     # falls back to the sequential decode, with the same clip.
     data = toy_files["mkv_h264"]
-    build = video._KeyIndex.build
+    build = KeyIndex.build
 
     def lying(*args: Any) -> Any:
         index = build(*args)
-        return None if index is None else video._KeyIndex(index.rank, (0, 11, 19))
+        return None if index is None else KeyIndex(index.rank, (0, 11, 19))
 
     sequential = decode_clip(data, seek=False, **CLIP8)
-    monkeypatch.setattr(video._KeyIndex, "build", lying)
-    with caplog.at_level(logging.DEBUG, logger=video.__name__):
+    monkeypatch.setattr(KeyIndex, "build", lying)
+    with caplog.at_level(logging.DEBUG, logger=pyav.__name__):
         seeking = decode_clip(data, **CLIP8)
     assert any("gave up" in r.getMessage() for r in caplog.records)
     assert_same(sequential, seeking)

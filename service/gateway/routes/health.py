@@ -27,7 +27,6 @@ async def readyz(catalog: CatalogDep, settings: SettingsDep) -> JSONResponse:
     if await catalog.ready():
         return JSONResponse({"status": "ready", "model": await catalog.default_name()})
     return error_response(
-        503,
         "not_ready",
         "the model backend is not reachable or the default model has no ready worker yet; "
         "the gateway keeps probing and recovers by itself",

@@ -1,9 +1,10 @@
 """The one reader of ``.npy`` arrays from untrusted bytes, on numpy's own parser.
 
 Three callers read ``.npy`` from bytes they did not write: the gateway's decoder
-(:mod:`service.video`, an uploaded clip), the wire format (:mod:`service.wire`,
-the backend's logits) and the TorchServe handler (:mod:`service.handler`, a
-request batch). All three use :func:`read_header` and :meth:`NpyHeader.view`:
+(:mod:`service.decoder.npy_clip`, an uploaded clip), the wire format
+(:mod:`service.wire`, the backend's logits) and the TorchServe handler
+(:mod:`service.handler`, a request batch). All three use :func:`read_header` and
+:meth:`NpyHeader.view`:
 
 1. ``numpy.lib.format.read_magic`` and ``read_array_header_1_0/2_0`` parse the
    header (``ast.literal_eval``, never pickle), reading through a file-like view
@@ -22,8 +23,8 @@ which UTF-8 and latin-1 agree: a 3.0 file is read with ``read_array_header_2_0``
 and gives the array ``numpy.load`` gives; a non-ASCII 3.0 header is refused
 either way (only error messages could differ, in the non-ASCII characters).
 
-This module imports numpy only: :mod:`service.archive` packs it beside
-``handler.py`` into every ``.mar``, where TorchServe loads the handler without
+This module imports numpy only: :mod:`service.archive` packs it as ``npy_reader.py``
+beside ``handler.py`` into every ``.mar``, where TorchServe loads the handler without
 the ``service`` package.
 """
 
