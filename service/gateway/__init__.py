@@ -5,7 +5,7 @@ Layout: ``app`` (factory and lifespan), ``routes/`` (one router per resource),
 ``pipeline`` (the defended classify path), ``backend`` (the model-server protocol
 and its TorchServe client), ``catalog`` (model metadata and readiness),
 ``upload`` (streamed, size- and time-limited uploads), ``admission`` (overload
-control), ``errors`` (typed exceptions -> HTTP), ``metrics``, ``logs``,
+control), ``errors`` (typed exceptions and the code -> status table), ``metrics``, ``logs``,
 ``middleware`` (request id, access log, request counter).
 """
 
