@@ -15,7 +15,7 @@ import torch
 from ts.context import Context, RequestProcessor
 
 from service import handler as handler_mod
-from service.archive import build_mar, sha256_file, validate_meta
+from service.archive import HANDLER_MODULES, build_mar, sha256_file, validate_meta
 from service.wire import decode_logits, encode_clips
 
 META = dict(
@@ -72,6 +72,20 @@ def test_archive_contents_and_sha(unpacked: Path) -> None:
     for key in ("name", "arch", "clip_len", "frame_interval", "crop_size", "labels", "preset"):
         assert meta[key] == META[key]
     assert "batchSize: 4" in (unpacked / "model-config.yaml").read_text()
+
+
+def test_handler_imports_its_npy_reader_from_beside_it(unpacked: Path) -> None:
+    """TorchServe imports handler.py as a top-level module of the unpacked archive: it
+    finds the decoder's .npy reader beside it (packed as npy_reader.py), no project."""
+    assert set(HANDLER_MODULES) <= {p.name for p in unpacked.iterdir()}
+    for name, source in HANDLER_MODULES.items():
+        assert (unpacked / name).read_bytes() == source.read_bytes()
+    code = (
+        "import sys; sys.path.insert(0, '.'); import handler; "
+        "assert handler.npy_reader.__name__ == 'npy_reader'; "
+        "assert not any(m.split('.')[0] == 'service' for m in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-I", "-c", code], cwd=unpacked, check=True)
 
 
 def test_weights_load_without_project_code(unpacked: Path, tiny_model: torch.nn.Module) -> None:
