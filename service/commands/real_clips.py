@@ -70,7 +70,7 @@ def run(args: RealClipsConfig) -> int:
         "stride": args.stride,
         "sampling": "window w of a source holds its frames s_w + i * frame_interval,"
         " i < clip_len, s_w = w * stride, while the window fits; frame i is the decoder's"
-        " i-th frame (service.decoder's count)",
+        " i-th frame (service.video's count)",
         "clip_format": "FFV1 in Matroska, the source's decoded pixels unchanged (lossless)",
         "frames_sha256": "sha256 of the window's frames as uint8 RGB [T, H, W, 3] (rgb24)",
         "labels": "none: not Kinetics data; a clip's reference label is the undefended"
