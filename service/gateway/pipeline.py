@@ -7,7 +7,7 @@ and gets a :class:`Verdict` back; everything in between happens here, in
 
 The backend sees the clip and its frame indices (``[N + 1, T]``, row 0 the
 identity: the undefended prediction; rows 1..N Algorithm 1's shuffles, drawn by
-:func:`service.defense_np.ensemble_indices` from the request's seed). Two ways to
+:func:`service.core.shuffle.ensemble_indices` from the request's seed). Two ways to
 send them (the ``shuffle_mode`` setting):
 
 * ``index`` (default): the uint8 clip once plus the indices; the backend
@@ -16,7 +16,7 @@ send them (the ``shuffle_mode`` setting):
 
 With early stopping (the ``early_stop`` setting, or ``early_stop=false`` per
 request in research mode) the copies are classified in rounds
-(:class:`service.defense_np.EarlyStop`): a round's rows are the next copies in
+(:class:`service.core.vote.EarlyStop`): a round's rows are the next copies in
 index order, and the vote stops as soon as its label and ``suspected_adversarial``
 flag equal what the full ``N``-copy vote would give. ``votes`` then sum to
 ``votes_cast`` (< ``ensemble``); ``ensemble`` stays the requested ``N``.
@@ -39,7 +39,8 @@ import anyio.to_thread
 import numpy as np
 
 from service.config import Settings
-from service.defense_np import EarlyStop, ensemble_indices, softmax, suspected, vote
+from service.core.shuffle import ensemble_indices
+from service.core.vote import EarlyStop, softmax, suspected, vote
 from service.gateway.admission import Admission
 from service.gateway.backend import Backend, ModelMeta
 from service.gateway.catalog import ModelCatalog
@@ -112,7 +113,7 @@ def build_batch(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
     Args:
         frames: uint8 ``[T, H, W, 3]`` RGB 0..255.
         indices: int64 ``[R, T]``, values in ``[0, T)`` (e.g. rows of
-            :func:`service.defense_np.ensemble_indices`).
+            :func:`service.core.shuffle.ensemble_indices`).
     """
     return np.take(np.ascontiguousarray(frames), indices, axis=0)
 
@@ -355,7 +356,7 @@ class Pipeline:
             outcome = vote(copies)
         label = outcome.label
         votes_for = int(outcome.counts[label])
-        flag = suspected(undefended, label, votes_for, N, threshold)
+        flag = suspected(undefended, label, votes_for / N, threshold)
         timings["vote"] += (time.perf_counter() - t) * 1e3
         return Verdict(
             model=meta.name,

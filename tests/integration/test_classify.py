@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service import wire
-from service.defense_np import ensemble_indices
+from service.core.shuffle import ensemble_indices
 from service.gateway.pipeline import build_batch
 from service.torchserve_proc import TorchServeProcess
 from service.video import decode_clip

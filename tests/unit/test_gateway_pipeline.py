@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from service import wire
 from service.config import Settings
-from service.defense_np import ShufflePreset, ensemble_indices
+from service.core.presets import ShufflePreset
+from service.core.shuffle import ensemble_indices
 from service.gateway.backend import ModelMeta
 from service.gateway.errors import InvalidParameter
 from service.gateway.pipeline import Effective, Pipeline, build_batch
