@@ -142,33 +142,70 @@ async def read_upload(
             await _drain(request, linger_s, body_limit * 4)
         raise UploadTooLarge(_too_large(max_bytes))
 
-    collector: _FilePart | None = None
-    parser: MultipartParser | None = None
-    if is_multipart:
-        boundary = params.get(b"boundary")
-        if not boundary:
-            raise BadMultipart("multipart/form-data without a boundary; let the client set it")
-        collector = _FilePart(max_bytes)
-        try:
-            parser = MultipartParser(
-                boundary,
-                {
-                    "on_part_begin": collector.on_part_begin,
-                    "on_part_data": collector.on_part_data,
-                    "on_part_end": collector.on_part_end,
-                    "on_header_field": collector.on_header_field,
-                    "on_header_value": collector.on_header_value,
-                    "on_header_end": collector.on_header_end,
-                    "on_headers_finished": collector.on_headers_finished,
-                },
-                max_size=body_limit,
+    collector = _FilePart(max_bytes) if is_multipart else None
+    parser = _multipart_parser(params, collector, body_limit) if collector is not None else None
+    raw = await _receive(request, parser, max_bytes, body_limit, timeout_s, linger_s)
+    if collector is not None:
+        if not collector.found:
+            raise MissingFileField(
+                f"multipart upload without a {FILE_FIELD!r} field; send the clip as "
+                f"-F {FILE_FIELD}=@clip.mp4 or as the raw body"
             )
-        except FormParserError as exc:  # e.g. a boundary over python-multipart's 256 bytes
-            raise BadMultipart(
-                f"multipart/form-data with an unusable boundary ({exc}); RFC 2046 boundaries"
-                " are 1 to 70 characters, let the client set it"
-            ) from None
+        upload = Upload(bytes(collector.data), collector.content_type, collector.filename)
+    else:
+        upload = Upload(bytes(raw), content_type)
+    if not upload.data:
+        raise EmptyUpload("the upload is empty; send a video file or an .npy clip")
+    return Upload(upload.data, _meaningful(upload.content_type), upload.filename)
 
+
+def _meaningful(ctype: str | None) -> str | None:
+    """The media type without parameters, None when it says nothing about the clip."""
+    if ctype is not None:
+        ctype = ctype.split(";", 1)[0].strip().lower() or None
+    if ctype in ("application/octet-stream", "application/x-www-form-urlencoded"):
+        ctype = None  # says nothing (curl --data-binary sends the latter): sniff instead
+    return ctype
+
+
+def _multipart_parser(
+    params: dict[bytes, bytes], collector: _FilePart, body_limit: int
+) -> MultipartParser:
+    """A push parser of the multipart body that hands its parts to ``collector``."""
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadMultipart("multipart/form-data without a boundary; let the client set it")
+    try:
+        return MultipartParser(
+            boundary,
+            {
+                "on_part_begin": collector.on_part_begin,
+                "on_part_data": collector.on_part_data,
+                "on_part_end": collector.on_part_end,
+                "on_header_field": collector.on_header_field,
+                "on_header_value": collector.on_header_value,
+                "on_header_end": collector.on_header_end,
+                "on_headers_finished": collector.on_headers_finished,
+            },
+            max_size=body_limit,
+        )
+    except FormParserError as exc:  # e.g. a boundary over python-multipart's 256 bytes
+        raise BadMultipart(
+            f"multipart/form-data with an unusable boundary ({exc}); RFC 2046 boundaries"
+            " are 1 to 70 characters, let the client set it"
+        ) from None
+
+
+async def _receive(
+    request: Request,
+    parser: MultipartParser | None,
+    max_bytes: int,
+    body_limit: int,
+    timeout_s: float,
+    linger_s: float,
+) -> bytearray:
+    """Stream the body in under the limits: into ``parser`` (multipart), else the
+    returned bytes."""
     raw = bytearray()
     received = 0
     try:
@@ -194,27 +231,7 @@ async def read_upload(
         raise ClientDisconnected("the client closed the connection during the upload") from None
     except FormParserError as exc:
         raise BadMultipart(f"the multipart body is malformed: {exc}") from None
-
-    if collector is not None:
-        if not collector.found:
-            raise MissingFileField(
-                f"multipart upload without a {FILE_FIELD!r} field; send the clip as "
-                f"-F {FILE_FIELD}=@clip.mp4 or as the raw body"
-            )
-        data = bytes(collector.data)
-        ctype = collector.content_type
-        filename = collector.filename
-    else:
-        data = bytes(raw)
-        ctype = content_type
-        filename = None
-    if not data:
-        raise EmptyUpload("the upload is empty; send a video file or an .npy clip")
-    if ctype is not None:
-        ctype = ctype.split(";", 1)[0].strip().lower() or None
-    if ctype in ("application/octet-stream", "application/x-www-form-urlencoded"):
-        ctype = None  # says nothing (curl --data-binary sends the latter): sniff instead
-    return Upload(data=data, content_type=ctype, filename=filename)
+    return raw
 
 
 async def _drain(request: Request, linger_s: float, max_bytes: int) -> None:
