@@ -194,8 +194,8 @@ class RunRecord:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in [0, 1]), see :func:`service.stats.percentile`."""
-    from service.stats import percentile as _percentile
+    """Nearest-rank percentile (``q`` in [0, 1]), see :func:`service.core.stats.percentile`."""
+    from service.core.stats import percentile as _percentile
 
     return _percentile(sorted_values, 100 * q)
 

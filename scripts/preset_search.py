@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from service.defense import ShuffleEnsemble, ShufflePreset, majority_vote_batch, make_generator
+from service.core.ensemble import ShuffleEnsemble, majority_vote_batch, make_generator
+from service.core.presets import ShufflePreset
 from service.robustness.attacks import EOT, IFGSM
 from service.toy.data import load_toy_dataset
 from service.train import clips_to_input, load_checkpoint, stratified_holdout

@@ -386,7 +386,7 @@ def prepare_family(
     Raises:
         ArchiveError, CheckpointError (both ValueError): what is wrong, nothing written.
     """
-    from service.defense import preset_for_arch
+    from service.core.presets import preset_for_arch
     from service.models.checkpoints import fit_state_dict, read_checkpoint
     from service.models.families import build_family, get_family
 

@@ -100,8 +100,8 @@ class ServeBenchConfig(ExperimentConfig):
 # statistics and report
 # --------------------------------------------------------------------------- #
 def percentiles(values_ms: list[float]) -> dict[str, float]:
-    """p50/p95 by the project's one percentile definition (:func:`service.stats.percentile`)."""
-    from service.stats import percentile
+    """p50/p95 by the one percentile definition (:func:`service.core.stats.percentile`)."""
+    from service.core.stats import percentile
 
     arr = np.asarray(values_ms, dtype=np.float64)
     return {

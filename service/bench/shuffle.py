@@ -6,12 +6,12 @@ interleaved round by round in one process so that drift (turbo, other load)
 hits all alike:
 
 * ``blocks`` -- what the TorchServe handler runs in index mode:
-  :func:`service.defense.shuffle_indices` + :func:`service.handler.gather_frames`
+  :func:`service.core.ensemble.shuffle_indices` + :func:`service.handler.gather_frames`
   (each frame one contiguous block: ``np.take`` on the ``[T, frame bytes]`` view
   split over ``threads`` threads on the CPU, ``index_select`` on dim 0 of that
   view on a GPU);
-* ``vectorized`` -- :func:`service.defense.shuffle_indices` on the host +
-  :func:`service.defense.apply_shuffles` on the clip's device (index maths + one
+* ``vectorized`` -- :func:`service.core.ensemble.shuffle_indices` on the host +
+  :func:`service.core.ensemble.apply_shuffles` on the clip's device (index maths + one
   ``index_select`` on the 4-d clip: the research harness's differentiable path);
 * ``per_frame`` -- a plain Python implementation of Algorithm 1
   (:func:`shuffle_per_frame`): ``random`` draws and one frame copy at a time;
@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from service.defense import apply_shuffles, make_generator, shuffle_indices
+from service.core.ensemble import apply_shuffles, make_generator, shuffle_indices
 from service.experiments.config import ExperimentConfig, opt
 from service.handler import gather_frames
 
@@ -48,7 +48,7 @@ def shuffle_per_frame(
     """Algorithm 1 written the slow way: Python draws, one frame copied at a time.
 
     ``clip`` is ``[T, ...]``; returns ``[n, T, ...]``. Same semantics and edge
-    cases as :func:`service.defense.shuffle_indices` (an empty window keeps the
+    cases as :func:`service.core.ensemble.shuffle_indices` (an empty window keeps the
     group's own frames); used as the benchmark's baseline and a test oracle.
     """
     T = clip.shape[0]

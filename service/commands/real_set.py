@@ -80,7 +80,7 @@ def choose_windows(files: list[str], per_source: int) -> list[str]:
 
 def build_checkpoint(args: RealSetConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The family at the set's size with the converted weights, as a training checkpoint."""
-    from service.defense import preset_for_arch
+    from service.core.presets import preset_for_arch
     from service.models.checkpoints import fit_state_dict, read_checkpoint
     from service.models.families import build_family, get_family, kinetics400_labels
 

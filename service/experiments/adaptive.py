@@ -51,13 +51,13 @@ from typing import Any
 
 import torch
 
-from service.defense_np import count_shuffles
+from service.core.shuffle import count_shuffles
+from service.core.stats import wilson
 from service.experiments import common, report
 from service.experiments.config import AnalysisConfig, opt
 from service.robustness.attacks import IFGSM
 from service.robustness.registry import ATTACKS, RowContext, adaptive_attacks, eot_for_row
 from service.robustness.smoothing import ShuffleVote
-from service.stats import wilson
 
 __all__ = ["AdaptiveConfig", "run", "run_adaptive", "sanity_checks", "static_share"]
 

@@ -8,7 +8,7 @@ Clips are decoded exactly as the gateway decodes an upload
 ``crop_size``, ``resize`` and ``transform``), so the audit sees what the served model
 would see. Gradients flow through the archived network itself.
 
-Measured (accuracy, with Wilson intervals from :mod:`service.stats`):
+Measured (accuracy, with Wilson intervals from :mod:`service.core.stats`):
 
 * on the evaluated clips: clean accuracy undefended and defended (the shuffle
   ensemble with the archive's preset), uniformized accuracy (paper Table 1: every
@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from service.defense import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.experiments import common, report
 from service.experiments.config import (
     ExperimentConfig,
@@ -421,7 +421,7 @@ def _score(
 
 def _clip_cells(p: _Plan, records: Records, chunk: list[int], x: torch.Tensor, bar: Any) -> None:
     """Clean (both rows), uniformized and permuted records of the clips ``chunk``."""
-    from service.analysis import chunk_shuffle_indices, uniformize
+    from service.core.transforms import chunk_shuffle_indices, uniformize
 
     s, T = p.config.seed, x.shape[2]
     y = [p.rows[i].label for i in chunk]
@@ -508,7 +508,7 @@ def _tune(p: _Plan, x: torch.Tensor) -> dict[str, Any]:
 
 def _latency(p: _Plan, x: torch.Tensor) -> dict[str, Any]:
     """Median seconds per clip of the undefended forward and of the defended vote."""
-    from service.stats import percentile
+    from service.core.stats import percentile
 
     c = p.config
     undefended, defended = [], []
@@ -605,7 +605,7 @@ def _work(p: _Plan, records: Records, missing: set[Key], bar: Any) -> None:
 # Figures and the verdict
 # --------------------------------------------------------------------------- #
 def _figure(recs: list[dict[str, Any]], level: float) -> dict[str, Any]:
-    from service.stats import wilson
+    from service.core.stats import wilson
 
     k, n = sum(bool(r["correct"]) for r in recs), len(recs)
     low, high = wilson(k, n, level)
@@ -614,7 +614,7 @@ def _figure(recs: list[dict[str, Any]], level: float) -> dict[str, Any]:
 
 
 def _uniformized(recs: list[dict[str, Any]], level: float, seed: int) -> dict[str, Any]:
-    from service.stats import bootstrap_ci
+    from service.core.stats import bootstrap_ci
 
     per_clip = [r["correct_frames"] / r["frames"] for r in recs]
     if not per_clip:
@@ -770,9 +770,9 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         report.markdown_table(["measure", "clips", "accuracy (%)", f"{level} interval"], rows),
         "",
-        "Intervals: Wilson (`service.stats.wilson`); the uniformized row is the mean over"
+        "Intervals: Wilson (`service.core.stats.wilson`); the uniformized row is the mean over"
         " clips of each clip's accuracy over the T frames it can be uniformized to, with a"
-        " percentile bootstrap interval over clips (`service.stats.bootstrap_ci`).",
+        " percentile bootstrap interval over clips (`service.core.stats.bootstrap_ci`).",
         "",
         "## Recommended preset",
         "",

@@ -8,7 +8,7 @@
 * Seeds: :func:`derive_seed` turns a tuple of integers into one 63-bit seed
   (``numpy.random.SeedSequence``), so every random draw of a work unit is fixed by
   what the unit is, not by the order units run in.
-* Statistics live in :mod:`service.stats` (scipy).
+* Statistics live in :mod:`service.core.stats` (scipy).
 * Outputs: :mod:`service.experiments.report` (the one report writer); configs and
   the produced-by command: :mod:`service.experiments.config`.
 """

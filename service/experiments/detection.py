@@ -2,7 +2,7 @@
 
 The gateway flags a clip when the undefended label differs from the ensemble's
 majority vote, or when the winning vote share is under a threshold (default 0.5;
-:func:`service.defense_np.suspected`). This analysis scores clean clips
+:func:`service.core.vote.suspected`). This analysis scores clean clips
 (negatives) against attacked clips (positives) with three signals of the shuffle
 ensemble:
 
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from service.core.stats import auc, roc_curve, wilson
+from service.core.vote import suspected
 from service.experiments import common, report
 from service.experiments.config import (
     ExperimentConfig,
@@ -40,7 +42,6 @@ from service.experiments.config import (
 from service.experiments.evaluate import EvalConfig
 from service.experiments.records import Records
 from service.robustness.registry import ATTACKS, PAPER_ATTACKS, Budget
-from service.stats import auc, roc_curve, wilson
 
 __all__ = ["SIGNALS", "DetectionConfig", "detection_results", "flag_at_fpr", "run"]
 
@@ -50,11 +51,11 @@ SIGNALS = ("vote_share", "disagreement", "gateway")
 def signal_scores(rec: dict[str, Any], threshold: float) -> dict[str, float]:
     """The three scores of one ``shuffle``-row record."""
     share = float(rec["vote_share"])
-    disagree = float(rec["undefended_pred"] != rec["pred"])
+    undefended, label = int(rec["undefended_pred"]), int(rec["pred"])
     return {
         "vote_share": 1.0 - share,
-        "disagreement": disagree,
-        "gateway": float(bool(disagree) or share < threshold),
+        "disagreement": float(undefended != label),
+        "gateway": float(suspected(undefended, label, share, threshold)),
     }
 
 

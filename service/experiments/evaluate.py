@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from service.archive import sha256_file
-from service.defense import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.experiments import common, report
 from service.experiments.config import (
     ExperimentConfig,

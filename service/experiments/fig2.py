@@ -3,10 +3,10 @@
 Two ways to scramble a clip with one group size ``N``:
 
 * **chunk** -- the frame order is randomized inside chunks of ``N`` consecutive
-  frames (:func:`service.analysis.chunk_shuffle_indices`); ``N = T`` is a full random
+  frames (:func:`service.core.transforms.chunk_shuffle_indices`); ``N = T`` is a full random
   permutation of the frames;
 * **row** -- the rows of every frame are permuted inside groups of ``N`` rows, the
-  same order for all frames (:func:`service.analysis.apply_row_shuffle`).
+  same order for all frames (:func:`service.core.transforms.apply_row_shuffle`).
 
 The paper's point: accuracy survives temporal randomization far better than
 spatial randomization of the same group size. Each clip gets a fresh draw; each
@@ -56,7 +56,7 @@ def _powers(limit: int) -> list[int]:
 def _randomizer(kind: str, n: int, T: int, gen: torch.Generator) -> Any:
     """``transform(batch, start)`` for :func:`common.predict`: the frame order in chunks
     of ``n`` (``chunk``) or the rows in groups of ``n`` (``row``), drawn from ``gen``."""
-    from service.analysis import apply_row_shuffle, chunk_shuffle_indices
+    from service.core.transforms import apply_row_shuffle, chunk_shuffle_indices
 
     def transform(b: torch.Tensor, _s: int) -> torch.Tensor:
         if kind == "chunk":

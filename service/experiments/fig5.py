@@ -3,8 +3,8 @@
 For each toy dataset (Sec. 3.2; :mod:`service.toy.data`) an R3D-18 is trained from
 scratch on the train split, then its test accuracy is measured when the frame order
 of every test clip is randomized inside chunks of ``N`` consecutive frames
-(:func:`service.analysis.chunk_shuffle_indices` applied with
-:func:`service.defense.apply_shuffles`; a fresh draw per clip, averaged over
+(:func:`service.core.transforms.chunk_shuffle_indices` applied with
+:func:`service.core.ensemble.apply_shuffles`; a fresh draw per clip, averaged over
 ``--draws`` seeded draws). ``N = 1`` is the clean clip, ``N = T`` a full random
 permutation.
 
@@ -90,8 +90,8 @@ def chunk_shuffle_transform(
     each clip randomized inside chunks of ``chunk`` frames, a fresh draw per clip,
     taken from ``generator`` (CPU) so a run is reproducible from its seed.
     """
-    from service.analysis import chunk_shuffle_indices
-    from service.defense import apply_shuffles
+    from service.core.ensemble import apply_shuffles
+    from service.core.transforms import chunk_shuffle_indices
 
     def transform(x: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[0], x.shape[2]

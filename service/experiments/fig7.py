@@ -4,7 +4,7 @@ Why does a model survive frame-order randomization? The paper's answer: the firs
 temporal convolution still sees many windows whose frames are in increasing order.
 For a first conv layer of temporal kernel ``k``, stride ``s`` and padding ``p`` (read
 from the model), the *monotonic ratio* of an order is the share of its windows with
-strictly increasing frame numbers (:func:`service.analysis.monotonic_ratio`).
+strictly increasing frame numbers (:func:`service.core.transforms.monotonic_ratio`).
 
 We draw frame orders -- chunk-wise randomizations of every chunk size ``2..T``, and
 Algorithm 1 shuffles for ``h1`` in ``--h1s`` (``h2 = 1``) -- apply each order to every
@@ -42,8 +42,8 @@ class Fig7Config(AnalysisConfig, analysis="fig7"):
 
 
 def _orders(T: int, args: Fig7Config) -> list[tuple[str, list[int]]]:
-    from service.analysis import chunk_shuffle_indices
-    from service.defense import shuffle_indices
+    from service.core.ensemble import shuffle_indices
+    from service.core.transforms import chunk_shuffle_indices
 
     out: list[tuple[str, list[int]]] = [("identity", list(range(T)))]
     chunks = [c for c in range(2, T + 1) if c in (args.chunk_sizes or range(2, T + 1))]
@@ -59,7 +59,7 @@ def _orders(T: int, args: Fig7Config) -> list[tuple[str, list[int]]]:
 def run_fig7(args: Fig7Config) -> dict[str, Any]:
     from scipy.stats import pearsonr, spearmanr
 
-    from service.analysis import monotonic_ratio
+    from service.core.transforms import monotonic_ratio
 
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)

@@ -34,7 +34,7 @@ class Fig8Config(AnalysisConfig, analysis="fig8"):
 
 
 def run_fig8(args: Fig8Config) -> dict[str, Any]:
-    from service.analysis import chunk_shuffle_indices
+    from service.core.transforms import chunk_shuffle_indices
 
     t0 = time.perf_counter()
     model, ckpt, subset, x, adv, per_clip = common.load_attacked(args)

@@ -133,7 +133,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def _clean(c: _Clips, i: int, cid: int) -> dict[str, Any]:
-    from service.analysis import chunk_shuffle_indices, uniformize
+    from service.core.transforms import chunk_shuffle_indices, uniformize
 
     x, T = c.x[i : i + 1], c.x.shape[2]
     uni = [c.plain(uniformize(x, p % T, 2), i) for p in c.cfg.uniform_positions]
@@ -235,7 +235,7 @@ def _order(cfg: I3DEvalConfig, index: list[int]) -> list[tuple[int, int]]:
 
 
 def _rate(name: str, correct: list[bool], what: str) -> dict[str, Any]:
-    from service.stats import wilson
+    from service.core.stats import wilson
 
     k, n = sum(correct), len(correct)
     lo, hi = wilson(k, n)

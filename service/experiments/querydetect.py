@@ -153,7 +153,8 @@ class LocalService:
     def __call__(self, clip: np.ndarray) -> Answer:
         import torch
 
-        from service.defense_np import ensemble_indices, softmax, vote
+        from service.core.shuffle import ensemble_indices
+        from service.core.vote import softmax, vote
         from service.experiments.common import to_float
 
         t = clip.shape[0]
@@ -306,7 +307,7 @@ def _record(spec: FingerprintSpec, history: int, clips: list[np.ndarray]) -> lis
 
 
 def _attack_row(records: list[dict[str, Any]], rule: Rule) -> dict[str, Any]:
-    from service.stats import percentile, wilson
+    from service.core.stats import percentile, wilson
 
     firsts = [first_detection(r["scores"], rule) for r in records if not r["skipped"]]
     hit = [f for f in firsts if f is not None]
@@ -317,7 +318,7 @@ def _attack_row(records: list[dict[str, Any]], rule: Rule) -> dict[str, Any]:
 
 
 def _benign_row(streams: list[list[Any]], rule: Rule) -> dict[str, Any]:
-    from service.stats import wilson
+    from service.core.stats import wilson
 
     queries = sum(sum(s is not None for s in st) for st in streams)
     flagged = sum(detections(st, rule) for st in streams)
@@ -401,9 +402,9 @@ def noise_cost(config: QueryDetectConfig, model: Any, meta: dict[str, Any],
                clips: list[tuple[np.ndarray, int]]) -> dict[str, Any]:  # fmt: skip
     """Square with ``n`` noise per query sent, ``cost_queries`` each: success (Wilson 95%),
     queries, and the best (lowest) margin of the true label the attacker saw."""
+    from service.core.stats import wilson
     from service.experiments.common import derive_seed
     from service.robustness.blackbox import margin
-    from service.stats import wilson
 
     out: dict[str, Any] = {}
     for n in config.cost_noise:

@@ -250,7 +250,7 @@ def _attack_setting(
 
 def summarize(rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     """Success rate (Wilson 95%) over the clips the service got right, queries, norms."""
-    from service.stats import percentile, wilson
+    from service.core.stats import percentile, wilson
 
     attacked = [r for r in rows if not r["skipped"]]
     wins = [r for r in attacked if r["success"]]

@@ -19,7 +19,7 @@ one directory per model (``--runs``), each holding
 * optionally ``tune/fig10.json`` -- the ``shuffleguard tune`` that chose the preset
   (its command is listed with the others).
 
-Every figure carries a 95% Wilson interval (:func:`service.stats.wilson`) over its
+Every figure carries a 95% Wilson interval (:func:`service.core.stats.wilson`) over its
 clips. Uniformized and permuted accuracies are means over frames / draws of
 accuracies on the same ``n`` clips; their interval is the Wilson interval of that
 mean as a share of ``n`` (the spread of one frame's or one draw's accuracy).
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from service.core.stats import wilson
 from service.experiments import report
 from service.experiments.config import ExperimentConfig, opt, out_opt
-from service.stats import wilson
 
 __all__ = ["PAPER", "RegimeConfig", "collect", "load_run", "run", "run_regime"]
 

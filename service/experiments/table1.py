@@ -1,7 +1,7 @@
 """Table 1: accuracy on uniformized clips (paper Sec. 3.1).
 
 A uniformized clip repeats one frame ``i`` at every position
-(:func:`service.analysis.uniformize`): it keeps all the spatial content of that frame
+(:func:`service.core.transforms.uniformize`): it keeps all the spatial content of that frame
 and has no motion at all. A model that still classifies it leans on spatial cues.
 For every frame position ``i`` (``--positions``, default all) we report the test
 accuracy on clips uniformized to frame ``i``, beside the accuracy on the original
@@ -28,7 +28,7 @@ class Table1Config(AnalysisConfig, analysis="table1"):
 
 
 def run_table1(args: Table1Config) -> dict[str, Any]:
-    from service.analysis import uniformize
+    from service.core.transforms import uniformize
 
     t0 = time.perf_counter()
     model, ckpt, subset, x = common.load_inputs(args)

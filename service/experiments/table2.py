@@ -54,7 +54,7 @@ def _permuted_accuracies(
     model: Any, clips: torch.Tensor, labels: torch.Tensor, args: Table2Config
 ) -> list[float]:
     """Accuracy on ``clips`` with every clip's frames fully permuted, per seeded draw."""
-    from service.analysis import chunk_shuffle_indices
+    from service.core.transforms import chunk_shuffle_indices
 
     T, out = clips.shape[2], []
     for draw in range(args.draws):

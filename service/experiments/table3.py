@@ -2,7 +2,7 @@
 
 I-FGSM clips (``eps = 4/255``, 30 steps, crafted against the undefended model) are
 uniformized: every frame is replaced by adversarial frame ``i``
-(:func:`service.analysis.uniformize`). If the attack's power lay in each frame on its
+(:func:`service.core.transforms.uniformize`). If the attack's power lay in each frame on its
 own, a uniformized adversarial clip would still fool the model; if it lies in the
 temporal arrangement of the perturbation, accuracy comes back. Clean clips
 uniformized the same way are the reference (the model's spatial accuracy, Table 1).
@@ -29,7 +29,7 @@ class Table3Config(AnalysisConfig, analysis="table3"):
 
 
 def run_table3(args: Table3Config) -> dict[str, Any]:
-    from service.analysis import uniformize
+    from service.core.transforms import uniformize
 
     t0 = time.perf_counter()
     model, ckpt, subset, x, adv, per_clip = common.load_attacked(args)

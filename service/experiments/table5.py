@@ -2,7 +2,7 @@
 
 :func:`summarize` turns records into cells (accuracy per row x column, a Student-t
 interval over seeds and a Wilson interval over clip x seed trials, from
-:mod:`service.stats`), the EOT credibility check and the shuffle row's goals;
+:mod:`service.core.stats`), the EOT credibility check and the shuffle row's goals;
 :func:`write_outputs` writes ``table5.{csv,json,md,png}`` and ``per_clip.csv``
 through the one report writer (:func:`service.experiments.report.write_report`).
 Titles of rows and columns come from the registry.
@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from service import stats
+from service.core import stats
 from service.experiments import report
 from service.experiments.records import Records
 from service.robustness.registry import ATTACKS, DEFENSE_ROWS

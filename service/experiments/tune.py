@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from service.defense import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.experiments import common, report
 from service.experiments.config import AnalysisConfig, attack_batch_opt, opt, out_opt
 from service.robustness.attacks import EOT

@@ -39,7 +39,7 @@ import numpy as np
 import tenacity
 
 from service import wire
-from service.defense_np import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.gateway.errors import (
     BackendError,
     BackendOverloaded,

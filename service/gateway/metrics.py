@@ -15,6 +15,9 @@ memory-mapped files there, :meth:`GatewayMetrics.render` aggregates them with a
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,7 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE_LATEST", "STAGES", "GatewayMetrics", "multiprocess_dir"]
+__all__ = ["CONTENT_TYPE_LATEST", "STAGES", "GatewayMetrics", "StageTimer", "multiprocess_dir"]
 
 #: pipeline stages timed by ``request_duration_seconds{stage}``
 STAGES = ("decode", "shuffle", "backend", "vote", "total")
@@ -57,6 +60,34 @@ AGREEMENT_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class StageTimer:
+    """The stage clock of one request: the one source of its stage times.
+
+    ``with timer.stage("decode"): ...`` adds the block's wall time to that stage (a
+    stage may run several times, e.g. one ``backend`` call per round). :meth:`report`
+    is the response's ``timings_ms``, and :meth:`GatewayMetrics.observe_stages` feeds
+    the same numbers to ``request_duration_seconds{stage}``.
+    """
+
+    def __init__(self, started: float | None = None) -> None:
+        #: the request's arrival (``time.perf_counter``), the start of ``total``
+        self.started = time.perf_counter() if started is None else started
+        self.ms = {stage: 0.0 for stage in STAGES if stage != "total"}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] += (time.perf_counter() - t) * 1e3
+
+    def report(self) -> dict[str, float]:
+        """Every stage and ``total`` (arrival until now), in ms rounded to 1 us."""
+        total = (time.perf_counter() - self.started) * 1e3
+        return {k: round(v, 3) for k, v in {**self.ms, "total": total}.items()}
 
 
 #: every metric name starts with ``shuffleguard_``

@@ -1,13 +1,21 @@
 """The classify path, one way through: admission -> upload -> model -> parameters ->
-decode -> indices -> backend rounds -> vote -> metrics.
+preprocess (decode) -> predict (indices, backend rounds, vote) -> postprocess (the
+verdict) -> metrics.
 
 The route hands over a validated :class:`~service.gateway.schemas.ClassifyRequest`
 and gets a :class:`Verdict` back; everything in between happens here, in
-:meth:`Pipeline.run`.
+:meth:`Pipeline.run`. The request's parameters are settled once
+(:meth:`Pipeline.effective`: the request's, else the server's, else the model's
+preset) and keep their query names (``ensemble``, ``h1``, ``h2``, ``seed``,
+``early_stop``) down to :func:`~service.core.shuffle.ensemble_indices`, whose
+``indices`` go over the wire under that name. ``defense=false`` means no shuffles
+(:attr:`Effective.shuffles` is None). Each stage runs inside a
+:class:`~service.gateway.metrics.StageTimer` block, whose readings are both the
+response's ``timings_ms`` and the ``request_duration_seconds{stage}`` histograms.
 
 The backend sees the clip and its frame indices (``[N + 1, T]``, row 0 the
 identity: the undefended prediction; rows 1..N Algorithm 1's shuffles, drawn by
-:func:`service.defense_np.ensemble_indices` from the request's seed). Two ways to
+:func:`service.core.shuffle.ensemble_indices` from the request's seed). Two ways to
 send them (the ``shuffle_mode`` setting):
 
 * ``index`` (default): the uint8 clip once plus the indices; the backend
@@ -16,7 +24,7 @@ send them (the ``shuffle_mode`` setting):
 
 With early stopping (the ``early_stop`` setting, or ``early_stop=false`` per
 request in research mode) the copies are classified in rounds
-(:class:`service.defense_np.EarlyStop`): a round's rows are the next copies in
+(:class:`service.core.vote.EarlyStop`): a round's rows are the next copies in
 index order, and the vote stops as soon as its label and ``suspected_adversarial``
 flag equal what the full ``N``-copy vote would give. ``votes`` then sum to
 ``votes_cast`` (< ``ensemble``); ``ensemble`` stays the requested ``N``.
@@ -39,10 +47,11 @@ import anyio.to_thread
 import numpy as np
 
 from service.config import Settings
+from service.core.shuffle import ensemble_indices
+from service.core.vote import EarlyStop, softmax, suspected, vote
 from service.decoder.decode import decode_clip
 from service.decoder.errors import VideoError
 from service.decoder.limits import DecodeLimits
-from service.defense_np import EarlyStop, ensemble_indices, softmax, suspected, vote
 from service.gateway.admission import Admission
 from service.gateway.backend import Backend, ModelMeta
 from service.gateway.catalog import ModelCatalog
@@ -54,13 +63,21 @@ from service.gateway.errors import (
     ModelNotFound,
     VideoRejected,
 )
-from service.gateway.metrics import GatewayMetrics
+from service.gateway.metrics import GatewayMetrics, StageTimer
 from service.gateway.middleware import RequestInfo
 from service.gateway.querywatch import Observation, QueryWatch
 from service.gateway.schemas import MAX_SEED, ClassifyRequest
 from service.gateway.upload import Upload
 
-__all__ = ["MAX_SEED", "Effective", "Pipeline", "Verdict", "build_batch", "index_mode_served"]
+__all__ = [
+    "MAX_SEED",
+    "Effective",
+    "Pipeline",
+    "Shuffles",
+    "Verdict",
+    "build_batch",
+    "index_mode_served",
+]
 
 R = TypeVar("R")
 
@@ -71,22 +88,34 @@ _INLINE_GATHER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Effective:
-    """The parameters a request runs with: its own, else the server's, else the preset."""
+class Shuffles:
+    """The defense's parameters of one request, named as in the query
+    (:class:`~service.gateway.schemas.ClassifyRequest`) and down to
+    :func:`~service.core.shuffle.ensemble_indices`."""
 
-    ensemble: int  # 0 with defense=false
+    ensemble: int
     h1: int
     h2: int
-    seed: int
-    defense: bool
     early_stop: bool
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The parameters a request runs with: its own, else the server's, else the preset.
+
+    ``shuffles`` is None for ``defense=false``: the undefended model alone, no shuffles.
+    """
+
+    seed: int
+    shuffles: Shuffles | None
 
 
 @dataclass
 class Verdict:
     """The outcome of one classify request: the attributes of the response models
     (:class:`~service.gateway.schemas.ResearchClassifyResponse`), plus what only
-    metrics and the log see."""
+    metrics and the log see. Undefended (``shuffles`` None): no votes, ``ensemble``
+    0, ``h1``/``h2`` None."""
 
     model: str
     request_id: str
@@ -94,10 +123,8 @@ class Verdict:
     label_index: int
     confidence: float
     votes: dict[str, int]
-    ensemble: int
     votes_cast: int
-    h1: int | None
-    h2: int | None
+    shuffles: Shuffles | None
     seed: int
     undefended_label: str
     undefended_index: int
@@ -105,6 +132,30 @@ class Verdict:
     backend_bytes: int = 0
     backend_rounds: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ensemble(self) -> int:
+        """Shuffled copies requested (0: undefended)."""
+        return self.shuffles.ensemble if self.shuffles is not None else 0
+
+    @property
+    def h1(self) -> int | None:
+        return self.shuffles.h1 if self.shuffles is not None else None
+
+    @property
+    def h2(self) -> int | None:
+        return self.shuffles.h2 if self.shuffles is not None else None
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the vote (or, undefended, the one prediction) decided for a clip."""
+
+    undefended: int
+    label: int
+    confidence: float
+    counts: np.ndarray | None  # [K] votes; None when undefended
+    suspected: bool
 
 
 def build_batch(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -114,7 +165,7 @@ def build_batch(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
     Args:
         frames: uint8 ``[T, H, W, 3]`` RGB 0..255.
         indices: int64 ``[R, T]``, values in ``[0, T)`` (e.g. rows of
-            :func:`service.defense_np.ensemble_indices`).
+            :func:`service.core.shuffle.ensemble_indices`).
     """
     return np.take(np.ascontiguousarray(frames), indices, axis=0)
 
@@ -167,16 +218,18 @@ class Pipeline:
                 f"h2={h2} exceeds the clip length {meta.clip_len} of model {meta.name!r}; "
                 f"use 1..{meta.clip_len}"
             )
-        ensemble = request.ensemble or self.settings.ensemble or meta.preset.ensemble
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        if not request.defense:
+            return Effective(seed=seed, shuffles=None)
+        early_stop = request.early_stop
         return Effective(
-            ensemble=ensemble if request.defense else 0,
-            h1=meta.preset.h1 if request.h1 is None else request.h1,
-            h2=h2,
-            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-            defense=request.defense,
-            early_stop=self.settings.early_stop
-            if request.early_stop is None
-            else request.early_stop,
+            seed=seed,
+            shuffles=Shuffles(
+                ensemble=request.ensemble or self.settings.ensemble or meta.preset.ensemble,
+                h1=meta.preset.h1 if request.h1 is None else request.h1,
+                h2=h2,
+                early_stop=self.settings.early_stop if early_stop is None else early_stop,
+            ),
         )
 
     # ------------------------------------------------------------------ run
@@ -197,8 +250,8 @@ class Pipeline:
         names whose query history the decoded clip joins (the API key's name).
         """
         self._gate(client)
-        forward = dict(headers or {})
-        forward["x-request-id"] = info.request_id
+        forward = {**(headers or {}), "x-request-id": info.request_id}
+        timer = StageTimer(started=info.started)
         with self.metrics.inflight.track_inprogress():
             async with self.admission.admit():
                 upload = await receive()
@@ -209,7 +262,7 @@ class Pipeline:
                     async with self.admission.run_slot():
                         verdict = await self.classify(
                             upload, params, meta, request_id=info.request_id, headers=forward,
-                            client=client, info=info,
+                            client=client, info=info, timer=timer,
                         )  # fmt: skip
                 except ModelNotFound:
                     if info.model is not None:  # it was served a moment ago: re-list models
@@ -219,8 +272,7 @@ class Pipeline:
                 except BackendError as exc:
                     self.metrics.backend_errors.labels(kind=exc.kind).inc()
                     raise
-        verdict.timings_ms["total"] = (time.perf_counter() - info.started) * 1e3
-        verdict.timings_ms = {k: round(v, 3) for k, v in verdict.timings_ms.items()}
+        verdict.timings_ms = timer.report()
         self._observe(verdict, info)
         return verdict
 
@@ -269,7 +321,7 @@ class Pipeline:
         m = self.metrics
         m.observe_stages(verdict.timings_ms)
         m.backend_bytes.labels(model=verdict.model).inc(verdict.backend_bytes)
-        if verdict.ensemble:
+        if verdict.shuffles is not None:
             m.vote_agreement.observe(verdict.confidence)
             m.copies_classified.observe(verdict.votes_cast)
             if verdict.suspected_adversarial:
@@ -300,100 +352,101 @@ class Pipeline:
         headers: Mapping[str, str] | None = None,
         client: str | None = None,
         info: RequestInfo | None = None,
+        timer: StageTimer | None = None,
     ) -> Verdict:
-        """Decode, the query-attack watch (when ``client`` is given), then the backend
-        rounds and the vote (no admission, no metrics)."""
-        frames, decode_ms = await self._frames(upload, meta, client, info)
-        timings = {"decode": decode_ms, "shuffle": 0.0}
-        timings["backend"] = timings["vote"] = 0.0
-        session = _Rounds(self, meta, frames, timings, headers)
+        """preprocess -> predict -> postprocess (no admission, no metrics): decode (and
+        the query-attack watch when ``client`` is given), the backend rounds and the
+        vote, the verdict. Stage times go to ``timer``."""
+        timer = timer or StageTimer()
+        clip = await self.preprocess(upload, meta, timer, client=client, info=info)
+        rounds = _Rounds(self, meta, clip, timer, headers)
+        if params.shuffles is None:
+            decision = await self.predict_undefended(rounds, timer)
+        else:
+            decision = await self.predict(rounds, params.shuffles, params.seed, timer)
+        return self.postprocess(decision, params, rounds, request_id)
 
-        if not params.defense:
-            logits = await session.send(np.arange(meta.clip_len, dtype=np.int64)[None, :])
-            t = time.perf_counter()
-            undefended = int(logits[0].argmax())
-            prob = float(softmax(logits[0].astype(np.float64))[undefended])
-            timings["vote"] += (time.perf_counter() - t) * 1e3
-            return Verdict(
-                model=meta.name,
-                request_id=request_id,
-                label=meta.label(undefended),
-                label_index=undefended,
-                confidence=prob,
-                votes={},
-                ensemble=0,
-                votes_cast=0,
-                h1=None,
-                h2=None,
-                seed=params.seed,
-                undefended_label=meta.label(undefended),
-                undefended_index=undefended,
-                suspected_adversarial=False,
-                backend_bytes=session.bytes_sent,
-                backend_rounds=session.rounds,
-                timings_ms=timings,
+    async def preprocess(
+        self,
+        upload: Upload,
+        meta: ModelMeta,
+        timer: StageTimer,
+        *,
+        client: str | None = None,
+        info: RequestInfo | None = None,
+    ) -> np.ndarray:
+        """The decoded clip, uint8 ``[T, H, W, 3]`` (a clear 4xx for a bad upload); the
+        query-attack watch sees it when ``client`` is given (its time is not part of
+        the decode's: ``fingerprint_seconds`` has it)."""
+        try:
+            with timer.stage("decode"):
+                clip = await self._in_thread(self._decode, upload, meta)
+        except VideoError as exc:
+            raise VideoRejected(exc) from exc
+        if client is not None and self.watch is not None:
+            await self._in_thread(self._watch, client, clip, info)
+        return clip
+
+    async def predict_undefended(self, rounds: _Rounds, timer: StageTimer) -> _Decision:
+        """``defense=false``: the unshuffled clip alone; its softmax is the confidence."""
+        logits = await rounds.send(np.arange(rounds.meta.clip_len, dtype=np.int64)[None, :])
+        with timer.stage("vote"):
+            label = int(logits[0].argmax())
+            prob = float(softmax(logits[0].astype(np.float64))[label])
+        return _Decision(label, label, prob, counts=None, suspected=False)
+
+    async def predict(
+        self, rounds: _Rounds, shuffles: Shuffles, seed: int, timer: StageTimer
+    ) -> _Decision:
+        """Row 0 (the unshuffled clip) and the ``ensemble`` shuffles of Algorithm 1, in
+        backend rounds (one without early stopping), then the one decision rule
+        (:mod:`service.core.vote`)."""
+        threshold = self.settings.suspicion_threshold
+        with timer.stage("shuffle"):
+            indices = ensemble_indices(
+                rounds.meta.clip_len, shuffles.h1, shuffles.h2, shuffles.ensemble, seed
             )
-
-        N, threshold = params.ensemble, self.settings.suspicion_threshold
-        t = time.perf_counter()
-        indices = ensemble_indices(meta.clip_len, params.h1, params.h2, N, params.seed)
-        timings["shuffle"] += (time.perf_counter() - t) * 1e3
-        stop = EarlyStop(N, threshold, self.settings.early_stop_max_rounds)
-
+        stop = EarlyStop(shuffles.ensemble, threshold, self.settings.early_stop_max_rounds)
         # round 1 carries row 0 (the unshuffled clip) with the first copies
-        first = stop.first_round() if params.early_stop else N
-        logits = await session.send(indices[: 1 + first])
-        undefended = int(logits[0].argmax())
-        copies = logits[1:]
-        t = time.perf_counter()
-        outcome = vote(copies)
-        while params.early_stop and not stop.decided(outcome.counts, undefended):
-            k = stop.next_round(outcome.counts, session.rounds)
-            timings["vote"] += (time.perf_counter() - t) * 1e3
+        first = stop.first_round() if shuffles.early_stop else shuffles.ensemble
+        logits = await rounds.send(indices[: 1 + first])
+        undefended, copies = int(logits[0].argmax()), logits[1:]
+        while True:
+            with timer.stage("vote"):
+                outcome = vote(copies)
+                decided = not shuffles.early_stop or stop.decided(outcome.counts, undefended)
+                more = 0 if decided else stop.next_round(outcome.counts, rounds.rounds)
+            if not more:
+                break
             cast = copies.shape[0]
-            more = await session.send(indices[1 + cast : 1 + cast + k])
-            t = time.perf_counter()
-            copies = np.concatenate([copies, more])
-            outcome = vote(copies)
-        label = outcome.label
-        votes_for = int(outcome.counts[label])
-        flag = suspected(undefended, label, votes_for, N, threshold)
-        timings["vote"] += (time.perf_counter() - t) * 1e3
+            copies = np.concatenate([copies, await rounds.send(indices[1 + cast :][:more])])
+        share = int(outcome.counts[outcome.label]) / shuffles.ensemble
+        flag = suspected(undefended, outcome.label, share, threshold)
+        return _Decision(undefended, outcome.label, outcome.share, outcome.counts, flag)
+
+    def postprocess(
+        self, decision: _Decision, params: Effective, rounds: _Rounds, request_id: str
+    ) -> Verdict:
+        """The request's one :class:`Verdict` (its ``timings_ms``: the stage timer's
+        readings so far; :meth:`run` adds ``total``)."""
+        meta = rounds.meta
         return Verdict(
             model=meta.name,
             request_id=request_id,
-            label=meta.label(label),
-            label_index=label,
-            confidence=outcome.share,
-            votes={meta.label(k): int(c) for k, c in enumerate(outcome.counts.tolist()) if c},
-            ensemble=N,
-            votes_cast=outcome.cast,
-            h1=params.h1,
-            h2=params.h2,
+            label=meta.label(decision.label),
+            label_index=decision.label,
+            confidence=decision.confidence,
+            votes=_votes(decision.counts, meta),
+            votes_cast=0 if decision.counts is None else int(decision.counts.sum()),
+            shuffles=params.shuffles,
             seed=params.seed,
-            undefended_label=meta.label(undefended),
-            undefended_index=undefended,
-            suspected_adversarial=flag,
-            backend_bytes=session.bytes_sent,
-            backend_rounds=session.rounds,
-            timings_ms=timings,
+            undefended_label=meta.label(decision.undefended),
+            undefended_index=decision.undefended,
+            suspected_adversarial=decision.suspected,
+            backend_bytes=rounds.bytes_sent,
+            backend_rounds=rounds.rounds,
+            timings_ms=dict(rounds.timer.ms),
         )
-
-    async def _frames(
-        self, upload: Upload, meta: ModelMeta, client: str | None, info: RequestInfo | None
-    ) -> tuple[np.ndarray, float]:
-        """The decoded clip and the decode's ms (a clear 4xx for a bad upload); the
-        query-attack watch sees the clip when ``client`` is given (its time is not part
-        of the decode's: ``fingerprint_seconds`` has it)."""
-        t0 = time.perf_counter()
-        try:
-            frames = await self._in_thread(self._decode, upload, meta)
-        except VideoError as exc:
-            raise VideoRejected(exc) from exc
-        decode_ms = (time.perf_counter() - t0) * 1e3
-        if client is not None and self.watch is not None:
-            await self._in_thread(self._watch, client, frames, info)
-        return frames, decode_ms
 
     def _decode(self, upload: Upload, meta: ModelMeta) -> np.ndarray:
         return decode_clip(
@@ -408,6 +461,13 @@ class Pipeline:
         ).frames
 
 
+def _votes(counts: np.ndarray | None, meta: ModelMeta) -> dict[str, int]:
+    """The response's ``votes``: label -> votes, the classes that got any."""
+    if counts is None:
+        return {}
+    return {meta.label(k): int(c) for k, c in enumerate(counts.tolist()) if c}
+
+
 def index_mode_served(meta: ModelMeta) -> bool:
     """Whether the model's handler parses index-mode bodies (it says so in its
     description); archives built before index mode are sent copies."""
@@ -417,41 +477,43 @@ def index_mode_served(meta: ModelMeta) -> bool:
 
 class _Rounds:
     """The backend calls of one request: each sends rows of frame indices, in the
-    pipeline's ``shuffle_mode``, and counts rounds, bytes and time."""
+    pipeline's ``shuffle_mode``, and counts rounds and bytes (time: the ``backend``
+    stage, and ``shuffle`` for copy mode's gather)."""
 
     def __init__(
         self,
         pipeline: Pipeline,
         meta: ModelMeta,
-        frames: np.ndarray,
-        timings: dict[str, float],
+        clip: np.ndarray,
+        timer: StageTimer,
         headers: Mapping[str, str] | None,
     ) -> None:
         self.pipeline = pipeline
         self.meta = meta
-        self.frames = np.ascontiguousarray(frames)
-        self.timings = timings
+        self.clip = np.ascontiguousarray(clip)
+        self.timer = timer
         self.headers = headers
         self.rounds = 0
         self.bytes_sent = 0
 
-    async def send(self, rows: np.ndarray) -> np.ndarray:
-        """Logits ``[R, K]`` of the clips ``frames[rows[r]]``; ``rows`` int64 ``[R, T]``."""
-        backend, name = self.pipeline.backend, self.meta.name
+    async def send(self, indices: np.ndarray) -> np.ndarray:
+        """Logits ``[R, K]`` of the clips ``clip[indices[r]]``; ``indices`` int64 ``[R, T]``."""
+        backend, name, timer = self.pipeline.backend, self.meta.name, self.timer
         if self.pipeline.settings.shuffle_mode == "index" and index_mode_served(self.meta):
-            t = time.perf_counter()
-            logits = await backend.infer_indexed(name, self.frames, rows, headers=self.headers)
-            self.bytes_sent += self.frames.nbytes + rows.nbytes
+            with timer.stage("backend"):
+                logits = await backend.infer_indexed(name, self.clip, indices, headers=self.headers)
+            self.bytes_sent += self.clip.nbytes + indices.nbytes
         else:
-            t0 = time.perf_counter()
-            if rows.shape[0] * self.frames.nbytes > _INLINE_GATHER_BYTES:
-                batch = await self.pipeline._in_thread(build_batch, self.frames, rows)
-            else:
-                batch = build_batch(self.frames, rows)
-            t = time.perf_counter()
-            self.timings["shuffle"] += (t - t0) * 1e3
-            logits = await backend.infer(name, batch, headers=self.headers)
+            with timer.stage("shuffle"):
+                batch = await self._gather(indices)
+            with timer.stage("backend"):
+                logits = await backend.infer(name, batch, headers=self.headers)
             self.bytes_sent += batch.nbytes
-        self.timings["backend"] += (time.perf_counter() - t) * 1e3
         self.rounds += 1
         return logits
+
+    async def _gather(self, indices: np.ndarray) -> np.ndarray:
+        """Copy mode's batch (:func:`build_batch`); big ones in the thread pool."""
+        if indices.shape[0] * self.clip.nbytes > _INLINE_GATHER_BYTES:
+            return await self.pipeline._in_thread(build_batch, self.clip, indices)
+        return build_batch(self.clip, indices)

@@ -32,7 +32,7 @@ Where the numbers come from
   pooled map); short side = crop = 182 for X3D XS/S and 256 for X3D M; SlowFast packs
   its pathways with alpha 4). CSN has no hub page; it follows the ResNet setting.
 
-Paper presets (Sec. 5.2, :data:`service.defense.PRESETS`) exist for I3D, SlowFast,
+Paper presets (Sec. 5.2, :data:`service.core.presets.PRESETS`) exist for I3D, SlowFast,
 ir-CSN and X3D. The paper's CSN is **ir-CSN-R152**; PyTorchVideo's hub ships
 **CSN-R101** (``csn_r101``), which is the closest builder available here, so its
 preset is the paper's ir-CSN one. torchvision's families have no paper preset.
@@ -146,7 +146,7 @@ class Family:
     first_temporal_conv: TemporalConv
     #: the classifier weight in the library model (its dim 0 is the class count)
     head_weight: str
-    #: key of :data:`service.defense.PRESETS` (None: the paper gives no preset)
+    #: key of :data:`service.core.presets.PRESETS` (None: the paper gives no preset)
     preset_arch: str | None
     #: SlowFast's frame rate ratio: slow = ``T // alpha`` frames (None: one pathway)
     slowfast_alpha: int | None = None

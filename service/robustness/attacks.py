@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.defense import ShuffleEnsemble, ShufflePreset, apply_shuffles, shuffle_indices
+from service.core.ensemble import ShuffleEnsemble, apply_shuffles, shuffle_indices
+from service.core.presets import ShufflePreset
 from service.robustness.denoise import DenoisedClassifier
 
 __all__ = [
@@ -372,8 +373,8 @@ class EOT(IFGSM):
     :mod:`service.robustness.registry`, says which), in the defense's own order
     ``f(D(S(x) + sigma * n))``:
 
-    * a temporal shuffle ``S`` (Algorithm 1: :func:`service.defense.shuffle_indices` +
-      :func:`service.defense.apply_shuffles`; the gather is differentiable),
+    * a temporal shuffle ``S`` (Algorithm 1: :func:`service.core.ensemble.shuffle_indices` +
+      :func:`service.core.ensemble.apply_shuffles`; the gather is differentiable),
     * additive Gaussian noise of std ``sigma`` in pixel space (optionally clamped to
       ``[0, 1]`` as the defense does),
     * a per-frame denoiser ``D`` (:class:`~service.robustness.denoise.DenoisedClassifier`,
@@ -430,7 +431,7 @@ class EOT(IFGSM):
     Args:
         model: the undefended classifier, float ``[B, 3, T, H, W]`` in ``[0, 1]`` ->
             logits ``[B, K]`` (see :meth:`for_ensemble` for a
-            :class:`~service.defense.ShuffleEnsemble`).
+            :class:`~service.core.ensemble.ShuffleEnsemble`).
         preset: shuffle hyper-parameters (``h1``, ``h2``; ``ensemble`` unused) or None.
         sigma: std of the Gaussian noise in pixel units, or None for no noise.
         denoiser: per-frame denoiser applied after the noise (needs ``sigma``).
@@ -513,7 +514,7 @@ class EOT(IFGSM):
 
     @classmethod
     def for_ensemble(cls, ensemble: ShuffleEnsemble, **kwargs: object) -> EOT:
-        """EOT against a :class:`~service.defense.ShuffleEnsemble` (its model, preset, axis)."""
+        """EOT against a :class:`~service.core.ensemble.ShuffleEnsemble` (model, preset, axis)."""
         return cls(
             ensemble.model,
             ensemble.preset,

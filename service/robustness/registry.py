@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.defense import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.robustness.attacks import (
     EOT,
     IFGSM,

@@ -24,10 +24,11 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from service.defense import ShuffleEnsemble, ShufflePreset, apply_shuffles, shuffle_indices
+from service.core.ensemble import ShuffleEnsemble, apply_shuffles, shuffle_indices
+from service.core.presets import ShufflePreset
+from service.core.stats import clopper_pearson_lower
 from service.robustness.attacks import attack_mode
 from service.robustness.denoise import DenoisedClassifier
-from service.stats import clopper_pearson_lower
 
 __all__ = [
     "ABSTAIN",
@@ -56,7 +57,7 @@ CopyTransform = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Te
 class ShuffleCopies:
     """Copy transform: ``m`` copies of a clip, each with its own temporal shuffle.
 
-    Draws ``m`` shuffles with :func:`service.defense.shuffle_indices` (``h1``, ``h2``
+    Draws ``m`` shuffles with :func:`service.core.ensemble.shuffle_indices` (``h1``, ``h2``
     of ``preset``) and applies them with one gather (:func:`apply_shuffles`).
     """
 
@@ -279,7 +280,7 @@ class NoDefense(VotingDefense):
 
 
 class ShuffleVote(VotingDefense):
-    """Row "shuffle": the paper's ensemble, :class:`service.defense.ShuffleEnsemble`,
+    """Row "shuffle": the paper's ensemble, :class:`service.core.ensemble.ShuffleEnsemble`,
     with the generator given per call (one set of ``preset.ensemble`` shuffles for the
     batch, majority vote, ties to the higher mean softmax)."""
 

@@ -18,7 +18,7 @@ def _records(ms: list[float], *, bytes_: float, cast: int, labels: list[str]) ->
 
 def test_percentiles_and_mode_summary() -> None:
     p = percentiles([10.0, 20.0, 30.0, 40.0])
-    # nearest rank (service.stats.PERCENTILE_METHOD): a latency that was measured
+    # nearest rank (service.core.stats.PERCENTILE_METHOD): a latency that was measured
     assert p["p50"] == pytest.approx(20.0) and p["n"] == 4 and p["p95"] == pytest.approx(40.0)
     s = summarize_mode(_records([1.0, 3.0], bytes_=100.0, cast=6, labels=["a", "b"]))
     assert s["bytes_per_request"] == 100.0 and s["copies_per_request"] == 6.0

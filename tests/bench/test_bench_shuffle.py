@@ -10,7 +10,7 @@ import torch
 
 from service.bench.shuffle import bench_size, shuffle_per_frame
 from service.cli import main
-from service.defense import source_window
+from service.core.shuffle import source_window
 
 
 def test_per_frame_reference_follows_algorithm_1() -> None:

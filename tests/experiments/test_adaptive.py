@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.defense import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.robustness.attacks import EOT, IFGSM
 from service.robustness.denoise import DnCNN
 from service.robustness.registry import DEFENSE_ROWS, Budget, RowContext, eot_for_row

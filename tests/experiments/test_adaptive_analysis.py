@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from service.defense import ShufflePreset
+from service.core.presets import ShufflePreset
 from service.experiments.adaptive import AdaptiveConfig, run, sanity_checks, static_share
 from service.experiments.evaluate import EvalConfig
 from service.robustness.registry import (
@@ -52,7 +52,7 @@ def test_static_share() -> None:
 
 
 def _row(role: str, attack: str, k: int, n: int = 20, **kw: Any) -> dict[str, Any]:
-    from service.stats import wilson
+    from service.core.stats import wilson
 
     lo, hi = wilson(k, n)
     u = kw.pop("undefended", k)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from service.cli import main
+from service.core.stats import auc, roc_curve
 from service.experiments.detection import detection_results
-from service.stats import auc, roc_curve
 
 
 def _trapezoid(fpr: list[float], tpr: list[float]) -> float:

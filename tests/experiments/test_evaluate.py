@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from service import stats
 from service.cli import main
+from service.core import stats
 from service.experiments import common
 from service.experiments.evaluate import EvalConfig
 from service.experiments.records import Records

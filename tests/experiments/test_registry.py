@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from service.cli import main
+from service.core.presets import ShufflePreset
 from service.robustness.registry import (
     DEFENSE_ROWS,
     DefenseRow,
@@ -77,7 +78,7 @@ def test_duplicate_seed_ids_are_refused(toy_row: DefenseRow) -> None:
 def test_row_context_builds_every_registered_row() -> None:
     model = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
     model(torch.zeros(1, 3, 4, 2, 2))
-    ctx = RowContext(model, 3, __import__("service.defense").defense.ShufflePreset(1, 1, 3))
+    ctx = RowContext(model, 3, ShufflePreset(1, 1, 3))
     names = [n for n, r in DEFENSE_ROWS.items() if not r.needs_denoiser]
     for name in names:
         labels = DEFENSE_ROWS[name].build(ctx).predict(torch.rand(2, 3, 4, 2, 2))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from service import wire
+from service.core.shuffle import ensemble_indices
 from service.decoder.decode import decode_clip
-from service.defense_np import ensemble_indices
 from service.gateway.pipeline import build_batch
 from service.torchserve_proc import TorchServeProcess
 from tests import media

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.defense import ShuffleEnsemble, ShufflePreset, make_generator, shuffle_indices
+from service.core.ensemble import ShuffleEnsemble, make_generator, shuffle_indices
+from service.core.presets import ShufflePreset
 from service.robustness.attacks import (
     EOT,
     IFGSM,

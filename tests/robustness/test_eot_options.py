@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.defense import ShufflePreset, make_generator, shuffle_indices
+from service.core.ensemble import make_generator, shuffle_indices
+from service.core.presets import ShufflePreset
 from service.robustness.attacks import EOT, attack_mode
 
 PRESET = ShufflePreset(h1=2, h2=2)

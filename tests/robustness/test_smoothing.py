@@ -7,7 +7,8 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from service.defense import ShuffleEnsemble, ShufflePreset, make_generator, shuffle_indices
+from service.core.ensemble import ShuffleEnsemble, make_generator, shuffle_indices
+from service.core.presets import ShufflePreset
 from service.robustness.denoise import DnCNN
 from service.robustness.registry import DEFENSE_ROWS, RowContext, build_rows
 from service.robustness.smoothing import (

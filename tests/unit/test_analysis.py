@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from service.analysis import (
+from service.core.ensemble import make_generator
+from service.core.transforms import (
     apply_row_shuffle,
     chunk_shuffle,
     chunk_shuffle_indices,
@@ -15,7 +16,6 @@ from service.analysis import (
     row_shuffle_indices,
     uniformize,
 )
-from service.defense import make_generator
 
 
 def test_monotonic_ratio_paper_example() -> None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from service.defense_np import count_shuffles, indices_from_uniforms, num_groups
+from service.core.shuffle import count_shuffles, indices_from_uniforms, num_groups
 
 
 def _grid(h1: int) -> int:

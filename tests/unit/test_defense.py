@@ -8,18 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from service.defense import (
-    PRESETS,
+from service.core.ensemble import (
     ShuffleEnsemble,
-    ShufflePreset,
     apply_shuffles,
     majority_vote,
     majority_vote_batch,
     make_generator,
-    preset_for_arch,
     shuffle_indices,
-    source_window,
 )
+from service.core.presets import PRESETS, ShufflePreset, preset_for_arch
+from service.core.shuffle import source_window
 
 
 @settings(max_examples=300, deadline=None)
@@ -151,7 +149,7 @@ def test_majority_vote_batch_shapes() -> None:
     labels, counts, probs = majority_vote_batch(logits)
     assert labels.shape == (5,) and counts.shape == (5, 7) and probs.shape == (5, 7)
     assert counts.sum(dim=1).tolist() == [10] * 5
-    assert torch.allclose(probs.sum(dim=1), torch.ones(5))
+    assert torch.allclose(probs.sum(dim=1), torch.ones(5, dtype=probs.dtype))
 
 
 def test_presets_match_paper() -> None:

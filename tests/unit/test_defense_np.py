@@ -8,19 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.defense import majority_vote, make_generator, shuffle_indices
-from service.defense_np import (
-    EarlyStop,
-    ensemble_indices,
-    indices_from_uniforms,
-    source_window,
-    suspected,
-    vote,
-)
+from service.core.ensemble import majority_vote, make_generator, shuffle_indices
+from service.core.shuffle import ensemble_indices, indices_from_uniforms, source_window
+from service.core.vote import EarlyStop, suspected, vote
 
 
 def _torch_algorithm_1(T: int, h1: int, h2: int, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Algorithm 1 as ``service.defense`` computed it in torch before the numpy core
+    """Algorithm 1 as ``service.core.ensemble`` computed it in torch before the numpy core
     (same draws, torch index maths): the oracle that the research harness's shuffles
     for a seed did not change."""
     rows = []
@@ -100,7 +94,7 @@ def _full_and_early(
     """(label, flag) of the full vote, of the early-stopped vote, and copies cast."""
     N = logits.shape[0]
     full = vote(logits)
-    full_flag = suspected(undefended, full.label, int(full.counts[full.label]), N, threshold)
+    full_flag = suspected(undefended, full.label, int(full.counts[full.label]) / N, threshold)
     stop = EarlyStop(ensemble=N, threshold=threshold, max_rounds=max_rounds)
     cast, rounds = 0, 0
     counts = np.zeros(logits.shape[1], np.int64)
@@ -113,7 +107,7 @@ def _full_and_early(
             break
     assert rounds <= max_rounds
     early = vote(logits[:cast])
-    flag = suspected(undefended, early.label, int(early.counts[early.label]), N, threshold)
+    flag = suspected(undefended, early.label, int(early.counts[early.label]) / N, threshold)
     return (full.label, full_flag), (early.label, flag), cast
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.defense import PRESETS
+from service.core.presets import PRESETS
 from service.experiments.common import first_conv_temporal
 from service.models.families import (
     FAMILY_NAMES,

@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 
 from service import wire
 from service.config import Settings
-from service.defense_np import ShufflePreset, ensemble_indices
+from service.core.presets import ShufflePreset
+from service.core.shuffle import ensemble_indices
 from service.gateway.backend import ModelMeta
 from service.gateway.errors import InvalidParameter
-from service.gateway.pipeline import Effective, Pipeline, build_batch
+from service.gateway.pipeline import Effective, Pipeline, Shuffles, build_batch
 from service.gateway.schemas import ClassifyRequest
 from service.gateway.upload import Upload
 from service.handler import ShuffleGuardHandler
@@ -56,16 +57,21 @@ def test_effective_parameters() -> None:
     pipe = Pipeline.__new__(Pipeline)
     pipe.settings = Settings()
     eff = pipe.effective(ClassifyRequest(seed=1), META)
-    assert (eff.ensemble, eff.h1, eff.h2, eff.seed, eff.early_stop) == (10, 2, 1, 1, True)
+    assert eff.seed == 1 and eff.shuffles == Shuffles(ensemble=10, h1=2, h2=1, early_stop=True)
     eff = pipe.effective(ClassifyRequest(ensemble=3, h1=0, h2=8, early_stop=False), META)
-    assert (eff.ensemble, eff.h1, eff.h2, eff.early_stop) == (3, 0, 8, False)
-    assert pipe.effective(ClassifyRequest(defense=False), META).ensemble == 0
+    assert eff.shuffles == Shuffles(ensemble=3, h1=0, h2=8, early_stop=False)
+    assert pipe.effective(ClassifyRequest(defense=False), META).shuffles is None
     with pytest.raises(InvalidParameter, match="h2=9"):
         pipe.effective(ClassifyRequest(h2=9), META)
     pipe.settings = Settings(ensemble=20, early_stop=False)  # the operator's beat the preset
-    assert pipe.effective(ClassifyRequest(), META).ensemble == 20
-    assert pipe.effective(ClassifyRequest(ensemble=5), META).ensemble == 5
-    assert pipe.effective(ClassifyRequest(), META).early_stop is False
+    assert _shuffles(pipe.effective(ClassifyRequest(), META)).ensemble == 20
+    assert _shuffles(pipe.effective(ClassifyRequest(ensemble=5), META)).ensemble == 5
+    assert _shuffles(pipe.effective(ClassifyRequest(), META)).early_stop is False
+
+
+def _shuffles(eff: Effective) -> Shuffles:
+    assert eff.shuffles is not None
+    return eff.shuffles
 
 
 def test_model_meta_validation() -> None:
@@ -175,9 +181,8 @@ def test_early_stop_gives_the_full_votes_label_and_flag(
     rng = np.random.default_rng(clip_seed)
     clip = rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
     pipe = _pipeline(backend, suspicion_threshold=threshold, shuffle_mode=mode)
-    base = dict(ensemble=N, h1=2, h2=1, seed=seed, defense=True)
-    full = _classify(pipe, clip, Effective(**base, early_stop=False))  # type: ignore[arg-type]
-    early = _classify(pipe, clip, Effective(**base, early_stop=True))  # type: ignore[arg-type]
+    full = _classify(pipe, clip, Effective(seed, Shuffles(N, h1=2, h2=1, early_stop=False)))
+    early = _classify(pipe, clip, Effective(seed, Shuffles(N, h1=2, h2=1, early_stop=True)))
     assert full.votes_cast == N and sum(full.votes.values()) == N  # type: ignore[attr-defined]
     for name in ("label", "label_index", "suspected_adversarial", "undefended_label"):
         assert getattr(early, name) == getattr(full, name), name
@@ -189,7 +194,7 @@ def test_unanimous_clip_takes_one_round_and_index_mode_sends_the_clip_once() -> 
     backend = HandlerBackend(FrameNet(0), META)
     clip = np.full((8, 4, 4, 3), 200, np.uint8)  # every shuffle is the same clip
     pipe = _pipeline(backend)
-    params = Effective(ensemble=10, h1=2, h2=1, seed=1, defense=True, early_stop=True)
+    params = Effective(seed=1, shuffles=Shuffles(ensemble=10, h1=2, h2=1, early_stop=True))
     verdict = _classify(pipe, clip, params)
     assert verdict.votes_cast == 6 and verdict.backend_rounds == 1  # type: ignore[attr-defined]
     assert len(backend.bodies) == 1
@@ -207,7 +212,7 @@ def test_an_archive_without_index_mode_is_sent_copies() -> None:
     old = ModelMeta(**{**META.__dict__, "extra": {}})
     clip = np.full((8, 4, 4, 3), 200, np.uint8)
     upload = Upload(data=media.npy_bytes(clip), content_type="application/x-npy")
-    params = Effective(ensemble=4, h1=2, h2=1, seed=1, defense=True, early_stop=False)
+    params = Effective(seed=1, shuffles=Shuffles(ensemble=4, h1=2, h2=1, early_stop=False))
 
     async def go() -> object:
         return await _pipeline(backend).classify(upload, params, old)
@@ -219,7 +224,7 @@ def test_an_archive_without_index_mode_is_sent_copies() -> None:
 def test_index_and_copy_mode_agree_bit_for_bit() -> None:
     backend = HandlerBackend(FrameNet(3), META)
     clip = np.random.default_rng(0).integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
-    params = Effective(ensemble=12, h1=3, h2=2, seed=9, defense=True, early_stop=False)
+    params = Effective(seed=9, shuffles=Shuffles(ensemble=12, h1=3, h2=2, early_stop=False))
     a = _classify(_pipeline(backend, shuffle_mode="index"), clip, params)
     b = _classify(_pipeline(backend, shuffle_mode="copy"), clip, params)
     assert a.votes == b.votes and a.confidence == b.confidence  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import wire
-from service.defense_np import ensemble_indices
+from service.core.shuffle import ensemble_indices
 from service.handler import (
     MAX_REQUEST_CLIPS,
     ClipRequest,

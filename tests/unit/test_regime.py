@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
+from service.core.stats import wilson
 from service.experiments.regime import PAPER, RegimeConfig, load_run
-from service.stats import wilson
 
 CELLS = {
     ("none", "clean"): (1.0, 64),

@@ -10,7 +10,7 @@
   (kernel ``k``, stride ``s``, zero padding ``p``) that see their frames in
   increasing order (Fig. 7).
 
-Like :mod:`service.defense`, this module imports torch only; transforms work on
+Like :mod:`service.core.ensemble`, this module imports torch only; transforms work on
 indices and apply them with one ``index_select``.
 """
 
@@ -71,7 +71,7 @@ def chunk_shuffle_indices(
 
     The clip is cut into chunks of ``chunk`` consecutive frames and the order of
     the frames inside each chunk is drawn uniformly at random. Apply with
-    :func:`service.defense.apply_shuffles`.
+    :func:`service.core.ensemble.apply_shuffles`.
     """
     return _grouped_permutation(T, chunk, n, generator)
 

@@ -1,9 +1,11 @@
-"""Temporal-shuffling defense core (paper Sec. 5.1, Algorithm 1).
+"""The defense in torch, for the research harness: shuffles as index tensors, one
+gather, and the ensemble classifier whose vote is the gateway's.
 
 Pure tensor maths: this module imports torch and numpy only, so it can be used
-from a notebook and the attack harness alike. Algorithm 1's index maths, the
-presets and the gateway's vote live in :mod:`service.defense_np` (numpy only, so
-the gateway needs no torch for them); :func:`shuffle_indices` wraps it.
+from a notebook and the attack harness alike. Algorithm 1's index maths live in
+:mod:`service.core.shuffle` (:func:`shuffle_indices` wraps it) and the decision rule
+in :mod:`service.core.vote` (:func:`majority_vote_batch` hands it the logits): both
+are written once, for the gateway and the harness alike.
 
 Conventions
 -----------
@@ -21,55 +23,19 @@ from dataclasses import dataclass
 
 import torch
 
-from service.defense_np import (
-    ShufflePreset,
-    check_shuffle_args,
-    indices_from_uniforms,
-    num_groups,
-    source_window,
-)
+from service.core.presets import ShufflePreset
+from service.core.shuffle import check_shuffle_args, indices_from_uniforms, num_groups
+from service.core.vote import vote_batch
 
 __all__ = [
-    "PRESETS",
     "ShuffleEnsemble",
-    "ShufflePreset",
     "VoteResult",
     "apply_shuffles",
     "majority_vote",
     "majority_vote_batch",
     "make_generator",
-    "preset_for_arch",
     "shuffle_indices",
-    "source_window",
 ]
-
-
-# --------------------------------------------------------------------------- #
-# Presets (paper Sec. 5.2)
-# --------------------------------------------------------------------------- #
-#: The paper's per-architecture presets (Sec. 5.2), all with an ensemble of 10.
-PRESETS: dict[str, ShufflePreset] = {
-    "i3d": ShufflePreset(h1=3, h2=4, ensemble=10),
-    "slowfast": ShufflePreset(h1=2, h2=2, ensemble=10),
-    "csn": ShufflePreset(h1=16, h2=2, ensemble=10),
-    "x3d": ShufflePreset(h1=16, h2=1, ensemble=10),
-}
-
-
-def preset_for_arch(arch: str) -> ShufflePreset:
-    """Paper preset for an architecture (``i3d``, ``slowfast``, ``csn``/``ir_csn``, ``x3d``)."""
-    key = arch.lower().replace("-", "_")
-    key = {"ir_csn": "csn", "ircsn": "csn", "i3d_r50": "i3d", "slowfast_r50": "slowfast"}.get(
-        key, key
-    )
-    if key.startswith("x3d"):
-        key = "x3d"
-    if key.startswith("csn"):
-        key = "csn"
-    try:
-        return PRESETS[key]
-    except KeyError:
-        raise KeyError(f"no paper preset for arch {arch!r}; known: {sorted(PRESETS)}") from None
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -96,7 +62,7 @@ def shuffle_indices(
     """Draw ``n`` temporal shuffles of a ``T``-frame clip (paper Algorithm 1).
 
     A thin torch wrapper of the one implementation,
-    :func:`service.defense_np.indices_from_uniforms` (its docstring states the
+    :func:`service.core.shuffle.indices_from_uniforms` (its docstring states the
     semantics and the edge cases): the ``n x ceil(T / h2)`` uniform draws come from
     ``generator`` (``torch.rand``, float64), so a seeded generator gives the same
     shuffles as it always has. Every returned index lies in ``[0, T)``.
@@ -168,31 +134,35 @@ class VoteResult:
     label: int
     counts: torch.Tensor  # [K] int64
     share: float
-    mean_probs: torch.Tensor  # [K] float
+    mean_probs: torch.Tensor  # [K] float64
 
 
 def majority_vote_batch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Majority vote of ``n`` copies for each of ``B`` clips.
+    """Majority vote of ``n`` copies for each of ``B`` clips, by the gateway's rule.
+
+    The logits go to :func:`service.core.vote.vote_batch` (numpy, float64), the one
+    decision rule: the label is the most voted argmax; ties go to the tied class with
+    the higher mean softmax.
 
     Args:
-        logits: ``[B, n, K]`` (or ``[n, K]`` for one clip).
+        logits: ``[B, n, K]`` (or ``[n, K]`` for one clip), any device and float dtype.
 
     Returns:
-        ``(labels [B], counts [B, K], mean_probs [B, K])``. The label is the most
-        voted argmax; ties go to the tied class with the higher mean softmax.
+        ``(labels [B] int64, counts [B, K] int64, mean_probs [B, K] float64)`` on
+        ``logits``'s device.
     """
     if logits.dim() == 2:
         logits = logits.unsqueeze(0)
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, n, K], got {tuple(logits.shape)}")
-    logits = logits.detach().float()
-    K = logits.shape[-1]
-    votes = logits.argmax(dim=-1)  # [B, n]
-    counts = torch.nn.functional.one_hot(votes, K).sum(dim=1)  # [B, K]
-    mean_probs = logits.softmax(dim=-1).mean(dim=1)
-    tied = counts == counts.max(dim=-1, keepdim=True).values
-    score = torch.where(tied, mean_probs, torch.full_like(mean_probs, -1.0))
-    return score.argmax(dim=-1), counts, mean_probs
+    host = logits.detach().to(device="cpu", dtype=torch.float64).numpy()
+    labels, counts, mean_probs = vote_batch(host)
+    dev = logits.device
+    return (
+        torch.from_numpy(labels).to(dev),
+        torch.from_numpy(counts).to(dev),
+        torch.from_numpy(mean_probs).to(dev),
+    )
 
 
 def majority_vote(logits: torch.Tensor) -> VoteResult:
