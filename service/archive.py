@@ -30,11 +30,23 @@ from typing import Any
 
 import torch
 
-from service.toy.data import TOY_DATA_KEYS
-
 logger = logging.getLogger(__name__)
 
 HANDLER_PATH = Path(__file__).with_name("handler.py")
+#: every ``toy-data`` option that shapes the clips: the recipe ``toy-data`` records in
+#: ``meta.json`` (``recipe``), ``train`` keeps in its checkpoint (``data``) and a toy
+#: model's archived meta.json carries under ``data``
+TOY_DATA_KEYS = (
+    "dataset",
+    "count",
+    "seed",
+    "frames",
+    "size",
+    "object_fraction",
+    "speed_reference",
+    "contrast",
+    "spatial_fraction",
+)
 #: modules the handler imports from beside it (TorchServe loads it without ``service``)
 HANDLER_MODULES = (Path(__file__).with_name("npy_reader.py"),)
 REQUIRED_META = ("name", "arch", "clip_len", "frame_interval", "crop_size", "labels", "preset")

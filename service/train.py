@@ -19,7 +19,8 @@ builder; PyTorchVideo's at ``width`` times their channels, same temporal kernels
 strides and depth), built for the data's clip length and frame size
 (:func:`build_model`). The training loop is the same for every architecture.
 
-Checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`) are plain dicts::
+Checkpoints (:func:`save_checkpoint`;
+:func:`service.models.checkpoints.load_checkpoint` reads them) are plain dicts::
 
     {"state_dict", "arch", "model_kwargs", "labels", "clip_len", "crop_size",
      "dataset", "seed", "test_accuracy", "train_args", "history"}
@@ -54,7 +55,6 @@ __all__ = [
     "build_model",
     "clips_to_input",
     "evaluate_accuracy",
-    "load_checkpoint",
     "predict_logits",
     "save_checkpoint",
     "stratified_holdout",
@@ -451,31 +451,6 @@ def save_checkpoint(
     torch.save(ckpt, path)
     logger.info("saved checkpoint %s (test accuracy %s)", path, _fmt(result.test_accuracy))
     return ckpt
-
-
-def load_checkpoint(
-    path: str | Path, map_location: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint written by :func:`save_checkpoint`.
-
-    Returns ``(model, ckpt)``: the model in eval mode on ``map_location`` (contiguous
-    memory format, ready for :func:`torch.jit.trace`), and the checkpoint dict.
-    """
-    from service.models.families import FAMILY_NAMES, build_family
-
-    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    arch = ckpt.get("arch")
-    model: nn.Module
-    if arch == ARCH:
-        model = resnet3d_18(**ckpt["model_kwargs"])
-    elif arch in FAMILY_NAMES:
-        kwargs = dict(ckpt["model_kwargs"])
-        model = build_family(kwargs.pop("name"), seed=0, **kwargs)  # weights loaded below
-    else:
-        raise ValueError(f"{path}: unknown arch {arch!r} (not {ARCH!r} or a model family)")
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(map_location).eval()
-    return model, ckpt
 
 
 def train_from_directory(

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 from service.video import DecodedClip, decode_clip
 
 

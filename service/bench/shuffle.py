@@ -38,8 +38,8 @@ from typing import Any, ClassVar
 import torch
 
 from service.defense import apply_shuffles, make_generator, shuffle_indices
-from service.experiments.config import ExperimentConfig, opt
 from service.handler import gather_frames
+from service.options import ExperimentConfig, opt
 
 
 def shuffle_per_frame(

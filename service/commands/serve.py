@@ -34,7 +34,7 @@ from types import FrameType
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from service.config import Settings, management_url_for, split_urls
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 

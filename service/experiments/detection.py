@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from service.experiments import common, report
-from service.experiments.config import (
+from service.experiments.evaluate import EvalConfig
+from service.experiments.records import Records
+from service.options import (
     ExperimentConfig,
     command_line,
     device_opt,
@@ -37,8 +39,6 @@ from service.experiments.config import (
     progress_opt,
     threads_opt,
 )
-from service.experiments.evaluate import EvalConfig
-from service.experiments.records import Records
 from service.robustness.registry import ATTACKS, PAPER_ATTACKS, Budget
 from service.stats import auc, roc_curve, wilson
 

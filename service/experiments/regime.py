@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from service.experiments import report
-from service.experiments.config import ExperimentConfig, opt, out_opt
+from service.options import ExperimentConfig, opt, out_opt
 from service.stats import wilson
 
 __all__ = ["PAPER", "RegimeConfig", "collect", "load_run", "run", "run_regime"]

@@ -81,20 +81,6 @@ SPEED_RANGE = (3.0, 5.0)
 #: Frame size (px) at which :data:`SPEED_RANGE` and the object size hold by default.
 SPEED_REFERENCE = 64
 OBJECT_FRACTION = 0.2
-#: every ``toy-data`` option that shapes the clips: the recipe ``toy-data`` records in
-#: ``meta.json`` (``recipe``), ``train`` keeps in its checkpoint (``data``) and a toy
-#: model's archived meta.json carries under ``data``
-TOY_DATA_KEYS = (
-    "dataset",
-    "count",
-    "seed",
-    "frames",
-    "size",
-    "object_fraction",
-    "speed_reference",
-    "contrast",
-    "spatial_fraction",
-)
 TEST_EVERY = 4  # every 4th clip of a class is a test clip -> 75/25
 
 Grid = tuple[np.ndarray, np.ndarray]  # (y, x) in [0, 1), shapes [H, 1] and [1, W]
