@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from service.config import Settings, management_url_for, split_urls
+from service.config import PrometheusSettings, Settings, management_url_for, split_urls
 from service.options import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,12 @@ def settings_from_config(config: ServeConfig) -> tuple[Settings, bool]:
     ``--backend-url`` given, with no management URL in options or environment: each
     URL's management API is its port + 1."""
     overrides = config.overrides()
-    external = "backend_url" in overrides or bool(os.environ.get("SHUFFLEGUARD_BACKEND_URL"))
+    from_env = Settings.environment_fields()
+    external = "backend_url" in overrides or "backend_url" in from_env
     if (
         "backend_url" in overrides
         and "backend_management_url" not in overrides
-        and not os.environ.get("SHUFFLEGUARD_BACKEND_MANAGEMENT_URL")
+        and "backend_management_url" not in from_env
     ):
         overrides["backend_management_url"] = ",".join(
             management_url_for(url) for url in split_urls(overrides["backend_url"], name="url")
@@ -323,7 +324,7 @@ def _run_gateway(settings: Any, args: ServeConfig) -> int:
             if value is not None:
                 os.environ[f"SHUFFLEGUARD_{name.upper()}"] = str(value)
         made_dir = None
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if PrometheusSettings().multiproc_dir is None:
             made_dir = tempfile.mkdtemp(prefix="shuffleguard-prom-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
         try:

@@ -14,8 +14,6 @@ memory-mapped files there, :meth:`GatewayMetrics.render` aggregates them with a
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.config import PrometheusSettings
 
 __all__ = ["CONTENT_TYPE_LATEST", "STAGES", "GatewayMetrics", "multiprocess_dir"]
 
@@ -56,7 +56,8 @@ AGREEMENT_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    """prometheus_client's multiprocess directory, None when unset."""
+    return PrometheusSettings().multiproc_dir
 
 
 #: every metric name starts with ``shuffleguard_``
