@@ -30,11 +30,23 @@ from typing import Any
 
 import torch
 
-from service.toy.data import TOY_DATA_KEYS
-
 logger = logging.getLogger(__name__)
 
 HANDLER_PATH = Path(__file__).with_name("handler.py")
+#: every ``toy-data`` option that shapes the clips: the recipe ``toy-data`` records in
+#: ``meta.json`` (``recipe``), ``train`` keeps in its checkpoint (``data``) and a toy
+#: model's archived meta.json carries under ``data``
+TOY_DATA_KEYS = (
+    "dataset",
+    "count",
+    "seed",
+    "frames",
+    "size",
+    "object_fraction",
+    "speed_reference",
+    "contrast",
+    "spatial_fraction",
+)
 #: modules the handler imports from beside it (TorchServe loads it without ``service``),
 #: by their name in the archive
 HANDLER_MODULES = {"npy_reader.py": Path(__file__).parent / "decoder" / "npy.py"}
@@ -386,48 +398,14 @@ def prepare_family(
     Raises:
         ArchiveError, CheckpointError (both ValueError): what is wrong, nothing written.
     """
-    from service.core.presets import preset_for_arch
-    from service.models.checkpoints import fit_state_dict, read_checkpoint
-    from service.models.families import build_family, get_family
+    from service.models.checkpoints import fit_state_dict
+    from service.models.families import build_family
 
-    try:
-        fam = get_family(config.family)
-    except KeyError as exc:
-        raise ArchiveError(str(exc.args[0])) from None
-    if (config.checkpoint is None) == (not config.random_init):
-        raise ArchiveError("give either --checkpoint FILE or --random-init (exactly one)")
-    spec = fam.spec.scaled(config.clip_len, config.crop_size)
-    if config.frame_interval is not None:
-        spec = dataclasses.replace(spec, frame_interval=int(config.frame_interval))
-
-    loaded = None
-    num_classes: int | None = None
-    if config.checkpoint is not None:
-        loaded = read_checkpoint(config.checkpoint)
-        head = loaded.state_dict.get(fam.head_weight)
-        if head is None:
-            raise ArchiveError(
-                f"{config.checkpoint} has no {fam.head_weight!r} (the {fam.name} classifier);"
-                f" is it a {fam.library} {fam.name} checkpoint? Its first keys:"
-                f" {', '.join(list(loaded.state_dict)[:5])}"
-            )
-        num_classes = int(head.shape[0])
+    fam, spec = _family_spec(config)
+    loaded = _read_family_checkpoint(config, fam)
+    num_classes = None if loaded is None else int(loaded.state_dict[fam.head_weight].shape[0])
     labels, label_source = resolve_labels(config.labels, num_classes)
-
-    if config.h1 is not None and config.h2 is not None:
-        preset = {"h1": config.h1, "h2": config.h2, "ensemble": config.ensemble or 10}
-        preset_source = "given"
-    elif fam.preset_arch is not None:
-        paper = preset_for_arch(fam.preset_arch)
-        preset = {"h1": paper.h1, "h2": paper.h2, "ensemble": config.ensemble or paper.ensemble}
-        preset_source = f"paper Sec. 5.2 ({fam.preset_arch})"
-    else:
-        raise ArchiveError(
-            f"{fam.name} has no preset in the paper: pass --h1 and --h2 (docs/models.md)"
-        )
-    if not 1 <= int(preset["h2"]) <= spec.clip_len:
-        raise ArchiveError(f"h2={preset['h2']} must be in 1..clip_len={spec.clip_len}")
-
+    preset, preset_source = _family_preset(config, fam, spec.clip_len)
     model = build_family(
         fam.name,
         num_classes=len(labels),
@@ -442,8 +420,78 @@ def prepare_family(
         )
         net.load_state_dict(state, strict=False)
         model.eval()
+    return model, _family_meta(
+        config, fam, spec, labels, preset, loaded, (label_source, preset_source)
+    )
 
-    conv = fam.first_temporal_conv
+
+def _family_spec(config: FamilyArchiveConfig) -> tuple[Any, Any]:
+    """The family and its input spec at the requested clip length, crop and interval."""
+    from service.models.families import get_family
+
+    try:
+        fam = get_family(config.family)
+    except KeyError as exc:
+        raise ArchiveError(str(exc.args[0])) from None
+    if (config.checkpoint is None) == (not config.random_init):
+        raise ArchiveError("give either --checkpoint FILE or --random-init (exactly one)")
+    spec = fam.spec.scaled(config.clip_len, config.crop_size)
+    if config.frame_interval is not None:
+        spec = dataclasses.replace(spec, frame_interval=int(config.frame_interval))
+    return fam, spec
+
+
+def _read_family_checkpoint(config: FamilyArchiveConfig, fam: Any) -> Any:
+    """The checkpoint (a :class:`~service.models.checkpoints.LoadedCheckpoint` with the
+    family's classifier in it), or None for ``--random-init``."""
+    from service.models.checkpoints import read_checkpoint
+
+    if config.checkpoint is None:
+        return None
+    loaded = read_checkpoint(config.checkpoint)
+    if loaded.state_dict.get(fam.head_weight) is None:
+        raise ArchiveError(
+            f"{config.checkpoint} has no {fam.head_weight!r} (the {fam.name} classifier);"
+            f" is it a {fam.library} {fam.name} checkpoint? Its first keys:"
+            f" {', '.join(list(loaded.state_dict)[:5])}"
+        )
+    return loaded
+
+
+def _family_preset(
+    config: FamilyArchiveConfig, fam: Any, clip_len: int
+) -> tuple[dict[str, int], str]:
+    """``(preset, where it comes from)``: the given h1/h2, else the paper's for the
+    family; ArchiveError when neither or h2 outside ``1..clip_len``."""
+    from service.core.presets import preset_for_arch
+
+    if config.h1 is not None and config.h2 is not None:
+        preset = {"h1": config.h1, "h2": config.h2, "ensemble": config.ensemble or 10}
+        preset_source = "given"
+    elif fam.preset_arch is not None:
+        paper = preset_for_arch(fam.preset_arch)
+        preset = {"h1": paper.h1, "h2": paper.h2, "ensemble": config.ensemble or paper.ensemble}
+        preset_source = f"paper Sec. 5.2 ({fam.preset_arch})"
+    else:
+        raise ArchiveError(
+            f"{fam.name} has no preset in the paper: pass --h1 and --h2 (docs/models.md)"
+        )
+    if not 1 <= int(preset["h2"]) <= clip_len:
+        raise ArchiveError(f"h2={preset['h2']} must be in 1..clip_len={clip_len}")
+    return preset, preset_source
+
+
+def _family_meta(
+    config: FamilyArchiveConfig,
+    fam: Any,
+    spec: Any,
+    labels: list[str],
+    preset: dict[str, int],
+    loaded: Any,
+    sources: tuple[str, str],
+) -> dict[str, Any]:
+    """``meta.json`` of a family archive; ``sources``: where the labels and the preset
+    come from."""
     meta: dict[str, Any] = {
         "name": config.name,
         "arch": fam.name,
@@ -455,14 +503,14 @@ def prepare_family(
             "library": fam.library,
             "builder": fam.builder,
             "note": fam.note,
-            "first_temporal_conv": dataclasses.asdict(conv),
+            "first_temporal_conv": dataclasses.asdict(fam.first_temporal_conv),
             "slowfast_alpha": fam.slowfast_alpha,
         },
         "input": spec.to_meta(),
         "input_reduced": (spec.clip_len, spec.crop_size) != (fam.spec.clip_len, fam.spec.crop_size),
         "weights": "random" if loaded is None else "trained",
-        "label_source": label_source,
-        "preset_source": preset_source,
+        "label_source": sources[0],
+        "preset_source": sources[1],
     }
     if loaded is not None:
         meta["checkpoint"] = {
@@ -475,7 +523,7 @@ def prepare_family(
             meta["checkpoint"]["provenance"] = loaded.provenance
     else:
         meta["init_seed"] = config.seed
-    return model, meta
+    return meta
 
 
 def archive_family(config: FamilyArchiveConfig) -> Path:

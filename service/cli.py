@@ -1,7 +1,7 @@
 """The ``shuffleguard`` command line (typer).
 
 Experiment commands (``evaluate``, ``tune``, ``analyze NAME``) are derived from their
-typed configs (:mod:`service.experiments.config`): one ``--option`` per config field,
+typed configs (:mod:`service.options`): one ``--option`` per config field,
 its default, help and allowed values from the field, validation by the config; the
 command runs ``<module>.run(config)``. List fields take several values after one flag
 (``--seeds 0 1 2``), as they always have.

@@ -9,6 +9,14 @@ gateway, the TorchServe supervisor and the tests all read one typed object.
 Validators fail fast at start-up on values that could only fail later, on the
 request path: a backend URL that does not parse, an ensemble below 1, a
 threshold outside [0, 1], a limit of zero.
+
+Beside it, small settings objects for what is not the gateway's: the API key a client
+sends (:class:`ClientSettings`, ``SHUFFLEGUARD_API_KEY``), prometheus_client's
+multiprocess directory (:class:`PrometheusSettings`, ``PROMETHEUS_MULTIPROC_DIR``) and
+where the fetched real-clip sources are (:class:`SourcesSettings`,
+``SHUFFLEGUARD_SOURCES``). An empty variable counts as unset in these. Nothing else in
+``service`` reads the environment, except the TorchServe handler, which runs without
+this package and reads its two variables once (``service.handler.HandlerSettings``).
 """
 
 from __future__ import annotations
@@ -20,13 +28,16 @@ from typing import Annotated, Literal
 
 import httpx
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 __all__ = [
     "MODEL_NAME_PATTERN",
     "MAX_ENSEMBLE",
     "BackendEndpoint",
+    "ClientSettings",
+    "PrometheusSettings",
     "Settings",
+    "SourcesSettings",
     "management_url_for",
     "normalize_url",
     "split_urls",
@@ -338,6 +349,13 @@ class Settings(BaseSettings):
                 )
         return tuple(BackendEndpoint(u, m) for u, m in zip(urls, management, strict=True))
 
+    @classmethod
+    def environment_fields(cls) -> frozenset[str]:
+        """The fields a non-empty ``SHUFFLEGUARD_*`` environment variable sets (read by
+        pydantic-settings' own environment source, as construction reads them)."""
+        values = EnvSettingsSource(cls)()
+        return frozenset(name for name, value in values.items() if value not in (None, ""))
+
     @property
     def backends(self) -> tuple[BackendEndpoint, ...]:
         """The model servers, in the order given (validated at construction)."""
@@ -347,3 +365,38 @@ class Settings(BaseSettings):
     def max_admitted(self) -> int:
         """Classify requests held at once (running + waiting): bounds upload memory."""
         return self.max_inflight + self.max_queue
+
+
+class ClientSettings(BaseSettings):
+    """A gateway client's settings (``shuffleguard classify``, the red-team client)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHUFFLEGUARD_", extra="ignore", env_ignore_empty=True, frozen=True
+    )
+
+    api_key: str | None = Field(
+        default=None, description="the API key sent when a command is given none"
+    )
+
+
+class PrometheusSettings(BaseSettings):
+    """prometheus_client's multiprocess mode: set, every worker process writes its
+    metrics there and ``/metrics`` sums them (``serve --workers N`` sets it)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROMETHEUS_", extra="ignore", env_ignore_empty=True, frozen=True
+    )
+
+    multiproc_dir: str | None = Field(
+        default=None, description="PROMETHEUS_MULTIPROC_DIR, prometheus_client's own variable"
+    )
+
+
+class SourcesSettings(BaseSettings):
+    """Where ``scripts/fetch-real-clips.sh`` put the real-clip source files."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHUFFLEGUARD_", extra="ignore", env_ignore_empty=True, frozen=True
+    )
+
+    sources: Path | None = Field(default=None, description="default: data/sources")

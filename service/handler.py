@@ -48,6 +48,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,32 @@ else:  # loaded by TorchServe as the top-level ``handler``, npy_reader.py beside
 
 logger = logging.getLogger(__name__)
 
-#: clips per forward pass; bounds worker memory whatever the batch size
-MAX_FORWARD_CLIPS = int(os.environ.get("SHUFFLEGUARD_MAX_FORWARD_CLIPS", "64"))
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """The handler's two settings, read once when TorchServe's worker imports it (the
+    worker has the server's environment). The handler runs without the ``service``
+    package, so it reads them here rather than through :mod:`service.config`."""
+
+    #: clips per forward pass; bounds worker memory whatever the batch size
+    max_forward_clips: int
+    #: threads for a CPU gather (None: torch's intra-op threads)
+    gather_threads: int | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> HandlerSettings:
+        """``SHUFFLEGUARD_MAX_FORWARD_CLIPS`` (default 64) and
+        ``SHUFFLEGUARD_GATHER_THREADS`` (default 0: torch's threads)."""
+        return cls(
+            max_forward_clips=int(environ.get("SHUFFLEGUARD_MAX_FORWARD_CLIPS", "64")),
+            gather_threads=int(environ.get("SHUFFLEGUARD_GATHER_THREADS", "0")) or None,
+        )
+
+
+SETTINGS = HandlerSettings.from_environ()
+MAX_FORWARD_CLIPS = SETTINGS.max_forward_clips
+GATHER_THREADS = SETTINGS.gather_threads
+
 #: largest request accepted, in clips (copy mode) or index rows (index mode)
 MAX_REQUEST_CLIPS = 128
 NPY_CONTENT_TYPE = "application/x-npy"
@@ -71,8 +96,6 @@ NPY_CONTENT_TYPE = "application/x-npy"
 WIRE_MODES = ("copy", "index")
 #: dtypes a request's arrays may have: uint8 clips, little-endian int64 indices
 WIRE_DTYPES = (np.dtype(np.uint8), np.dtype("<i8"))
-#: threads for a CPU gather (default: torch's intra-op threads)
-GATHER_THREADS = int(os.environ.get("SHUFFLEGUARD_GATHER_THREADS", "0")) or None
 #: below this many output bytes a CPU gather runs on one thread
 PARALLEL_GATHER_BYTES = 8 << 20
 

@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from service import wire
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,6 +29,8 @@ from typing import Any
 
 import av
 import numpy as np
+
+from service.config import SourcesSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES_TSV = REPO / "scripts" / "real-clips.tsv"
@@ -56,7 +57,7 @@ def read_sources(tsv: Path = SOURCES_TSV) -> list[Source]:
 
 def sources_dir() -> Path:
     """Where ``fetch-real-clips.sh`` puts the files: ``$SHUFFLEGUARD_SOURCES`` or data/sources."""
-    return Path(os.environ.get("SHUFFLEGUARD_SOURCES") or REPO / "data" / "sources")
+    return SourcesSettings().sources or REPO / "data" / "sources"
 
 
 def sha256_file(path: Path) -> str:

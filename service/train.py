@@ -19,7 +19,8 @@ builder; PyTorchVideo's at ``width`` times their channels, same temporal kernels
 strides and depth), built for the data's clip length and frame size
 (:func:`build_model`). The training loop is the same for every architecture.
 
-Checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`) are plain dicts::
+Checkpoints (:func:`save_checkpoint`;
+:func:`service.models.checkpoints.load_checkpoint` reads them) are plain dicts::
 
     {"state_dict", "arch", "model_kwargs", "labels", "clip_len", "crop_size",
      "dataset", "seed", "test_accuracy", "train_args", "history"}
@@ -54,7 +55,6 @@ __all__ = [
     "build_model",
     "clips_to_input",
     "evaluate_accuracy",
-    "load_checkpoint",
     "predict_logits",
     "save_checkpoint",
     "stratified_holdout",
@@ -288,111 +288,188 @@ def train_model(
     if train_labels.shape[0] != train_clips.shape[0]:
         raise ValueError("train_clips and train_labels differ in length")
     device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(config.seed)
-
+    _seed_everything(config.seed, device)
     holdout = stratified_holdout(train_labels, config.val_fraction, config.seed)
-    val_clips, val_labels = train_clips[holdout], train_labels[holdout]
-    fit_clips, fit_labels = train_clips[~holdout], train_labels[~holdout]
-    n = fit_clips.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 training clips, got {n}")
-
-    model = build_model(
-        config, num_classes, int(train_clips.shape[1]), int(train_clips.shape[2])
-    ).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    batch = min(config.batch_size, n)
-    steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm needs > 1 sample
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
+    fit = _Fit.start(config, num_classes, train_clips[~holdout], train_labels[~holdout], device)
+    evaluation = _Evaluation(
+        config, (train_clips[holdout], train_labels[holdout]), test_clips, test_labels
     )
-    order_gen = torch.Generator().manual_seed(config.seed + 1)
-    aug_gen = torch.Generator().manual_seed(config.seed + 2)
-
-    result = TrainResult(model=model)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_val = -1.0
+    result = TrainResult(model=fit.model)
     t_start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=fit.total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
-            model.train()
-            perm = torch.randperm(n, generator=order_gen)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for step in range(steps_per_epoch):
-                idx = perm[step * batch : (step + 1) * batch]
-                x = clips_to_input(fit_clips.index_select(0, idx), device)
-                y = fit_labels.index_select(0, idx).to(device)
-                if config.augment:
-                    x = augment_batch(x, aug_gen, max_shift=config.max_shift)
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last_3d)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * idx.numel()
-                correct += int((logits.argmax(1) == y).sum())
-                seen += idx.numel()
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}")
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
-                "val_accuracy": None,
-                "test_accuracy": None,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            if val_clips.shape[0]:
-                record["val_accuracy"] = evaluate_accuracy(
-                    model, val_clips, val_labels, batch_size=config.eval_batch_size
-                )
-            if test_clips is not None and test_labels is not None and test_clips.shape[0]:
-                record["test_accuracy"] = evaluate_accuracy(
-                    model, test_clips, test_labels, batch_size=config.eval_batch_size
-                )
+            record = {"epoch": epoch, **fit.epoch(epoch, bar)}
+            record.update(evaluation.after_epoch(fit.model))
             record["seconds"] = time.perf_counter() - t0
             result.history.append(record)
-            logger.info(
-                "%s epoch %d/%d: loss %.4f, train acc %.3f, val acc %s, test acc %s (%.1fs)",
-                desc,
-                epoch,
-                config.epochs,
-                record["loss"],
-                record["train_accuracy"],
-                _fmt(record["val_accuracy"]),
-                _fmt(record["test_accuracy"]),
-                record["seconds"],
-            )
-            # >=: on a tie the later (more trained, lower-LR) epoch wins
-            if record["val_accuracy"] is not None and record["val_accuracy"] >= best_val:
-                best_val = record["val_accuracy"]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                result.best_epoch = epoch
+            _log_epoch(desc, config.epochs, record)
+            evaluation.keep_if_best(fit.model, record, result)
     finally:
         bar.close()
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        result.val_accuracy = best_val
-        chosen = result.history[result.best_epoch - 1]
-        result.test_accuracy = chosen["test_accuracy"]
-    else:
-        result.best_epoch = config.epochs
-        result.test_accuracy = result.history[-1]["test_accuracy"]
-    model.eval()
+    evaluation.finish(fit.model, result, config.epochs)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _seed_everything(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
+@dataclass
+class _Fit:
+    """The optimization of one :func:`train_model` run: the model, Adam with a cosine
+    decay, the clips it fits and its seeded order and augmentation generators."""
+
+    config: TrainConfig
+    model: nn.Module
+    clips: torch.Tensor
+    labels: torch.Tensor
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batch: int
+    steps_per_epoch: int
+    order_gen: torch.Generator
+    aug_gen: torch.Generator
+
+    @property
+    def total(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @classmethod
+    def start(
+        cls,
+        config: TrainConfig,
+        num_classes: int,
+        clips: torch.Tensor,
+        labels: torch.Tensor,
+        device: torch.device,
+    ) -> _Fit:
+        n = clips.shape[0]
+        if n < 2:
+            raise ValueError(f"need at least 2 training clips, got {n}")
+        model = build_model(config, num_classes, int(clips.shape[1]), int(clips.shape[2]))
+        model = model.to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        batch = min(config.batch_size, n)
+        steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm needs > 1 sample
+        total = steps_per_epoch * config.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
+        )
+        order_gen = torch.Generator().manual_seed(config.seed + 1)
+        aug_gen = torch.Generator().manual_seed(config.seed + 2)
+        return cls(
+            config, model, clips, labels, device, optimizer, scheduler,
+            batch, steps_per_epoch, order_gen, aug_gen,
+        )  # fmt: skip
+
+    def epoch(self, epoch: int, bar: Any) -> dict[str, Any]:
+        """One pass over the clips in a seeded order: mean loss, train accuracy, LR."""
+        self.model.train()
+        perm = torch.randperm(self.clips.shape[0], generator=self.order_gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step in range(self.steps_per_epoch):
+            idx = perm[step * self.batch : (step + 1) * self.batch]
+            loss, right = self._step(idx)
+            loss_sum += loss * idx.numel()
+            correct += right
+            seen += idx.numel()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}")
+        return {
+            "loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_accuracy": None,
+            "test_accuracy": None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def _step(self, idx: torch.Tensor) -> tuple[float, int]:
+        config = self.config
+        x = clips_to_input(self.clips.index_select(0, idx), self.device)
+        y = self.labels.index_select(0, idx).to(self.device)
+        if config.augment:
+            x = augment_batch(x, self.aug_gen, max_shift=config.max_shift)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+class _Evaluation:
+    """Validation and test accuracy after each epoch, and the model selection: the
+    epoch with the best validation accuracy (the later on a tie), else the last."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        val: tuple[torch.Tensor, torch.Tensor],
+        test_clips: torch.Tensor | None,
+        test_labels: torch.Tensor | None,
+    ) -> None:
+        self.batch_size = config.eval_batch_size
+        self.val = val
+        self.test = (test_clips, test_labels)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_val = -1.0
+
+    def after_epoch(self, model: nn.Module) -> dict[str, float]:
+        out = {}
+        if self.val[0].shape[0]:
+            out["val_accuracy"] = evaluate_accuracy(model, *self.val, batch_size=self.batch_size)
+        test_clips, test_labels = self.test
+        if test_clips is not None and test_labels is not None and test_clips.shape[0]:
+            out["test_accuracy"] = evaluate_accuracy(
+                model, test_clips, test_labels, batch_size=self.batch_size
+            )
+        return out
+
+    def keep_if_best(self, model: nn.Module, record: dict[str, Any], result: TrainResult) -> None:
+        # >=: on a tie the later (more trained, lower-LR) epoch wins
+        if record["val_accuracy"] is not None and record["val_accuracy"] >= self.best_val:
+            self.best_val = record["val_accuracy"]
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            result.best_epoch = record["epoch"]
+
+    def finish(self, model: nn.Module, result: TrainResult, epochs: int) -> None:
+        """Load the chosen epoch's weights and report its accuracies; eval mode."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+            result.val_accuracy = self.best_val
+            result.test_accuracy = result.history[result.best_epoch - 1]["test_accuracy"]
+        else:
+            result.best_epoch = epochs
+            result.test_accuracy = result.history[-1]["test_accuracy"]
+        model.eval()
+
+
+def _log_epoch(desc: str, epochs: int, record: dict[str, Any]) -> None:
+    logger.info(
+        "%s epoch %d/%d: loss %.4f, train acc %.3f, val acc %s, test acc %s (%.1fs)",
+        desc,
+        record["epoch"],
+        epochs,
+        record["loss"],
+        record["train_accuracy"],
+        _fmt(record["val_accuracy"]),
+        _fmt(record["test_accuracy"]),
+        record["seconds"],
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -451,31 +528,6 @@ def save_checkpoint(
     torch.save(ckpt, path)
     logger.info("saved checkpoint %s (test accuracy %s)", path, _fmt(result.test_accuracy))
     return ckpt
-
-
-def load_checkpoint(
-    path: str | Path, map_location: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint written by :func:`save_checkpoint`.
-
-    Returns ``(model, ckpt)``: the model in eval mode on ``map_location`` (contiguous
-    memory format, ready for :func:`torch.jit.trace`), and the checkpoint dict.
-    """
-    from service.models.families import FAMILY_NAMES, build_family
-
-    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    arch = ckpt.get("arch")
-    model: nn.Module
-    if arch == ARCH:
-        model = resnet3d_18(**ckpt["model_kwargs"])
-    elif arch in FAMILY_NAMES:
-        kwargs = dict(ckpt["model_kwargs"])
-        model = build_family(kwargs.pop("name"), seed=0, **kwargs)  # weights loaded below
-    else:
-        raise ValueError(f"{path}: unknown arch {arch!r} (not {ARCH!r} or a model family)")
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(map_location).eval()
-    return model, ckpt
 
 
 def train_from_directory(

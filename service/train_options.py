@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 #: the project's 3D ResNet-18; any other ``arch`` is a family of service.models.families
 ARCH = "resnet3d_18"

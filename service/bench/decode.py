@@ -33,7 +33,7 @@ import numpy as np
 
 from service.decoder.clip import DecodedClip
 from service.decoder.decode import decode_clip
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 
 def _sampling(text: str) -> tuple[int, int]:

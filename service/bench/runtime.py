@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 WAYS = ("eager", "channels_last", "bf16", "compile", "export")
 

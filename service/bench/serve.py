@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 
@@ -139,52 +139,62 @@ def agreement(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    env = result["environment"]
     lines = [f"# bench serve: N = {result['ensemble']}", ""]
     for size, res in result["sizes"].items():
-        clip_bytes = res["clip_bytes"]
-        lines += [
-            f"## {size}: {res['model']} ({res['clip']}; one clip = {clip_bytes / 1e6:.3f} MB)",
-            "",
-            "| mode | p50 ms | p95 ms | bytes to backend / request | x one clip "
-            "| copies classified | req/s at saturation |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for mode in MODES:
-            m = res["modes"][mode]
-            lat = m["latency_ms"]
-            lines.append(
-                f"| {mode} | {lat['p50']:.1f} | {lat['p95']:.1f} | {m['bytes_per_request']:,.0f} "
-                f"| {m['bytes_per_request'] / clip_bytes:.3f} | {m['copies_per_request']:.2f} "
-                f"| {res['throughput_rps'][mode]:.3f} |"
-            )
-        t = res["targets"]
-        lines += [
-            "",
-            "Where the time goes (gateway stages, p50 ms; backend = the handler's"
-            " gather + forward):",
-            "",
-        ]
-        lines += [f"- {mode}: " + ", ".join(
-            f"{k} {res['modes'][mode].get('stages_p50_ms', {}).get(k, float('nan')):.0f}"
-            for k in STAGES) for mode in MODES]  # fmt: skip
-        lines += [
-            "",
-            f"Latency: {res['requests']} interleaved rounds; saturation: {res['saturation']} "
-            f"requests per mode, {res['concurrency']} clients, closed loop"
-            + (" (not run: nan)." if not res["saturation"] else "."),
-            f"Same label and flag as the full vote: copy {res['agreement']['copy']:.0%}, "
-            f"index_early {res['agreement']['index_early']:.0%}.",
-            f"Targets: index-mode bytes {t['index_bytes_over_clip']:.3f}x one clip (<= 1.1): "
-            f"{_met(t['index_bytes_over_clip'] <= 1.1)}; early stop "
-            f"{t['early_copies_over_n']:.2f} N copies (<= 0.6 on clean clips): "
-            f"{_met(t['early_copies_over_n'] <= 0.6)}; defended throughput "
-            f"{t['throughput_over_copy']:.2f}x copy mode (>= 1.5): "
-            f"{_met(t['throughput_over_copy'] >= 1.5)}.",
-            "",
-        ]
-    g = result["gateway"]
+        lines += _size_markdown(size, res)
+    lines += _gateway_markdown(result)
+    return "\n".join(lines)
+
+
+def _size_markdown(size: str, res: dict[str, Any]) -> list[str]:
+    """One size's table, stage times, load and targets."""
+    clip_bytes = res["clip_bytes"]
+    lines = [
+        f"## {size}: {res['model']} ({res['clip']}; one clip = {clip_bytes / 1e6:.3f} MB)",
+        "",
+        "| mode | p50 ms | p95 ms | bytes to backend / request | x one clip "
+        "| copies classified | req/s at saturation |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode in MODES:
+        m = res["modes"][mode]
+        lat = m["latency_ms"]
+        lines.append(
+            f"| {mode} | {lat['p50']:.1f} | {lat['p95']:.1f} | {m['bytes_per_request']:,.0f} "
+            f"| {m['bytes_per_request'] / clip_bytes:.3f} | {m['copies_per_request']:.2f} "
+            f"| {res['throughput_rps'][mode]:.3f} |"
+        )
+    t = res["targets"]
     lines += [
+        "",
+        "Where the time goes (gateway stages, p50 ms; backend = the handler's gather + forward):",
+        "",
+    ]
+    lines += [f"- {mode}: " + ", ".join(
+        f"{k} {res['modes'][mode].get('stages_p50_ms', {}).get(k, float('nan')):.0f}"
+        for k in STAGES) for mode in MODES]  # fmt: skip
+    lines += [
+        "",
+        f"Latency: {res['requests']} interleaved rounds; saturation: {res['saturation']} "
+        f"requests per mode, {res['concurrency']} clients, closed loop"
+        + (" (not run: nan)." if not res["saturation"] else "."),
+        f"Same label and flag as the full vote: copy {res['agreement']['copy']:.0%}, "
+        f"index_early {res['agreement']['index_early']:.0%}.",
+        f"Targets: index-mode bytes {t['index_bytes_over_clip']:.3f}x one clip (<= 1.1): "
+        f"{_met(t['index_bytes_over_clip'] <= 1.1)}; early stop "
+        f"{t['early_copies_over_n']:.2f} N copies (<= 0.6 on clean clips): "
+        f"{_met(t['early_copies_over_n'] <= 0.6)}; defended throughput "
+        f"{t['throughput_over_copy']:.2f}x copy mode (>= 1.5): "
+        f"{_met(t['throughput_over_copy'] >= 1.5)}.",
+        "",
+    ]
+    return lines
+
+
+def _gateway_markdown(result: dict[str, Any]) -> list[str]:
+    """The gateway process's memory and imports, the machine and the command."""
+    env, g = result["environment"], result["gateway"]
+    lines = [
         "## gateway process",
         "",
         "| gateway | RSS at rest (MB) | RSS after the run (MB) |",
@@ -209,7 +219,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _met(ok: bool) -> str:
@@ -512,7 +522,6 @@ def run_size(
     ``upload``: send these bytes (a video file) instead of ``clips`` as ``.npy``; ``clips``
     then holds the decoded clip (its size is the bytes ratio's unit)."""
     import httpx
-    from tqdm import tqdm
 
     n = args.ensemble
     bodies = [upload] if upload is not None else [_npy(c) for c in clips]
@@ -532,6 +541,33 @@ def run_size(
         if r.status_code != 200:
             raise RuntimeError(f"{mode}: gateway answered {r.status_code}: {r.text}")
         return ms, r.json()
+
+    by_mode = _latency_rounds(call, client, gateway_of, args, requests=requests, desc=desc)
+    half = saturation // 2
+    rps = _saturation_rounds(call, half, concurrency, f"{desc} saturation", args.no_progress)
+    client.close()
+
+    return size_report(
+        model=model, clip_bytes=int(clips[0].nbytes), n=n, requests=requests,
+        saturation=2 * half, concurrency=concurrency, by_mode=by_mode, rps=rps,
+    )  # fmt: skip
+
+
+Call = Callable[..., tuple[float, dict[str, Any]]]
+
+
+def _latency_rounds(
+    call: Call,
+    client: Any,
+    gateway_of: dict[str, str],
+    args: ServeBenchConfig,
+    *,
+    requests: int,
+    desc: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """``requests`` rounds (after the warm-up) of one request per mode, the modes in a
+    seeded order each round: latency, bytes sent, votes, label and timings."""
+    from tqdm import tqdm
 
     order_rng = random.Random(args.seed)
     by_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
@@ -559,19 +595,21 @@ def run_size(
                         "timings_ms": body["timings_ms"],
                     }
                 )
+    return by_mode
 
-    # forward then reverse order, half the requests each: drift hits every mode alike
-    half = saturation // 2
+
+def _saturation_rounds(
+    call: Call, half: int, concurrency: int, desc: str, no_progress: bool
+) -> dict[str, list[float]]:
+    """Requests/s of each mode in closed loops of ``half`` requests, forward then
+    reverse order, so drift hits every mode alike (none when ``half`` is 0)."""
+    from tqdm import tqdm
+
     rps: dict[str, list[float]] = {m: [] for m in MODES}
     for order in (list(MODES), list(reversed(MODES))) if half else ():
-        for mode in tqdm(order, desc=f"{desc} saturation", disable=args.no_progress):
+        for mode in tqdm(order, desc=desc, disable=no_progress):
             rps[mode].append(closed_loop(partial(call, mode), half, concurrency))
-    client.close()
-
-    return size_report(
-        model=model, clip_bytes=int(clips[0].nbytes), n=n, requests=requests,
-        saturation=2 * half, concurrency=concurrency, by_mode=by_mode, rps=rps,
-    )  # fmt: skip
+    return rps
 
 
 def _run_i3d(urls: dict[str, str], args: ServeBenchConfig) -> dict[str, Any]:
@@ -642,11 +680,59 @@ def run_sizes(urls: dict[str, str], args: ServeBenchConfig, toy_mar: Path) -> di
     return sizes
 
 
-def run(args: ServeBenchConfig) -> int:
-    import psutil
-    import torch
-
+def _torchserve(store: Path, args: ServeBenchConfig) -> Any:
+    """A TorchServe on ``store`` at free ports, with the long timeouts a saturated
+    full-size run needs (not started)."""
     from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+
+    ports = free_ports(3)
+    return TorchServeProcess(
+        TorchServeOptions(
+            model_store=store,
+            inference_port=ports[0],
+            management_port=ports[1],
+            metrics_port=ports[2],
+            base_config=args.model_store / "config.properties",
+            extra={"default_response_timeout": "1800"},
+            start_timeout_s=600,
+        )
+    )
+
+
+def _run_gateways(
+    server: Any, args: ServeBenchConfig, toy_mar: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """``(sizes, rss)``: :func:`run_sizes` against an index-mode and a copy-mode gateway
+    in front of ``server``, and each gateway's RSS before and after (MB)."""
+    import psutil
+
+    env = {"SHUFFLEGUARD_BACKEND_TIMEOUT_S": "1800", "SHUFFLEGUARD_QUEUE_TIMEOUT_S": "3600"}
+    with (
+        gateway_process(
+            "index",
+            server.inference_url,
+            server.management_url,
+            {**env, "SHUFFLEGUARD_SHUFFLE_MODE": "index"},
+            args.out / "gateway_index.log",
+        ) as (index_url, index_pid),
+        gateway_process(
+            "copy",
+            server.inference_url,
+            server.management_url,
+            {**env, "SHUFFLEGUARD_SHUFFLE_MODE": "copy"},
+            args.out / "gateway_copy.log",
+        ) as (copy_url, copy_pid),
+    ):
+        pids = {"index": index_pid, "copy": copy_pid}
+        rss = {k: {"rest": psutil.Process(p).memory_info().rss / 1e6} for k, p in pids.items()}
+        sizes = run_sizes({"index": index_url, "copy": copy_url}, args, toy_mar)
+        for k, p in pids.items():
+            rss[k]["after"] = psutil.Process(p).memory_info().rss / 1e6
+    return sizes, rss
+
+
+def run(args: ServeBenchConfig) -> int:
+    import torch
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -656,47 +742,12 @@ def run(args: ServeBenchConfig) -> int:
         store = Path(tmp_str) / "store"
         store.mkdir()
         build_store(store, args, toy_mar)
-        ports = free_ports(3)
-        server = TorchServeProcess(
-            TorchServeOptions(
-                model_store=store,
-                inference_port=ports[0],
-                management_port=ports[1],
-                metrics_port=ports[2],
-                base_config=args.model_store / "config.properties",
-                extra={"default_response_timeout": "1800"},
-                start_timeout_s=600,
-            )
-        )
+        server = _torchserve(store, args)
         server.start()
         try:
             print("starting TorchServe ...", file=sys.stderr)
             server.wait_ready()
-            env = {"SHUFFLEGUARD_BACKEND_TIMEOUT_S": "1800", "SHUFFLEGUARD_QUEUE_TIMEOUT_S": "3600"}
-            with (
-                gateway_process(
-                    "index",
-                    server.inference_url,
-                    server.management_url,
-                    {**env, "SHUFFLEGUARD_SHUFFLE_MODE": "index"},
-                    args.out / "gateway_index.log",
-                ) as (index_url, index_pid),
-                gateway_process(
-                    "copy",
-                    server.inference_url,
-                    server.management_url,
-                    {**env, "SHUFFLEGUARD_SHUFFLE_MODE": "copy"},
-                    args.out / "gateway_copy.log",
-                ) as (copy_url, copy_pid),
-            ):
-                pids = {"index": index_pid, "copy": copy_pid}
-                rss = {
-                    k: {"rest": psutil.Process(p).memory_info().rss / 1e6} for k, p in pids.items()
-                }
-                urls = {"index": index_url, "copy": copy_url}
-                result["sizes"] = run_sizes(urls, args, toy_mar)
-                for k, p in pids.items():
-                    rss[k]["after"] = psutil.Process(p).memory_info().rss / 1e6
+            result["sizes"], rss = _run_gateways(server, args, toy_mar)
         finally:
             server.close()
     torch_dir = Path(torch.__file__).parent

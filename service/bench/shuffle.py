@@ -38,8 +38,8 @@ from typing import Any, ClassVar
 import torch
 
 from service.core.ensemble import apply_shuffles, make_generator, shuffle_indices
-from service.experiments.config import ExperimentConfig, opt
 from service.handler import gather_frames
+from service.options import ExperimentConfig, opt
 
 
 def shuffle_per_frame(
@@ -99,43 +99,8 @@ def bench_size(
     gen_cpu = torch.Generator().manual_seed(seed)
     clip = torch.randint(0, 256, (T, size, size, 3), dtype=torch.uint8, generator=gen_cpu)
     clip = clip.to(device)
-    # Index maths stays on the host (tiny tensors, no kernel launches); only the
-    # gather runs on the clip's device. Drawing on a CUDA generator instead costs
-    # ~8 extra kernel launches, which dominate a 48 MB gather on an H100.
-    gen = make_generator(seed)
-    rng = random.Random(seed)
-
-    def vectorized() -> torch.Tensor:
-        idx = shuffle_indices(T, h1, h2, n, generator=gen)
-        return apply_shuffles(clip, idx, temporal_dim=0)
-
-    def blocks() -> torch.Tensor:
-        idx = shuffle_indices(T, h1, h2, n, generator=gen)
-        return gather_frames(clip, idx.numpy(), threads=n_threads)
-
-    def per_frame() -> torch.Tensor:
-        return shuffle_per_frame(clip, h1, h2, n, rng)
-
-    def bare_copy() -> torch.Tensor:
-        return clip.unsqueeze(0).expand(n, *clip.shape).contiguous()
-
-    fns = {
-        "blocks": blocks,
-        "vectorized": vectorized,
-        "per_frame": per_frame,
-        "bare_copy": bare_copy,
-    }
-    timer = _timer(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    order_rng = random.Random(seed + 1)
-    for r in range(warmup + repeats):
-        order_rng.shuffle(order)  # no method always runs right after another
-        for name in order:
-            dt = timer(fns[name])
-            if r >= warmup:
-                times[name].append(dt)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    fns = _methods(clip, h1=h1, h2=h2, n=n, seed=seed, threads=n_threads)
+    med = _median_times(fns, device, warmup=warmup, repeats=repeats, seed=seed)
     return {
         "T": T,
         "size": size,
@@ -152,6 +117,62 @@ def bench_size(
         "vectorized_GBps": n * clip.numel() / med["vectorized"] / 1e9,
         "repeats": repeats,
     }
+
+
+def _methods(
+    clip: torch.Tensor, *, h1: int, h2: int, n: int, seed: int, threads: int
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """The methods compared, each making the ``n`` shuffled copies of ``clip``."""
+    T = clip.shape[0]
+    # Index maths stays on the host (tiny tensors, no kernel launches); only the
+    # gather runs on the clip's device. Drawing on a CUDA generator instead costs
+    # ~8 extra kernel launches, which dominate a 48 MB gather on an H100.
+    gen = make_generator(seed)
+    rng = random.Random(seed)
+
+    def vectorized() -> torch.Tensor:
+        idx = shuffle_indices(T, h1, h2, n, generator=gen)
+        return apply_shuffles(clip, idx, temporal_dim=0)
+
+    def blocks() -> torch.Tensor:
+        idx = shuffle_indices(T, h1, h2, n, generator=gen)
+        return gather_frames(clip, idx.numpy(), threads=threads)
+
+    def per_frame() -> torch.Tensor:
+        return shuffle_per_frame(clip, h1, h2, n, rng)
+
+    def bare_copy() -> torch.Tensor:
+        return clip.unsqueeze(0).expand(n, *clip.shape).contiguous()
+
+    return {
+        "blocks": blocks,
+        "vectorized": vectorized,
+        "per_frame": per_frame,
+        "bare_copy": bare_copy,
+    }
+
+
+def _median_times(
+    fns: dict[str, Callable[[], torch.Tensor]],
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+    seed: int,
+) -> dict[str, float]:
+    """Median seconds of each method over ``repeats`` rounds after ``warmup``, the
+    methods in a new seeded order every round."""
+    timer = _timer(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    order_rng = random.Random(seed + 1)
+    for r in range(warmup + repeats):
+        order_rng.shuffle(order)  # no method always runs right after another
+        for name in order:
+            dt = timer(fns[name])
+            if r >= warmup:
+                times[name].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 
 @dataclass(kw_only=True)  # --name is required but keeps its place among the options
@@ -125,7 +125,7 @@ def _report(mar: Path, args: ArchiveConfig) -> None:
 
 def _run_training_checkpoint(args: ArchiveConfig, checkpoint: Path) -> int:
     from service.archive import ArchiveError, build_mar, toy_data_recipe
-    from service.train import load_checkpoint
+    from service.models.checkpoints import load_checkpoint
 
     if args.h1 is None or args.h2 is None:
         raise ArchiveError("a `shuffleguard train` checkpoint needs --h1 and --h2")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 _CONTENT_TYPES = {
     ".npy": "application/x-npy",

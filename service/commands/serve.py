@@ -33,8 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from service.config import Settings, management_url_for, split_urls
-from service.experiments.config import ExperimentConfig, opt
+from service.config import PrometheusSettings, Settings, management_url_for, split_urls
+from service.options import ExperimentConfig, opt
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,12 @@ def settings_from_config(config: ServeConfig) -> tuple[Settings, bool]:
     ``--backend-url`` given, with no management URL in options or environment: each
     URL's management API is its port + 1."""
     overrides = config.overrides()
-    external = "backend_url" in overrides or bool(os.environ.get("SHUFFLEGUARD_BACKEND_URL"))
+    from_env = Settings.environment_fields()
+    external = "backend_url" in overrides or "backend_url" in from_env
     if (
         "backend_url" in overrides
         and "backend_management_url" not in overrides
-        and not os.environ.get("SHUFFLEGUARD_BACKEND_MANAGEMENT_URL")
+        and "backend_management_url" not in from_env
     ):
         overrides["backend_management_url"] = ",".join(
             management_url_for(url) for url in split_urls(overrides["backend_url"], name="url")
@@ -230,29 +231,9 @@ def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
         TorchServeProcess,
     )
 
-    if importlib.util.find_spec("ts") is None:  # the core install has no TorchServe
-        print(
-            "shuffleguard serve: starting TorchServe needs the `models` extra"
-            " (pip install 'shuffleguard[models]'); or point the gateway at a running"
-            " model server with --backend-url.",
-            file=sys.stderr,
-        )
-        return 2
-    busy = [
-        p
-        for p in (
-            settings.torchserve_inference_port,
-            settings.torchserve_management_port,
-            settings.torchserve_metrics_port,
-        )
-        if not _port_free(settings.torchserve_host, p)
-    ]
-    if busy:
-        print(
-            f"shuffleguard serve: port(s) {busy} on {settings.torchserve_host} are in use (another"
-            " TorchServe?). Use it with --backend-url, or pick free --ts-*-port values.",
-            file=sys.stderr,
-        )
+    problem = _torchserve_unavailable(settings)
+    if problem is not None:
+        print(f"shuffleguard serve: {problem}", file=sys.stderr)
         return 2
     server = TorchServeProcess(
         TorchServeOptions(
@@ -273,19 +254,8 @@ def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
         except TorchServeError as exc:
             print(f"shuffleguard serve: TorchServe failed to start: {exc}", file=sys.stderr)
             return 1
-        settings = settings.model_copy(
-            update={
-                "backend_url": server.inference_url,
-                "backend_management_url": server.management_url,
-            }
-        )
-        warn_random_init(settings.model_store, models)
-        if settings.default_model not in models:
-            logger.warning(
-                "default model %s is not in the model store; using %s",
-                settings.default_model,
-                models[0],
-            )
+        settings = _served_settings(settings, server.inference_url, server.management_url)
+        _check_models(settings, models)
         supervisor.start()
         return _run_gateway(settings, args)
     finally:
@@ -295,6 +265,49 @@ def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
         logger.info("stopping TorchServe")
         supervisor.stop()
         server.close()
+
+
+def _torchserve_unavailable(settings: Settings) -> str | None:
+    """Why TorchServe cannot start here (not installed, a port in use), or None."""
+    if importlib.util.find_spec("ts") is None:  # the core install has no TorchServe
+        return (
+            "starting TorchServe needs the `models` extra"
+            " (pip install 'shuffleguard[models]'); or point the gateway at a running"
+            " model server with --backend-url."
+        )
+    busy = [
+        p
+        for p in (
+            settings.torchserve_inference_port,
+            settings.torchserve_management_port,
+            settings.torchserve_metrics_port,
+        )
+        if not _port_free(settings.torchserve_host, p)
+    ]
+    if busy:
+        return (
+            f"port(s) {busy} on {settings.torchserve_host} are in use (another"
+            " TorchServe?). Use it with --backend-url, or pick free --ts-*-port values."
+        )
+    return None
+
+
+def _served_settings(settings: Settings, inference_url: str, management_url: str) -> Settings:
+    """``settings`` pointed at the TorchServe this command started."""
+    return settings.model_copy(
+        update={"backend_url": inference_url, "backend_management_url": management_url}
+    )
+
+
+def _check_models(settings: Settings, models: list[str]) -> None:
+    """Warn about random-init archives and a default model the store lacks."""
+    warn_random_init(settings.model_store, models)
+    if settings.default_model not in models:
+        logger.warning(
+            "default model %s is not in the model store; using %s",
+            settings.default_model,
+            models[0],
+        )
 
 
 def _run_gateway(settings: Any, args: ServeConfig) -> int:
@@ -323,7 +336,7 @@ def _run_gateway(settings: Any, args: ServeConfig) -> int:
             if value is not None:
                 os.environ[f"SHUFFLEGUARD_{name.upper()}"] = str(value)
         made_dir = None
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if PrometheusSettings().multiproc_dir is None:
             made_dir = tempfile.mkdtemp(prefix="shuffleguard-prom-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from service.experiments.config import ExperimentConfig, opt
+from service.options import ExperimentConfig, opt
 
 
 @dataclass
@@ -62,8 +62,9 @@ def run(args: ToyDataConfig) -> int:
 
     from tqdm import tqdm
 
+    from service.archive import TOY_DATA_KEYS
     from service.toy.contrast import blend_towards_background
-    from service.toy.data import TOY_DATA_KEYS, generate_toy_dataset, write_toy_dataset
+    from service.toy.data import generate_toy_dataset, write_toy_dataset
 
     t0 = time.perf_counter()
     try:

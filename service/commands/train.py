@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from service.experiments.config import opt
+from service.options import opt
 from service.train_options import ARCH, TrainOptions
 
 

@@ -54,7 +54,8 @@ import torch
 from service.core.shuffle import count_shuffles
 from service.core.stats import wilson
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig
+from service.options import opt
 from service.robustness.attacks import IFGSM
 from service.robustness.registry import ATTACKS, RowContext, adaptive_attacks, eot_for_row
 from service.robustness.smoothing import ShuffleVote

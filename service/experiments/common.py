@@ -10,7 +10,8 @@
   what the unit is, not by the order units run in.
 * Statistics live in :mod:`service.core.stats` (scipy).
 * Outputs: :mod:`service.experiments.report` (the one report writer); configs and
-  the produced-by command: :mod:`service.experiments.config`.
+  the produced-by command: :mod:`service.options` (the machinery) and
+  :mod:`service.experiments.config` (:class:`AnalysisConfig`, the experiments' base).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, 
         from service.archive import load_archived_model
 
         return load_archived_model(checkpoint, map_location=device)
-    from service.train import load_checkpoint
+    from service.models.checkpoints import load_checkpoint
 
     return load_checkpoint(checkpoint, map_location=device)
 

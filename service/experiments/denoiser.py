@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from service import options
 from service.experiments import common, config, report
 from service.robustness.smoothing import SIGMA
 
@@ -28,26 +29,26 @@ __all__ = ["DenoiserConfig", "load_denoiser", "psnr", "run", "train_and_save"]
 
 
 @dataclass
-class DenoiserConfig(config.ExperimentConfig):
+class DenoiserConfig(options.ExperimentConfig):
     """Settings of ``shuffleguard analyze denoiser``."""
 
     COMMAND: ClassVar[tuple[str, ...]] = ("shuffleguard", "analyze", "denoiser")
 
     data: str = config.data_opt("toy-data directory (train split is used)")
-    save: str = config.opt(help="where to write the denoiser (.pt)", show="always")
-    out: str = config.out_opt("docs/results/denoiser", "report directory")
-    sigma: float = config.opt(SIGMA, "noise std (pixel units)", show="always")
-    depth: int = config.opt(17, "DnCNN layers (paper: 17)", show="always")
-    features: int = config.opt(64, "DnCNN width (paper: 64)", show="always")
-    epochs: int = config.opt(20, "training epochs", show="always")
-    lr: float = config.opt(1e-3, "Adam learning rate", show="always")
-    frame_batch: int = config.opt(64, "frames per step", show="always")
-    max_clips: int | None = config.opt(None, "train on this many clips", show="always")
-    eval_clips: int = config.opt(32, "test clips for the PSNR", show="always")
-    seed: int = config.opt(0, "seed of the subset, the noise and the training", show="always")
-    device: str = config.device_opt()
-    threads: int = config.threads_opt()
-    no_progress: bool = config.progress_opt()
+    save: str = options.opt(help="where to write the denoiser (.pt)", show="always")
+    out: str = options.out_opt("docs/results/denoiser", "report directory")
+    sigma: float = options.opt(SIGMA, "noise std (pixel units)", show="always")
+    depth: int = options.opt(17, "DnCNN layers (paper: 17)", show="always")
+    features: int = options.opt(64, "DnCNN width (paper: 64)", show="always")
+    epochs: int = options.opt(20, "training epochs", show="always")
+    lr: float = options.opt(1e-3, "Adam learning rate", show="always")
+    frame_batch: int = options.opt(64, "frames per step", show="always")
+    max_clips: int | None = options.opt(None, "train on this many clips", show="always")
+    eval_clips: int = options.opt(32, "test clips for the PSNR", show="always")
+    seed: int = options.opt(0, "seed of the subset, the noise and the training", show="always")
+    device: str = options.device_opt()
+    threads: int = options.threads_opt()
+    no_progress: bool = options.progress_opt()
 
     def check(self) -> None:
         if self.epochs < 1 or self.depth < 2 or self.features < 1 or self.sigma < 0:

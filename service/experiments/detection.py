@@ -30,7 +30,9 @@ from typing import Any, ClassVar
 from service.core.stats import auc, roc_curve, wilson
 from service.core.vote import suspected
 from service.experiments import common, report
-from service.experiments.config import (
+from service.experiments.evaluate import EvalConfig
+from service.experiments.records import Records
+from service.options import (
     ExperimentConfig,
     command_line,
     device_opt,
@@ -39,8 +41,6 @@ from service.experiments.config import (
     progress_opt,
     threads_opt,
 )
-from service.experiments.evaluate import EvalConfig
-from service.experiments.records import Records
 from service.robustness.registry import ATTACKS, PAPER_ATTACKS, Budget
 
 __all__ = ["SIGNALS", "DetectionConfig", "detection_results", "flag_at_fpr", "run"]

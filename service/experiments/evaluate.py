@@ -50,18 +50,9 @@ from torch import nn
 from service.archive import sha256_file
 from service.core.presets import ShufflePreset
 from service.experiments import common, report
-from service.experiments.config import (
-    ExperimentConfig,
-    attack_batch_opt,
-    checkpoint_opt,
-    data_opt,
-    device_opt,
-    opt,
-    out_opt,
-    progress_opt,
-    threads_opt,
-)
+from service.experiments.config import attack_batch_opt, checkpoint_opt, data_opt
 from service.experiments.records import Key, Records
+from service.options import ExperimentConfig, device_opt, opt, out_opt, progress_opt, threads_opt
 from service.robustness.registry import (
     ATTACKS,
     DEFENSE_ROWS,

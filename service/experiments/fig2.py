@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig
+from service.options import opt
 
 KINDS = ("chunk", "row")
 

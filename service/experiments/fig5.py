@@ -28,14 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import (
-    ExperimentConfig,
-    device_opt,
-    opt,
-    out_opt,
-    progress_opt,
-    threads_opt,
-)
+from service.options import ExperimentConfig, device_opt, opt, out_opt, progress_opt, threads_opt
 
 __all__ = ["Fig5Config", "chunk_shuffle_transform", "run", "run_fig5"]
 

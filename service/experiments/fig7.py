@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig
+from service.options import opt
 
 
 @dataclass

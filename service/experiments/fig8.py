@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, attack_batch_opt, opt
+from service.experiments.config import AnalysisConfig, attack_batch_opt
+from service.options import opt
 
 
 @dataclass

@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, opt
+from service.experiments.config import AnalysisConfig
+from service.options import opt
 from service.robustness.registry import ATTACKS, adaptive_attacks
 
 __all__ = ["I3DEvalConfig", "run", "summarize"]

@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from service.experiments.config import ExperimentConfig, opt, out_opt, progress_opt
 from service.gateway.querywatch import ClientHistory, FingerprintSpec, fingerprint
+from service.options import ExperimentConfig, opt, out_opt, progress_opt
 from service.robustness.blackbox import Answer, BlackBoxAttack, RaySAttack, SquareAttack
 
 __all__ = ["QueryDetectConfig", "Rule", "first_detection", "run"]

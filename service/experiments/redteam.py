@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from service.experiments.config import ExperimentConfig, opt, out_opt, progress_opt
+from service.options import ExperimentConfig, opt, out_opt, progress_opt
 from service.robustness.blackbox import Answer, RaySAttack, SquareAttack, perturbation_norms
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from service.core.stats import wilson
 from service.experiments import report
-from service.experiments.config import ExperimentConfig, opt, out_opt
+from service.options import ExperimentConfig, opt, out_opt
 
 __all__ = ["PAPER", "RegimeConfig", "collect", "load_run", "run", "run_regime"]
 

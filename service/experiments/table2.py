@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, attack_batch_opt, opt
+from service.experiments.config import AnalysisConfig, attack_batch_opt
+from service.options import opt
 
 ATTACKS = ("clean", "ifgsm", "static", "framewise")
 TITLES = {"clean": "clean", "ifgsm": "regular I-FGSM", "static": "static", "framewise": "framewise"}

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, attack_batch_opt, opt
+from service.experiments.config import AnalysisConfig, attack_batch_opt
+from service.options import opt
 
 
 @dataclass

@@ -39,7 +39,8 @@ from torch import nn
 
 from service.core.presets import ShufflePreset
 from service.experiments import common, report
-from service.experiments.config import AnalysisConfig, attack_batch_opt, opt, out_opt
+from service.experiments.config import AnalysisConfig, attack_batch_opt
+from service.options import opt, out_opt
 from service.robustness.attacks import EOT
 from service.robustness.registry import DEFENSE_ROWS, RowContext
 

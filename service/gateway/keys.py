@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -42,7 +41,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.config import Settings
+from service.config import ClientSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +68,7 @@ CLIENT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
 #: names the gateway uses itself: no key may take them
 RESERVED_NAMES = frozenset({"anonymous", "unauthenticated"})
 #: the environment variable the project's clients (classify, redteam) send as the key
+#: (read by :class:`service.config.ClientSettings`)
 KEY_ENV = "SHUFFLEGUARD_API_KEY"
 _KEY_PREFIX = "sg_"
 #: longer presented values are refused without hashing them
@@ -219,7 +219,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 def auth_headers(key: str | None = None) -> dict[str, str]:
     """The header a client sends: ``key``, else ``$SHUFFLEGUARD_API_KEY``, else none."""
-    key = key or os.environ.get(KEY_ENV)
+    key = key or ClientSettings().api_key
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 

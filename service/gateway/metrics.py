@@ -14,7 +14,6 @@ memory-mapped files there, :meth:`GatewayMetrics.render` aggregates them with a
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.config import PrometheusSettings
 
 __all__ = ["CONTENT_TYPE_LATEST", "STAGES", "GatewayMetrics", "StageTimer", "multiprocess_dir"]
 
@@ -59,7 +60,8 @@ AGREEMENT_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    """prometheus_client's multiprocess directory, None when unset."""
+    return PrometheusSettings().multiproc_dir
 
 
 class StageTimer:

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from service.archive import sha256_file
+from service.models.resnet3d import resnet3d_18
+from service.train_options import ARCH
 
 __all__ = [
     "CheckpointError",
@@ -36,6 +38,7 @@ __all__ = [
     "LoadedCheckpoint",
     "fit_state_dict",
     "is_training_checkpoint",
+    "load_checkpoint",
     "read_checkpoint",
 ]
 
@@ -181,3 +184,29 @@ def fit_state_dict(
             f" {want[0]}{labels_note}"
         )
     raise CheckpointMismatchError(message, missing=missing, unexpected=unexpected, shapes=shapes)
+
+
+def load_checkpoint(
+    path: str | Path, map_location: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a training-format checkpoint
+    (:func:`service.train.save_checkpoint`).
+
+    Returns ``(model, ckpt)``: the model in eval mode on ``map_location`` (contiguous
+    memory format, ready for :func:`torch.jit.trace`), and the checkpoint dict.
+    """
+    from service.models.families import FAMILY_NAMES, build_family
+
+    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
+    arch = ckpt.get("arch")
+    model: nn.Module
+    if arch == ARCH:
+        model = resnet3d_18(**ckpt["model_kwargs"])
+    elif arch in FAMILY_NAMES:
+        kwargs = dict(ckpt["model_kwargs"])
+        model = build_family(kwargs.pop("name"), seed=0, **kwargs)  # weights loaded below
+    else:
+        raise ValueError(f"{path}: unknown arch {arch!r} (not {ARCH!r} or a model family)")
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(map_location).eval()
+    return model, ckpt

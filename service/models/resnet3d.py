@@ -172,10 +172,24 @@ def resnet3d_18(
         norm(base_width),
         activation(),
     )
-    widths = [base_width * m for m in (1, 2, 4, 8)]
+    model = ResNet3d(
+        normalize=Normalize(mean, std),
+        stem=stem,
+        stages=_stages(base_width, norm, activation),
+        head_in=base_width * 8,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
+    _init_weights(model, zero_init_residual)
+    return model
+
+
+def _stages(base_width: int, norm: NormFactory, activation: ActivationFactory) -> list[nn.Module]:
+    """Two BasicBlocks per stage at widths ``base_width * (1, 2, 4, 8)``; every stage
+    after the first halves the resolution (stride 2)."""
     stages: list[nn.Module] = []
     in_planes = base_width
-    for i, planes in enumerate(widths):
+    for i, planes in enumerate(base_width * m for m in (1, 2, 4, 8)):
         stride = 1 if i == 0 else 2
         stages.append(
             nn.Sequential(
@@ -184,14 +198,12 @@ def resnet3d_18(
             )
         )
         in_planes = planes
-    model = ResNet3d(
-        normalize=Normalize(mean, std),
-        stem=stem,
-        stages=stages,
-        head_in=in_planes,
-        num_classes=num_classes,
-        in_channels=in_channels,
-    )
+    return stages
+
+
+def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    """Kaiming (fan-out) convolutions, unit-scale zero-shift norms; with
+    ``zero_init_residual`` each block's last norm starts at zero scale."""
     for m in model.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -202,4 +214,3 @@ def resnet3d_18(
         for m in model.modules():
             if isinstance(m, BasicBlock3d) and getattr(m.norm2, "weight", None) is not None:
                 nn.init.zeros_(m.norm2.weight)  # type: ignore[arg-type]
-    return model

@@ -486,8 +486,7 @@ class EOT(IFGSM):
             classifier, eps=eps, steps=steps, alpha=alpha, loss=loss,  # type: ignore[arg-type]
             seed=seed, generator=generator, device=device,
         )  # fmt: skip
-        self.preset = preset
-        self.sigma = sigma
+        self.preset, self.sigma = preset, sigma
         self.denoised = denoiser is not None
         self.clamp_noise = clamp_noise
         self.draws = int(draws)
@@ -496,11 +495,8 @@ class EOT(IFGSM):
         self.momentum = float(momentum)
         self.restarts = int(restarts)
         self.static = bool(static)
-        if patience is not None and patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
+        _check_flag_options(patience, identity_weight, agree)
         self.patience = patience
-        if identity_weight < 0 or agree < 0:
-            raise ValueError("identity_weight and agree must be >= 0")
         self.include_identity = bool(include_identity)
         self.identity_weight = float(identity_weight)
         self.agree = float(agree)
@@ -827,6 +823,13 @@ class EOT(IFGSM):
             "include_identity": self.include_identity, "identity_weight": self.identity_weight,
             "agree": self.agree,
         }  # fmt: skip
+
+
+def _check_flag_options(patience: int | None, identity_weight: float, agree: float) -> None:
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    if identity_weight < 0 or agree < 0:
+        raise ValueError("identity_weight and agree must be >= 0")
 
 
 def _check_strength(schedule: str, momentum: float, restarts: int) -> None:

@@ -50,7 +50,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -81,20 +81,6 @@ SPEED_RANGE = (3.0, 5.0)
 #: Frame size (px) at which :data:`SPEED_RANGE` and the object size hold by default.
 SPEED_REFERENCE = 64
 OBJECT_FRACTION = 0.2
-#: every ``toy-data`` option that shapes the clips: the recipe ``toy-data`` records in
-#: ``meta.json`` (``recipe``), ``train`` keeps in its checkpoint (``data``) and a toy
-#: model's archived meta.json carries under ``data``
-TOY_DATA_KEYS = (
-    "dataset",
-    "count",
-    "seed",
-    "frames",
-    "size",
-    "object_fraction",
-    "speed_reference",
-    "contrast",
-    "spatial_fraction",
-)
 TEST_EVERY = 4  # every 4th clip of a class is a test clip -> 75/25
 
 Grid = tuple[np.ndarray, np.ndarray]  # (y, x) in [0, 1), shapes [H, 1] and [1, W]
@@ -349,6 +335,44 @@ def generate_toy_dataset(
     Returns:
         A :class:`ToyDataset` whose ``clips`` are uint8 ``[count, T, size, size, 3]``.
     """
+    _check_toy_options(
+        dataset, count, frames, size, speed, speed_reference, object_fraction, spatial_fraction
+    )
+    labels, background, obj, speed_frac, start_frac, spatial = _draw_factors(
+        np.random.default_rng(seed), dataset, count, spatial_fraction
+    )
+    direction, side = labels.copy(), object_size(size, object_fraction)
+    speeds, centres = _trajectories(
+        direction, speed_frac, start_frac, frames, size, side, speed, speed_reference
+    )
+    return ToyDataset(
+        dataset=dataset,
+        seed=seed,
+        clips=_render(background, obj, centres, size, side),
+        labels=labels,
+        label_names=label_names(dataset),
+        split=_stratified_split(labels),
+        background=background.astype(np.int64),
+        object=obj.astype(np.int64),
+        direction=direction.astype(np.int64),
+        speed=speeds,
+        centres=centres,
+        object_side=side,
+        spatial_fraction=float(spatial_fraction),
+        spatial=spatial,
+    )
+
+
+def _check_toy_options(
+    dataset: int,
+    count: int,
+    frames: int,
+    size: int,
+    speed: tuple[float, float],
+    speed_reference: int,
+    object_fraction: float,
+    spatial_fraction: float,
+) -> None:
     _check_dataset(dataset)
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
@@ -366,11 +390,15 @@ def generate_toy_dataset(
         raise ValueError(f"spatial_fraction must be in [0, 1], got {spatial_fraction}")
     if spatial_fraction != 1.0 and dataset != 1:
         raise ValueError("spatial_fraction applies to dataset 1 only")
-    rng = np.random.default_rng(seed)
-    n, T = count, frames
 
-    # Draw every factor in a fixed order, whatever the dataset, so the datasets made
-    # with one seed share speeds and start points.
+
+def _draw_factors(
+    rng: np.random.Generator, dataset: int, n: int, spatial_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, background, object, speed_frac, start_frac, spatial)`` of ``n`` clips.
+
+    Every factor is drawn in a fixed order, whatever the dataset, so the datasets made
+    with one seed share speeds and start points."""
     labels = rng.permutation(np.arange(n, dtype=np.int64) % NUM_CLASSES)
     rand_background = rng.integers(0, NUM_CLASSES, n)
     rand_object = rng.integers(0, NUM_CLASSES, n)
@@ -381,15 +409,26 @@ def generate_toy_dataset(
     spatial = (
         rng.random(n) < spatial_fraction if spatial_fraction < 1.0 else np.full(n, dataset == 1)
     )
-
-    direction = labels.copy()
     obj = labels.copy() if dataset in (1, 2) else rand_object
     background = labels.copy() if dataset == 1 else rand_background
     if dataset == 1:
         obj = np.where(spatial, labels, rand_object)
         background = np.where(spatial, labels, rand_background)
+    return labels, background, obj, speed_frac, start_frac, spatial
 
-    side = object_size(size, object_fraction)
+
+def _trajectories(
+    direction: np.ndarray,
+    speed_frac: np.ndarray,
+    start_frac: np.ndarray,
+    T: int,
+    size: int,
+    side: int,
+    speed: tuple[float, float],
+    speed_reference: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(speeds, centres)``: each clip's speed (px/frame, lowered where the path would
+    leave the frame) and its sprite centre per frame, int64 ``[n, T, 2]`` (y, x)."""
     r = side // 2
     lo, hi = r, size - 1 - r  # centre range that keeps the whole sprite inside
     lo_s, hi_s = speed
@@ -399,7 +438,7 @@ def generate_toy_dataset(
     fit = (hi - lo) / ((T - 1) * axis_max)
     capped = speeds > fit
     if capped.any():
-        logger.debug("speed lowered to fit the frame for %d of %d clips", capped.sum(), n)
+        logger.debug("speed lowered to fit the frame for %d of %d clips", capped.sum(), len(speeds))
     speeds = np.minimum(speeds, fit)
     disp = vec * (speeds * (T - 1))[:, None]  # [n, 2] total displacement
     start_lo = lo - np.minimum(disp, 0.0)
@@ -408,7 +447,15 @@ def generate_toy_dataset(
     t = np.arange(T, dtype=np.float64)
     centres_f = start[:, None, :] + t[None, :, None] * (vec * speeds[:, None])[:, None, :]
     centres = np.clip(np.rint(centres_f), lo, hi).astype(np.int64)  # [n, T, 2]
+    return speeds, centres
 
+
+def _render(
+    background: np.ndarray, obj: np.ndarray, centres: np.ndarray, size: int, side: int
+) -> np.ndarray:
+    """uint8 ``[n, T, size, size, 3]``: each clip's background with its sprite drawn at
+    ``centres``."""
+    n, T = centres.shape[:2]
     bgs = np.stack([render_background(k, size) for k in range(NUM_CLASSES)])
     clips = np.empty((n, T, size, size, 3), dtype=np.uint8)
     clips[:] = bgs[background][:, None]
@@ -421,23 +468,7 @@ def generate_toy_dataset(
         ys = centres[which, :, 0, None] + off[None, None, :, 0]  # [n_k, T, M]
         xs = centres[which, :, 1, None] + off[None, None, :, 1]
         clips[which[:, None, None], t_idx, ys, xs] = _object_colour(k)
-
-    return ToyDataset(
-        dataset=dataset,
-        seed=seed,
-        clips=clips,
-        labels=labels,
-        label_names=label_names(dataset),
-        split=_stratified_split(labels),
-        background=background.astype(np.int64),
-        object=obj.astype(np.int64),
-        direction=direction.astype(np.int64),
-        speed=speeds,
-        centres=centres,
-        object_side=side,
-        spatial_fraction=float(spatial_fraction),
-        spatial=spatial,
-    )
+    return clips
 
 
 # --------------------------------------------------------------------------- #
@@ -524,6 +555,15 @@ def write_toy_dataset(
             )
         if progress is not None:
             progress(1)
+    _write_tables(data, out)
+    (out / "meta.json").write_text(json.dumps(_meta(data, codec, fps), indent=2) + "\n")
+    logger.info("wrote %d clips of toy dataset %d to %s", n, data.dataset, out)
+    return out
+
+
+def _write_tables(data: ToyDataset, out: Path) -> None:
+    """``labels.csv`` (file, label, split) and ``factors.csv`` (what each clip shows)."""
+    n = data.clips.shape[0]
     with open(out / "labels.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["file", "label_index", "label", "split"])
@@ -543,10 +583,14 @@ def write_toy_dataset(
                     f"{data.speed[i]:.4f}",
                 ]
             )
-    meta = {
+
+
+def _meta(data: ToyDataset, codec: str | None, fps: int) -> dict[str, Any]:
+    """The ``meta.json`` of a written toy dataset."""
+    return {
         "dataset": data.dataset,
         "seed": data.seed,
-        "count": n,
+        "count": data.clips.shape[0],
         "frames": data.frames,
         "size": data.size,
         "object_side": data.object_side,
@@ -562,9 +606,6 @@ def write_toy_dataset(
         "mp4_codec": codec,
         "fps": fps,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("wrote %d clips of toy dataset %d to %s", n, data.dataset, out)
-    return out
 
 
 def read_meta(directory: str | Path) -> dict[str, object]:

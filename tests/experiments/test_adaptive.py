@@ -20,7 +20,7 @@ def _ctx(model, preset, sigma, denoiser=None):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def setup(tiny):  # type: ignore[no-untyped-def]
     from service.experiments.common import load_split, stratified_subset, to_float
-    from service.train import load_checkpoint
+    from service.models.checkpoints import load_checkpoint
 
     model, _ = load_checkpoint(tiny.checkpoint)
     data = load_split(tiny.data, "test")

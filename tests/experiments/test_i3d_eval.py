@@ -43,7 +43,7 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_real_set_labels_are_the_models_own_top1(tiny_set: Path) -> None:
-    from service.train import load_checkpoint
+    from service.models.checkpoints import load_checkpoint
 
     model, ckpt = load_checkpoint(tiny_set / "model.pt")
     assert ckpt["arch"] == "i3d_inception" and (ckpt["clip_len"], ckpt["crop_size"]) == (8, 32)

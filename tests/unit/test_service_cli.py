@@ -293,3 +293,28 @@ def test_documented_command_lines_parse() -> None:
             parse(argv)
         except Exception as exc:  # noqa: BLE001 - report which line of which file
             raise AssertionError(f"{where}: shuffleguard {shlex.join(argv)}: {exc}") from exc
+
+
+def test_serve_refuses_torchserve_ports_in_use(clean_env: pytest.MonkeyPatch) -> None:
+    """``serve`` names the busy TorchServe ports (exit 2) before starting anything."""
+    import importlib.util
+    import socket
+
+    from service.commands import serve
+    from service.config import Settings
+    from service.torchserve_proc import free_ports
+
+    if importlib.util.find_spec("ts") is None:
+        pytest.skip("TorchServe is not installed")
+    inference, management, metrics = free_ports(3)
+    settings = Settings(
+        torchserve_inference_port=inference,
+        torchserve_management_port=management,
+        torchserve_metrics_port=metrics,
+    )
+    assert serve._torchserve_unavailable(settings) is None
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", management))
+        busy.listen()
+        problem = serve._torchserve_unavailable(settings)
+    assert problem is not None and f"port(s) [{management}] on 127.0.0.1 are in use" in problem

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from service.cli import main
+from service.models.checkpoints import load_checkpoint
 from service.toy.data import ClipSet, generate_toy_dataset, write_toy_dataset
 from service.train import (
     ARCH,
@@ -18,7 +19,6 @@ from service.train import (
     augment_batch,
     clips_to_input,
     evaluate_accuracy,
-    load_checkpoint,
     save_checkpoint,
     stratified_holdout,
     train_model,
