@@ -56,8 +56,8 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from service.archive import build_mar
-from service.torchserve_proc import free_ports
+from service.modelserver.archive import build_mar
+from service.modelserver.torchserve_proc import free_ports
 
 logger = logging.getLogger("soak")
 

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from service.core.ensemble import ShuffleEnsemble, majority_vote_batch, make_generator
 from service.core.presets import ShufflePreset
-from service.robustness.attacks import EOT, IFGSM
-from service.toy.data import load_toy_dataset
-from service.train import clips_to_input, load_checkpoint, stratified_holdout
+from service.research.robustness.attacks import EOT, IFGSM
+from service.research.toy.data import load_toy_dataset
+from service.research.train import clips_to_input, load_checkpoint, stratified_holdout
 
 
 def main(argv: list[str] | None = None) -> int:

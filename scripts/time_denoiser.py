@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from service.robustness.denoise import DnCNN
+from service.research.robustness.denoise import DnCNN
 
 
 def time_size(depth: int, features: int, *, frames: int, n: int, draws: int, size: int) -> dict:

@@ -79,53 +79,62 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
         "real clips at a model's size, labelled by the undefended model (analyses' input)",
     ),
     "evaluate": (
-        "service.experiments.evaluate", "EvalConfig", "attacks x defenses table (paper Table 5)"
+        "service.research.experiments.evaluate", "EvalConfig",
+        "attacks x defenses table (paper Table 5)",
     ),
     "tune": (
-        "service.experiments.tune", "TuneConfig",
+        "service.research.experiments.tune", "TuneConfig",
         "h1 x h2 grid and ensemble sizes (Fig. 10, Table 4)",
     ),
     "audit": (
-        "service.experiments.audit", "AuditConfig",
+        "service.research.experiments.audit", "AuditConfig",
         "before serving a model: does the shuffle defense protect it? (verdict + report)",
     ),
     "redteam": (
-        "service.experiments.redteam", "RedteamConfig",
+        "service.research.experiments.redteam", "RedteamConfig",
         "query-based black-box attack on a live gateway (Square / RayS)",
     ),
 }  # fmt: skip
 
 #: ``analyze`` sub-commands: name -> (module, config class, one-line help)
 ANALYSES: dict[str, tuple[str, str, str]] = {
-    "fig5": ("service.experiments.fig5", "Fig5Config", "toy datasets under frame randomization"),
-    "table1": ("service.experiments.table1", "Table1Config", "accuracy on uniformized clips"),
-    "fig2": ("service.experiments.fig2", "Fig2Config", "frame-order vs row randomization"),
-    "fig7": ("service.experiments.fig7", "Fig7Config", "accuracy vs monotonic ratio"),
-    "fig8": ("service.experiments.fig8", "Fig8Config", "attacked accuracy vs chunk size"),
-    "table2": ("service.experiments.table2", "Table2Config", "static / framewise vs I-FGSM"),
-    "table3": ("service.experiments.table3", "Table3Config", "attacked and uniformized clips"),
+    "fig5": (
+        "service.research.experiments.fig5", "Fig5Config", "toy datasets under frame randomization"
+    ),
+    "table1": (
+        "service.research.experiments.table1", "Table1Config", "accuracy on uniformized clips"
+    ),
+    "fig2": ("service.research.experiments.fig2", "Fig2Config", "frame-order vs row randomization"),
+    "fig7": ("service.research.experiments.fig7", "Fig7Config", "accuracy vs monotonic ratio"),
+    "fig8": ("service.research.experiments.fig8", "Fig8Config", "attacked accuracy vs chunk size"),
+    "table2": (
+        "service.research.experiments.table2", "Table2Config", "static / framewise vs I-FGSM"
+    ),
+    "table3": (
+        "service.research.experiments.table3", "Table3Config", "attacked and uniformized clips"
+    ),
     "detection": (
-        "service.experiments.detection", "DetectionConfig",
+        "service.research.experiments.detection", "DetectionConfig",
         "ROC/AUC of the suspected_adversarial signals",
     ),
     "querydetect": (
-        "service.experiments.querydetect", "QueryDetectConfig",
+        "service.research.experiments.querydetect", "QueryDetectConfig",
         "queries-to-detection and false positives of the gateway's query-attack detector",
     ),
     "denoiser": (
-        "service.experiments.denoiser", "DenoiserConfig",
+        "service.research.experiments.denoiser", "DenoiserConfig",
         "train the DnCNN of the denoised-smoothing rows",
     ),
     "regime": (
-        "service.experiments.regime", "RegimeConfig",
+        "service.research.experiments.regime", "RegimeConfig",
         "defended accuracy vs uniformized accuracy across models",
     ),
     "adaptive": (
-        "service.experiments.adaptive", "AdaptiveConfig",
+        "service.research.experiments.adaptive", "AdaptiveConfig",
         "saturated adaptive EOT: worst case, curves, sanity checks",
     ),
     "i3d": (
-        "service.experiments.i3d_eval", "I3DEvalConfig",
+        "service.research.experiments.i3d_eval", "I3DEvalConfig",
         "the paper's I3D rows on real clips, clip by clip, resumable",
     ),
 }  # fmt: skip
@@ -373,7 +382,7 @@ def run_config_command(
     argv: Sequence[str] | None = None,
     help: str | None = None,  # noqa: A002
 ) -> int:
-    """A stand-alone program of one config (``python -m service.oip_server``): its
+    """A stand-alone program of one config (``python -m service.modelserver.oip_server``): its
     options derived as for the ``shuffleguard`` commands; runs ``run(config)``."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=help, context_settings={"help_option_names": ["-h", "--help"]})(

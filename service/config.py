@@ -16,7 +16,7 @@ multiprocess directory (:class:`PrometheusSettings`, ``PROMETHEUS_MULTIPROC_DIR`
 where the fetched real-clip sources are (:class:`SourcesSettings`,
 ``SHUFFLEGUARD_SOURCES``). An empty variable counts as unset in these. Nothing else in
 ``service`` reads the environment, except the TorchServe handler, which runs without
-this package and reads its two variables once (``service.handler.HandlerSettings``).
+this package and reads its two variables once (``service.modelserver.handler.HandlerSettings``).
 """
 
 from __future__ import annotations

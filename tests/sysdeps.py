@@ -36,7 +36,7 @@ def require_tool(name: str, package: str) -> str:
 def require_real_clips(names: tuple[str, ...] = ("all",)) -> dict[str, Path]:
     """Paths of the real clips ``names`` (``scripts/real-clips.tsv``; all by default),
     sha256-checked, or skip/fail (as :func:`require_tool`) with the command to run."""
-    from service import real_clips
+    from service.research import real_clips
 
     try:
         located = real_clips.locate(list(names))

@@ -134,7 +134,7 @@ def _print_medians(rows: list[dict[str, Any]]) -> None:
 
 
 def run(args: DecodeBenchConfig) -> int:
-    from service import real_clips
+    from service.research import real_clips
 
     located = real_clips.locate(args.sources)
     print(

@@ -318,7 +318,7 @@ def build_full_size_archive(store: Path) -> Path:
     """The ``r3d_18`` family (torchvision's builder, :mod:`service.models.families`),
     random init, archived for 32 x 224 x 224 clips with the I3D preset (h1 3, h2 4,
     N 10; torchvision's families have no paper preset). For speed measurements only."""
-    from service.archive import FamilyArchiveConfig, archive_family
+    from service.modelserver.archive import FamilyArchiveConfig, archive_family
 
     return archive_family(
         FamilyArchiveConfig(
@@ -341,7 +341,7 @@ def build_full_size_archive(store: Path) -> Path:
 def build_i3d_archive(store: Path, weights: Path) -> Path:
     """DeepMind's Kinetics-400 I3D (family ``i3d_inception``, converted weights) archived
     at its own size, 32 x 224 x 224, with the paper's I3D preset (h1 3, h2 4, N 10)."""
-    from service.archive import FamilyArchiveConfig, archive_family
+    from service.modelserver.archive import FamilyArchiveConfig, archive_family
 
     if not weights.is_file():
         raise SystemExit(f"bench serve: {weights} is missing; run `shuffleguard weights i3d`")
@@ -357,8 +357,8 @@ def toy_clips(mar: Path, count: int, seed: int) -> tuple[list[np.ndarray], dict[
     """Clean clips of the toy model's dataset at its exact shape (uint8 [T, S, S, 3])."""
     import zipfile
 
-    from service.toy.contrast import blend_towards_background
-    from service.toy.data import generate_toy_dataset
+    from service.research.toy.contrast import blend_towards_background
+    from service.research.toy.data import generate_toy_dataset
 
     with zipfile.ZipFile(mar) as z:
         meta = json.loads(z.read("meta.json"))
@@ -394,7 +394,7 @@ def gateway_process(
     """A research-mode ``shuffleguard serve`` in front of a running TorchServe."""
     import httpx
 
-    from service.torchserve_proc import free_ports
+    from service.modelserver.torchserve_proc import free_ports
 
     port = free_ports(1)[0]
     cmd = [
@@ -683,7 +683,7 @@ def run_sizes(urls: dict[str, str], args: ServeBenchConfig, toy_mar: Path) -> di
 def _torchserve(store: Path, args: ServeBenchConfig) -> Any:
     """A TorchServe on ``store`` at free ports, with the long timeouts a saturated
     full-size run needs (not started)."""
-    from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+    from service.modelserver.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
 
     ports = free_ports(3)
     return TorchServeProcess(

@@ -6,7 +6,7 @@ interleaved round by round in one process so that drift (turbo, other load)
 hits all alike:
 
 * ``blocks`` -- what the TorchServe handler runs in index mode:
-  :func:`service.core.ensemble.shuffle_indices` + :func:`service.handler.gather_frames`
+  :func:`service.core.ensemble.shuffle_indices` + :func:`service.modelserver.handler.gather_frames`
   (each frame one contiguous block: ``np.take`` on the ``[T, frame bytes]`` view
   split over ``threads`` threads on the CPU, ``index_select`` on dim 0 of that
   view on a GPU);
@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from service.core.ensemble import apply_shuffles, make_generator, shuffle_indices
-from service.handler import gather_frames
+from service.modelserver.handler import gather_frames
 from service.options import ExperimentConfig, opt
 
 

@@ -71,8 +71,8 @@ class ArchiveConfig(ExperimentConfig):
 
 
 def run(args: ArchiveConfig) -> int:
-    from service.archive import ArchiveError, FamilyArchiveConfig, archive_family
     from service.models.checkpoints import CheckpointError, is_training_checkpoint
+    from service.modelserver.archive import ArchiveError, FamilyArchiveConfig, archive_family
 
     try:
         if args.checkpoint is not None and is_training_checkpoint(args.checkpoint):
@@ -124,8 +124,8 @@ def _report(mar: Path, args: ArchiveConfig) -> None:
 
 
 def _run_training_checkpoint(args: ArchiveConfig, checkpoint: Path) -> int:
-    from service.archive import ArchiveError, build_mar, toy_data_recipe
     from service.models.checkpoints import load_checkpoint
+    from service.modelserver.archive import ArchiveError, build_mar, toy_data_recipe
 
     if args.h1 is None or args.h2 is None:
         raise ArchiveError("a `shuffleguard train` checkpoint needs --h1 and --h2")

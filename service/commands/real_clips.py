@@ -1,4 +1,4 @@
-"""Build the real-clip set (``shuffleguard real-clips``): see :mod:`service.real_clips`.
+"""Build the real-clip set (``shuffleguard real-clips``): see :mod:`service.research.real_clips`.
 
 Writes ``<out>/<source stem>_<start frame>.mkv`` per window and ``<out>/manifest.json``
 (and the same manifest at ``--manifest`` when given, e.g. the committed
@@ -48,7 +48,7 @@ def run(args: RealClipsConfig) -> int:
 
     from tqdm import tqdm
 
-    from service import real_clips
+    from service.research import real_clips
 
     located = real_clips.locate(args.sources, Path(args.sources_dir) if args.sources_dir else None)
     out = Path(args.out)

@@ -224,7 +224,7 @@ def run(args: ServeConfig) -> int:
 def _run_with_torchserve(settings: Settings, args: ServeConfig) -> int:
     """Start TorchServe on the model store, wait for its models, run the gateway in
     front of it under a :class:`Supervisor`; stop TorchServe however the gateway ends."""
-    from service.torchserve_proc import (
+    from service.modelserver.torchserve_proc import (
         Supervisor,
         TorchServeError,
         TorchServeOptions,

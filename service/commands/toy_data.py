@@ -62,9 +62,9 @@ def run(args: ToyDataConfig) -> int:
 
     from tqdm import tqdm
 
-    from service.archive import TOY_DATA_KEYS
-    from service.toy.contrast import blend_towards_background
-    from service.toy.data import generate_toy_dataset, write_toy_dataset
+    from service.modelserver.archive import TOY_DATA_KEYS
+    from service.research.toy.contrast import blend_towards_background
+    from service.research.toy.data import generate_toy_dataset, write_toy_dataset
 
     t0 = time.perf_counter()
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from service.options import opt
-from service.train_options import ARCH, TrainOptions
+from service.research.train_options import ARCH, TrainOptions
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainCommandConfig(TrainOptions, _Paths):
 def run(args: TrainCommandConfig) -> int:
     import torch
 
-    from service.train import TrainConfig, train_from_directory
+    from service.research.train import TrainConfig, train_from_directory
 
     torch.set_num_threads(max(1, args.threads))
     if args.device.startswith("cuda") and not torch.cuda.is_available():

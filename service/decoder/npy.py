@@ -2,8 +2,8 @@
 
 Three callers read ``.npy`` from bytes they did not write: the gateway's decoder
 (:mod:`service.decoder.npy_clip`, an uploaded clip), the wire format
-(:mod:`service.wire`, the backend's logits) and the TorchServe handler
-(:mod:`service.handler`, a request batch). All three use :func:`read_header` and
+(:mod:`service.modelserver.wire`, the backend's logits) and the TorchServe handler
+(:mod:`service.modelserver.handler`, a request batch). All three use :func:`read_header` and
 :meth:`NpyHeader.view`:
 
 1. ``numpy.lib.format.read_magic`` and ``read_array_header_1_0/2_0`` parse the
@@ -23,7 +23,7 @@ which UTF-8 and latin-1 agree: a 3.0 file is read with ``read_array_header_2_0``
 and gives the array ``numpy.load`` gives; a non-ASCII 3.0 header is refused
 either way (only error messages could differ, in the non-ASCII characters).
 
-This module imports numpy only: :mod:`service.archive` packs it as ``npy_reader.py``
+This module imports numpy only: :mod:`service.modelserver.archive` packs it as ``npy_reader.py``
 beside ``handler.py`` into every ``.mar``, where TorchServe loads the handler without
 the ``service`` package.
 """

@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from service.gateway.backend import Backend, ModelMeta
+from service.gateway.backend import Backend
 from service.gateway.errors import BackendProtocolError, ModelNotFound
+from service.modelserver.meta import ModelMeta
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Calls (``{url}`` is the server's base URL, ``{m}`` the model name):
   model parameter: in the metadata's ``parameters`` when the server passes them,
   else from the model configuration extension, ``GET {url}/v2/models/{m}/config``
   (Triton: a ``parameters`` entry in ``config.pbtxt``; KServe: the predictor in
-  :mod:`service.oip_server` adds the route). Its value is the JSON text, as a
+  :mod:`service.modelserver.oip_server` adds the route). Its value is the JSON text, as a
   string or as Triton's ``{"string_value": ...}``;
 * model list: ``GET {url}/v2/models`` when the server has it (KServe), else the
   repository index ``POST {url}/v2/repository/index`` (Triton);
@@ -44,7 +44,6 @@ import numpy as np
 from service.gateway.backend import (
     _INLINE_ENCODE_BYTES,
     HttpBackend,
-    ModelMeta,
     forwardable_headers,
     json_body,
 )
@@ -52,12 +51,13 @@ from service.gateway.errors import (
     BackendError,
     BackendProtocolError,
 )
+from service.modelserver.meta import ModelMeta
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIP", "CLIPS", "INDICES", "LOGITS", "META_PARAMETER", "OIPBackend"]
 
-#: tensor names shared with service/oip_server.py
+#: tensor names shared with service/modelserver/oip_server.py
 CLIPS, CLIP, INDICES, LOGITS = "clips", "clip", "indices", "logits"
 #: the model parameter holding the model's meta.json
 META_PARAMETER = "shuffleguard_meta"
@@ -195,7 +195,8 @@ class OIPBackend(HttpBackend):
         if raw is None:
             raise BackendProtocolError(
                 f"model {model!r} carries no {META_PARAMETER} parameter (its meta.json) in its "
-                "metadata or its /config; serve it with `python -m service.oip_server` or add "
+                "metadata or its /config; serve it with `python -m service.modelserver.oip_server`"
+                " or add "
                 "the parameter to its model configuration"
             )
         try:

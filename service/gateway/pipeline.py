@@ -53,7 +53,7 @@ from service.decoder.decode import decode_clip
 from service.decoder.errors import VideoError
 from service.decoder.limits import DecodeLimits
 from service.gateway.admission import Admission
-from service.gateway.backend import Backend, ModelMeta
+from service.gateway.backend import Backend
 from service.gateway.catalog import ModelCatalog
 from service.gateway.errors import (
     BackendError,
@@ -68,6 +68,7 @@ from service.gateway.middleware import RequestInfo
 from service.gateway.querywatch import Observation, QueryWatch
 from service.gateway.schemas import MAX_SEED, ClassifyRequest
 from service.gateway.upload import Upload
+from service.modelserver.meta import ModelMeta
 
 __all__ = [
     "MAX_SEED",

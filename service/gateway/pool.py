@@ -34,8 +34,9 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.gateway.backend import Backend, ModelMeta
+from service.gateway.backend import Backend
 from service.gateway.errors import BackendOverloaded, BackendUnavailable
+from service.modelserver.meta import ModelMeta
 
 logger = logging.getLogger(__name__)
 

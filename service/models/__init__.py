@@ -1,5 +1,13 @@
-"""Video classifiers built from the project's own code (no downloaded weights)."""
+"""Video classifiers built from the project's own code (no downloaded weights) and the
+registry of real video families.
 
-from service.models.resnet3d import BasicBlock3d, Normalize, ResNet3d, resnet3d_18
+* :mod:`service.models.resnet3d` -- the project's 3D ResNet-18 (``arch`` :data:`ARCH`).
+* :mod:`service.models.families` -- the paper's families and DeepMind's I3D port.
+* :mod:`service.models.checkpoints` -- reading checkpoints of either.
 
-__all__ = ["BasicBlock3d", "Normalize", "ResNet3d", "resnet3d_18"]
+This package imports nothing itself (no torch), so option classes can name :data:`ARCH`.
+"""
+
+#: the ``arch`` of the project's 3D ResNet-18; any other ``arch`` is a family of
+#: :mod:`service.models.families`
+ARCH = "resnet3d_18"

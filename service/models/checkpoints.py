@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.archive import sha256_file
+from service.models import ARCH
 from service.models.resnet3d import resnet3d_18
-from service.train_options import ARCH
+from service.modelserver.archive import sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -190,7 +190,7 @@ def load_checkpoint(
     path: str | Path, map_location: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a training-format checkpoint
-    (:func:`service.train.save_checkpoint`).
+    (:func:`service.research.train.save_checkpoint`).
 
     Returns ``(model, ckpt)``: the model in eval mode on ``map_location`` (contiguous
     memory format, ready for :func:`torch.jit.trace`), and the checkpoint dict.

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.archive import sha256_file
+from service.modelserver.archive import sha256_file
 
 __all__ = [
     "CONVERTED_NAME",

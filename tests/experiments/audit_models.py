@@ -72,7 +72,7 @@ class Audited:
 def train(net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, *, epochs: int,
           seed: int = 0, lr: float = 3e-3) -> nn.Module:  # fmt: skip
     """Adam on uint8 ``[N, T, H, W, 3]`` clips; seeded; returns ``net`` in eval mode."""
-    from service.train import clips_to_input
+    from service.research.train import clips_to_input
 
     x = clips_to_input(clips)
     gen = torch.Generator().manual_seed(seed)
@@ -95,12 +95,18 @@ def build(
 ) -> Audited:  # fmt: skip
     """Train ``make()`` (initialized under ``torch.manual_seed(0)``) on 128 clips of toy
     ``dataset`` (seed 0), archive it with
-    :func:`service.archive.build_mar` and write 40 fresh clips of the same dataset (seed 1)
+    :func:`service.modelserver.archive.build_mar` and write 40 fresh clips of the same
+    dataset (seed 1)
     to audit it on; with ``mp4_every = k``, every k-th of them as an .mp4 instead of .npy."""
     import csv
 
-    from service.archive import build_mar
-    from service.toy.data import generate_toy_dataset, label_names, write_mp4, write_toy_dataset
+    from service.modelserver.archive import build_mar
+    from service.research.toy.data import (
+        generate_toy_dataset,
+        label_names,
+        write_mp4,
+        write_toy_dataset,
+    )
 
     torch.manual_seed(0)
     net = make()

@@ -36,9 +36,9 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    from service.robustness.denoise import train_denoiser
-    from service.toy.data import generate_toy_dataset, write_toy_dataset
-    from service.train import TrainConfig, clips_to_input, save_checkpoint, train_model
+    from service.research.robustness.denoise import train_denoiser
+    from service.research.toy.data import generate_toy_dataset, write_toy_dataset
+    from service.research.train import TrainConfig, clips_to_input, save_checkpoint, train_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

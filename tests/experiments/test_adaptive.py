@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from service.core.presets import ShufflePreset
-from service.robustness.attacks import EOT, IFGSM
-from service.robustness.denoise import DnCNN
-from service.robustness.registry import DEFENSE_ROWS, Budget, RowContext, eot_for_row
+from service.research.robustness.attacks import EOT, IFGSM
+from service.research.robustness.denoise import DnCNN
+from service.research.robustness.registry import DEFENSE_ROWS, Budget, RowContext, eot_for_row
 
 AdaptiveEOT = EOT  # the one EOT: shuffles, noise and a denoiser
 
@@ -19,8 +19,8 @@ def _ctx(model, preset, sigma, denoiser=None):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def setup(tiny):  # type: ignore[no-untyped-def]
-    from service.experiments.common import load_split, stratified_subset, to_float
     from service.models.checkpoints import load_checkpoint
+    from service.research.experiments.common import load_split, stratified_subset, to_float
 
     model, _ = load_checkpoint(tiny.checkpoint)
     data = load_split(tiny.data, "test")

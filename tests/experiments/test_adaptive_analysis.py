@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from service.core.presets import ShufflePreset
-from service.experiments.adaptive import AdaptiveConfig, run, sanity_checks, static_share
-from service.experiments.evaluate import EvalConfig
-from service.robustness.registry import (
+from service.research.experiments.adaptive import AdaptiveConfig, run, sanity_checks, static_share
+from service.research.experiments.evaluate import EvalConfig
+from service.research.robustness.registry import (
     ATTACKS,
     PAPER_ATTACKS,
     Budget,

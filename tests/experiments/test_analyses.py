@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.cli import main
-from service.experiments import common
+from service.research.experiments import common
 
 ANALYSES: dict[str, list[str]] = {
     "table1": ["--clips", "8", "--positions", "0", "7"],
@@ -58,7 +58,7 @@ def test_analysis_writes_its_outputs(name: str, tiny, tmp_path: Path) -> None:  
 
 
 def test_denoiser_analysis_trains_and_saves(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from service.experiments.denoiser import load_denoiser
+    from service.research.experiments.denoiser import load_denoiser
 
     save = tmp_path / "d.pt"
     argv = ["analyze", "denoiser", "--data", str(tiny.data), "--save", str(save), "--out",
@@ -75,7 +75,7 @@ def test_denoiser_analysis_trains_and_saves(tiny, tmp_path: Path) -> None:  # ty
 
 
 def test_validation_split_is_the_training_holdout(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from service.train import stratified_holdout
+    from service.research.train import stratified_holdout
 
     data = common.load_split(tiny.data, "train")
     ckpt = {"train_args": {"val_fraction": 0.25, "seed": 3}}

@@ -1,7 +1,7 @@
 """``shuffleguard audit``: the verdict rule, three tiny archived models, resume, bad input.
 
 The models (``tests/experiments/audit_models.py``) are trained here in seconds and
-archived with the real :func:`service.archive.build_mar`, so the audit reads real .mar
+archived with the real :func:`service.modelserver.archive.build_mar`, so the audit reads real .mar
 files (TorchScript) and real clip files (.npy and, for one model, .mp4). The attacks run at
 full strength (there is no option to weaken them); the samples are small.
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from service.cli import main
-from service.experiments.audit import VERDICTS, verdict
+from service.research.experiments.audit import VERDICTS, verdict
 from tests.experiments.audit_models import Audited, Conv3dNet, PerFrame2dNet, build
 
 #: the regime map's archives (issue 12, section 1), shipped beside its reports
@@ -82,7 +82,7 @@ def test_verdict_says_when_the_attack_barely_bites() -> None:
 def test_eps_can_be_raised_never_lowered() -> None:
     with pytest.raises(SystemExit, match=r"--eps must be 4\.\.255 pixel levels, got 2"):
         main(["audit", "--model", "x.mar", "--data", "d", "--eps", "2"])
-    from service.experiments.audit import AuditConfig
+    from service.research.experiments.audit import AuditConfig
 
     with pytest.raises(ValueError, match="4/255 is the floor"):
         AuditConfig(model="x.mar", data="d", eps=3).check()
@@ -229,8 +229,8 @@ def test_audit_every_served_model(tmp_path: Path) -> None:
     different regimes must not all get the same verdict."""
     import dataclasses
 
-    from service.archive import read_archive
     from service.commands.toy_data import ToyDataConfig
+    from service.modelserver.archive import read_archive
 
     options = {f.name for f in dataclasses.fields(ToyDataConfig)} - {"out", "mp4", "fps"}
     device = "cuda" if torch.cuda.is_available() else "cpu"

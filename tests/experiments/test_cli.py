@@ -7,8 +7,8 @@ import shlex
 import pytest
 
 from service.cli import ANALYSES, EXPERIMENTS, main, spread_lists
-from service.experiments.evaluate import EvalConfig
-from service.experiments.tune import TuneConfig
+from service.research.experiments.evaluate import EvalConfig
+from service.research.experiments.tune import TuneConfig
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 
 from service.cli import main
 from service.core.stats import auc, roc_curve
-from service.experiments.detection import detection_results
+from service.research.experiments.detection import detection_results
 
 
 def _trapezoid(fpr: list[float], tpr: list[float]) -> float:
@@ -89,7 +89,7 @@ def _flag_rec(share: float, pred: int = 0, undefended: int = 0) -> dict[str, flo
 
 
 def test_flag_at_fpr_picks_the_most_tpr_within_the_fpr_bound() -> None:
-    from service.experiments.detection import flag_at_fpr
+    from service.research.experiments.detection import flag_at_fpr
 
     # 20 clean clips: shares 0.6 and 0.7 (scores 0.4, 0.3), one disagreeing, 17 unanimous
     clean = [_flag_rec(1.0)] * 17 + [_flag_rec(0.6), _flag_rec(0.7), _flag_rec(1.0, undefended=1)]

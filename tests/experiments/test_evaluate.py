@@ -12,11 +12,11 @@ import torch
 
 from service.cli import main
 from service.core import stats
-from service.experiments import common
-from service.experiments.evaluate import EvalConfig
-from service.experiments.records import Records
-from service.experiments.table5 import credibility_check, summarize
-from service.robustness.registry import DEFENSE_ROWS, PAPER_ATTACKS
+from service.research.experiments import common
+from service.research.experiments.evaluate import EvalConfig
+from service.research.experiments.records import Records
+from service.research.experiments.table5 import credibility_check, summarize
+from service.research.robustness.registry import DEFENSE_ROWS, PAPER_ATTACKS
 
 ROWS = tuple(DEFENSE_ROWS)
 COLUMNS = ("clean", *PAPER_ATTACKS)  # evaluate's default columns; the saturated variants are opt-in
@@ -200,8 +200,8 @@ def test_full_strength_evaluation(tiny, tmp_path: Path) -> None:  # type: ignore
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_an_archive_evaluates_as_its_checkpoint(tiny, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
     """A .mar loads as the same eager model: same logits, same weights digest, its preset."""
-    from service.archive import build_mar
-    from service.experiments.evaluate import preset_for_checkpoint
+    from service.modelserver.archive import build_mar
+    from service.research.experiments.evaluate import preset_for_checkpoint
 
     model, ckpt = common.load_model(tiny.checkpoint)
     meta = {

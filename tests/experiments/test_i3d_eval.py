@@ -12,8 +12,8 @@ import torch
 
 from service.commands.real_set import RealSetConfig, choose_windows
 from service.commands.real_set import run as real_set
-from service.experiments.i3d_eval import I3DEvalConfig, read_records, summarize
-from service.experiments.i3d_eval import run as i3d_eval
+from service.research.experiments.i3d_eval import I3DEvalConfig, read_records, summarize
+from service.research.experiments.i3d_eval import run as i3d_eval
 from tests.media import synthetic_frames, write_video
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.experiments.querydetect import Recorder, Rule, detections, first_detection
 from service.gateway.querywatch import FingerprintSpec, QueryWatch
+from service.research.experiments.querydetect import Recorder, Rule, detections, first_detection
 
 
 def stream(nears: str) -> list[np.ndarray | None]:

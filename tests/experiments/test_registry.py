@@ -12,7 +12,7 @@ from torch import nn
 
 from service.cli import main
 from service.core.presets import ShufflePreset
-from service.robustness.registry import (
+from service.research.robustness.registry import (
     DEFENSE_ROWS,
     DefenseRow,
     Randomness,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from service.cli import main
-from service.experiments.tune import choose_cell, choose_ensemble
+from service.research.experiments.tune import choose_cell, choose_ensemble
 
 
 def test_choose_cell_maximises_the_worst_case_above_the_clean_floor() -> None:
@@ -68,7 +68,7 @@ def test_tune_writes_the_preset(tiny, tmp_path: Path) -> None:  # type: ignore[n
         for ext in ("csv", "json", "md", "png"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     # evaluate picks the sidecar up
-    from service.experiments.evaluate import preset_for_checkpoint
+    from service.research.experiments.evaluate import preset_for_checkpoint
 
     preset, source = preset_for_checkpoint(ckpt)
     assert preset.to_dict() == res["preset"] and "tune" in source

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service import handler as handler_module
-from service import wire as wire_module
 from service.decoder.decode import decode_clip
 from service.decoder.errors import VideoError
 from service.decoder.limits import DecodeLimits
 from service.decoder.sniff import NPY_MAGIC
 from service.gateway import upload as upload_module
 from service.gateway.errors import ERROR_CODES, GatewayError
+from service.modelserver import handler as handler_module
+from service.modelserver import wire as wire_module
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -146,7 +146,7 @@ def upload(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# service.handler (TorchServe worker)
+# service.modelserver.handler (TorchServe worker)
 # --------------------------------------------------------------------------- #
 _HANDLER = handler_module.ShuffleGuardHandler()
 _HANDLER.meta = {"name": "fuzz", "clip_len": CLIP_LEN, "crop_size": CROP}
@@ -192,10 +192,10 @@ def handler(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# service.wire (the gateway reading the backend's answer)
+# service.modelserver.wire (the gateway reading the backend's answer)
 # --------------------------------------------------------------------------- #
 def wire(data: bytes) -> None:
-    """:func:`service.wire.decode_logits` and ``decode_clips`` on a backend payload."""
+    """:func:`service.modelserver.wire.decode_logits` and ``decode_clips`` on a backend payload."""
     for decode, ndim, dtype in (
         (wire_module.decode_logits, 2, np.float32),
         (wire_module.decode_clips, 5, np.uint8),

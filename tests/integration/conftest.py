@@ -1,7 +1,7 @@
 """Real TorchServe + real gateways on free loopback ports, once per session.
 
 * ``model_store``: a temporary model store with ``tiny_color.mar``, a tiny
-  TorchScript model built here with :func:`service.archive.build_mar`, plus the
+  TorchScript model built here with :func:`service.modelserver.archive.build_mar`, plus the
   archives the repository ships (``model_store/*.mar``: the default model and the
   documented failure case, docs/default_model.md) when they have been built.
   ``tiny_color`` makes every outcome checkable by hand: its logits are
@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.archive import build_mar
 from service.config import Settings
-from service.torchserve_proc import TorchServeProcess, free_ports
+from service.modelserver.archive import build_mar
+from service.modelserver.torchserve_proc import TorchServeProcess, free_ports
 from tests.integration.helpers import (
     SHIPPED_MARS,
     TINY,

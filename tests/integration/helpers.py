@@ -21,7 +21,7 @@ import uvicorn
 
 from service.config import Settings
 from service.gateway import create_app
-from service.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
+from service.modelserver.torchserve_proc import TorchServeOptions, TorchServeProcess, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 #: the shipped default model (another archive: SG_TEST_DEFAULT_MAR=/path/to/x.mar)
@@ -46,8 +46,8 @@ def toy_clips_for(meta: dict[str, Any], count: int, seed: int) -> tuple[np.ndarr
     """Fresh clips of a shipped toy model's own data (its meta.json ``data`` recipe: the
     ``toy-data`` options, contrast blend included) and their labels: uint8
     ``[count, T, H, W, 3]`` and int ``[count]``."""
-    from service.toy.contrast import blend_towards_background
-    from service.toy.data import OBJECT_FRACTION, SPEED_REFERENCE, generate_toy_dataset
+    from service.research.toy.contrast import blend_towards_background
+    from service.research.toy.data import OBJECT_FRACTION, SPEED_REFERENCE, generate_toy_dataset
 
     recipe = meta.get("data") or {}
     data = generate_toy_dataset(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from service import wire
 from service.core.shuffle import ensemble_indices
 from service.decoder.decode import decode_clip
 from service.gateway.pipeline import build_batch
-from service.torchserve_proc import TorchServeProcess
+from service.modelserver import wire
+from service.modelserver.torchserve_proc import TorchServeProcess
 from tests import media
 from tests.integration.helpers import (
     COLORS,

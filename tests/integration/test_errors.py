@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.decoder.sniff import NPY_MAGIC
-from service.torchserve_proc import TorchServeProcess
+from service.modelserver.torchserve_proc import TorchServeProcess
 from tests import media
 from tests.fuzz import targets as fuzz_targets
 from tests.integration.helpers import (

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.torchserve_proc import TorchServeProcess
+from service.modelserver.torchserve_proc import TorchServeProcess
 from tests import media
 from tests.integration.helpers import (
     Gateway,

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.archive import FamilyArchiveConfig, archive_family, build_mar
 from service.config import Settings
 from service.models.families import FAMILY_NAMES, get_family
-from service.torchserve_proc import TorchServeProcess, free_ports
+from service.modelserver.archive import FamilyArchiveConfig, archive_family, build_mar
+from service.modelserver.torchserve_proc import TorchServeProcess, free_ports
 from tests import media
 from tests.integration.helpers import (
     TINY,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from service.cli import MODELS_EXTRA_MODULES
-from service.torchserve_proc import TorchServeProcess, free_ports
+from service.modelserver.torchserve_proc import TorchServeProcess, free_ports
 from tests import media
 from tests.integration.helpers import TINY, color_frames, wait_until
 

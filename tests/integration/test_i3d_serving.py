@@ -27,11 +27,11 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.archive import FamilyArchiveConfig, archive_family, prepare_family
 from service.config import Settings
 from service.decoder.decode import decode_clip
 from service.models.families import kinetics400_labels
-from service.torchserve_proc import free_ports
+from service.modelserver.archive import FamilyArchiveConfig, archive_family, prepare_family
+from service.modelserver.torchserve_proc import free_ports
 from tests.i3d_parity import GIF
 from tests.integration.helpers import Gateway, running_torchserve, start_gateway_thread
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.torchserve_proc import TorchServeProcess
+from service.modelserver.torchserve_proc import TorchServeProcess
 from tests import media
 from tests.integration.helpers import TINY, Gateway, color_frames, first_frame_attack
 

@@ -1,6 +1,6 @@
 """The gateway against each backend kind: TorchServe and an Open Inference Protocol
 v2 server (KServe's own Python ModelServer serving the same ``tiny_color.mar``
-through :mod:`service.oip_server`), both real, on loopback.
+through :mod:`service.modelserver.oip_server`), both real, on loopback.
 
 The core suite (classify in research and production mode, in index and copy
 mode, bad input -> 4xx, backend down -> 503, metrics) runs once per kind; a
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from service.gateway.oip import HEADER_LENGTH, OIPBackend
-from service.torchserve_proc import free_ports
+from service.modelserver.torchserve_proc import free_ports
 from tests import media
 from tests.integration.helpers import (
     REPO,
@@ -44,7 +44,8 @@ ATTACK = media.npy_bytes(first_frame_attack())
 
 @pytest.fixture(scope="session")
 def oip_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m service.oip_server`` (KServe ModelServer) on a free port; its base URL."""
+    """``python -m service.modelserver.oip_server`` (KServe ModelServer) on a free port;
+    its base URL."""
     port = free_ports(1)[0]
     log = tmp_path_factory.mktemp("oip") / "oip_server.log"
     with log.open("wb") as out:
@@ -52,7 +53,7 @@ def oip_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             [
                 sys.executable,
                 "-m",
-                "service.oip_server",
+                "service.modelserver.oip_server",
                 "--model-store",
                 str(model_store),
                 "--http-port",

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from service.gateway.keys import hash_key, new_key
-from service.torchserve_proc import TorchServeProcess, free_ports
+from service.modelserver.torchserve_proc import TorchServeProcess, free_ports
 from tests import media
 from tests.integration.helpers import (
     TINY,

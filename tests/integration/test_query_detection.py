@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from service.experiments.redteam import GatewayError
 from service.gateway.keys import hash_key, new_key
+from service.research.experiments.redteam import GatewayError
 from tests.integration.helpers import TINY, TINY_META, Gateway, StartGateway
 from tests.integration.test_redteam import write_clips
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from service.experiments.redteam import GatewayClient
+from service.research.experiments.redteam import GatewayClient
 from tests.integration.helpers import TINY, TINY_META, Gateway, StartGateway
 
 BUDGET = 30

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from service.archive import build_mar
-from service.torchserve_proc import TorchServeProcess, free_ports
+from service.modelserver.archive import build_mar
+from service.modelserver.torchserve_proc import TorchServeProcess, free_ports
 from tests import media
 from tests.integration.helpers import (
     TINY,

@@ -11,7 +11,7 @@ from torch import nn
 
 from service.core.ensemble import ShuffleEnsemble, make_generator, shuffle_indices
 from service.core.presets import ShufflePreset
-from service.robustness.attacks import (
+from service.research.robustness.attacks import (
     EOT,
     IFGSM,
     Attack,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.robustness.blackbox import (
+from service.research.robustness.blackbox import (
     Answer,
     BudgetExhausted,
     QueryBudget,

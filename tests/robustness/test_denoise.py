@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.robustness.attacks import IFGSM
-from service.robustness.denoise import DenoisedClassifier, DnCNN, train_denoiser
+from service.research.robustness.attacks import IFGSM
+from service.research.robustness.denoise import DenoisedClassifier, DnCNN, train_denoiser
 
 
 def test_dncnn_shapes_and_depth() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from service.core.ensemble import make_generator, shuffle_indices
 from service.core.presets import ShufflePreset
-from service.robustness.attacks import EOT, attack_mode
+from service.research.robustness.attacks import EOT, attack_mode
 
 PRESET = ShufflePreset(h1=2, h2=2)
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from service.core.ensemble import ShuffleEnsemble, make_generator, shuffle_indices
 from service.core.presets import ShufflePreset
-from service.robustness.denoise import DnCNN
-from service.robustness.registry import DEFENSE_ROWS, RowContext, build_rows
-from service.robustness.smoothing import (
+from service.research.robustness.denoise import DnCNN
+from service.research.robustness.registry import DEFENSE_ROWS, RowContext, build_rows
+from service.research.robustness.smoothing import (
     ABSTAIN,
     Defense,
     NoDefense,

@@ -14,9 +14,9 @@ import pytest
 import torch
 from ts.context import Context, RequestProcessor
 
-from service import handler as handler_mod
-from service.archive import HANDLER_MODULES, build_mar, sha256_file, validate_meta
-from service.wire import decode_logits, encode_clips
+from service.modelserver import handler as handler_mod
+from service.modelserver.archive import HANDLER_MODULES, build_mar, sha256_file, validate_meta
+from service.modelserver.wire import decode_logits, encode_clips
 
 META = dict(
     name="tiny",
@@ -184,7 +184,7 @@ def test_npy_payload_roundtrip_is_not_pickle() -> None:
 def test_read_archive_refuses_weights_that_do_not_match_meta(
     tmp_path: Path, tiny_model: torch.nn.Module
 ) -> None:
-    from service.archive import read_archive
+    from service.modelserver.archive import read_archive
 
     mar = build_mar(tiny_model, META | {"name": "tampered"}, tmp_path)
     meta, weights = read_archive(mar)
@@ -199,7 +199,7 @@ def test_read_archive_refuses_weights_that_do_not_match_meta(
 
 
 def test_only_resnet3d_archives_load_eagerly(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
-    from service.archive import load_archived_model
+    from service.modelserver.archive import load_archived_model
 
     mar = build_mar(tiny_model, META | {"name": "other_arch"}, tmp_path)
     with pytest.raises(ValueError, match="tiny3d"):

@@ -12,14 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.archive import (
-    ArchiveError,
-    FamilyArchiveConfig,
-    prepare_family,
-    read_archive,
-    rewrite_archive_meta,
-    sha256_file,
-)
 from service.models.checkpoints import (
     CheckpointError,
     CheckpointMismatchError,
@@ -27,6 +19,14 @@ from service.models.checkpoints import (
     read_checkpoint,
 )
 from service.models.families import FAMILY_NAMES, build_family, get_family
+from service.modelserver.archive import (
+    ArchiveError,
+    FamilyArchiveConfig,
+    prepare_family,
+    read_archive,
+    rewrite_archive_meta,
+    sha256_file,
+)
 from tests.unit.test_families import small_shape
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from service.toy.contrast import blend_towards_background
-from service.toy.data import generate_toy_dataset, load_toy_dataset, render_background
+from service.research.toy.contrast import blend_towards_background
+from service.research.toy.data import generate_toy_dataset, load_toy_dataset, render_background
 
 
 def test_blend_moves_objects_towards_background() -> None:

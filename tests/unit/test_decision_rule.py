@@ -2,7 +2,7 @@
 same ``suspected_adversarial`` flag for the same per-copy logits.
 
 The harness side is what the published figures run: the ``shuffle`` row
-(:class:`~service.robustness.smoothing.ShuffleVote`, i.e. ``ShuffleEnsemble.predict``),
+(:class:`~service.research.robustness.smoothing.ShuffleVote`, i.e. ``ShuffleEnsemble.predict``),
 the ``none`` row for the undefended label, and the flag the detection analysis computes
 from the evaluation's record. The gateway side is :meth:`Pipeline.classify` against the
 real handler in-process. A model that answers with fixed logits (whatever the clip)
@@ -21,11 +21,11 @@ from service.config import Settings
 from service.core.ensemble import majority_vote_batch
 from service.core.presets import ShufflePreset
 from service.core.vote import vote_batch
-from service.experiments.detection import signal_scores
-from service.gateway.backend import ModelMeta
 from service.gateway.pipeline import Effective, Pipeline, Shuffles
 from service.gateway.upload import Upload
-from service.robustness.smoothing import NoDefense, ShuffleVote
+from service.modelserver.meta import ModelMeta
+from service.research.experiments.detection import signal_scores
+from service.research.robustness.smoothing import NoDefense, ShuffleVote
 from tests import media
 from tests.unit.test_gateway_pipeline import HandlerBackend
 

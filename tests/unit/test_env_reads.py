@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from service import handler, real_clips
 from service.commands import serve
 from service.config import ClientSettings, PrometheusSettings, Settings, SourcesSettings
 from service.gateway.keys import KEY_ENV, auth_headers
 from service.gateway.metrics import multiprocess_dir
+from service.modelserver import handler
+from service.research import real_clips
 
 ROOT = Path(__file__).resolve().parents[2]
 #: where reading the environment is allowed: file -> class (None: the whole file)
-READERS = {"service/config.py": None, "service/handler.py": "HandlerSettings"}
+READERS = {"service/config.py": None, "service/modelserver/handler.py": "HandlerSettings"}
 
 
 def _is_environ(node: ast.AST) -> bool:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from service.core.presets import PRESETS
-from service.experiments.common import first_conv_temporal
 from service.models.families import (
     FAMILY_NAMES,
     VideoClassifier,
@@ -25,6 +24,7 @@ from service.models.families import (
     get_family,
     kinetics400_labels,
 )
+from service.research.experiments.common import first_conv_temporal
 
 #: shortest clip each family takes at crop 32 (measured: one less fails in the builder)
 SMALL_CLIP = {
@@ -236,7 +236,7 @@ def test_kinetics400_labels() -> None:
 
 def test_import_service_stays_light() -> None:
     code = (
-        "import sys, service, service.models, service.gateway.app, service.archive\n"
+        "import sys, service, service.models, service.gateway.app, service.modelserver.archive\n"
         "heavy = [m for m in ('pytorchvideo', 'torchvision', 'fvcore') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -14,10 +14,10 @@ from torch import nn
 
 from service.commands import train as train_command
 from service.commands.train import TrainCommandConfig
-from service.experiments.common import first_conv_temporal
 from service.models.checkpoints import load_checkpoint
 from service.models.families import build_family, get_family, width_kwargs
-from service.train import (
+from service.research.experiments.common import first_conv_temporal
+from service.research.train import (
     ARCH,
     TrainConfig,
     save_checkpoint,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from service.cli import main
-from service.experiments.fig5 import chunk_shuffle_transform
+from service.research.experiments.fig5 import chunk_shuffle_transform
 
 
 def _frame_ids(x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 
-from service import wire
 from service.gateway.backend import TorchServeBackend, forwardable_headers
 from service.gateway.errors import (
     BackendOverloaded,
@@ -27,6 +26,7 @@ from service.gateway.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
+from service.modelserver import wire
 
 CLIPS = np.zeros((2, 4, 8, 8, 3), np.uint8)
 

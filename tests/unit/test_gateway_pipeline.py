@@ -13,16 +13,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import wire
 from service.config import Settings
 from service.core.presets import ShufflePreset
 from service.core.shuffle import ensemble_indices
-from service.gateway.backend import ModelMeta
 from service.gateway.errors import InvalidParameter
 from service.gateway.pipeline import Effective, Pipeline, Shuffles, build_batch
 from service.gateway.schemas import ClassifyRequest
 from service.gateway.upload import Upload
-from service.handler import ShuffleGuardHandler
+from service.modelserver import wire
+from service.modelserver.handler import ShuffleGuardHandler
+from service.modelserver.meta import ModelMeta
 from tests import media
 
 META = ModelMeta(

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import wire
 from service.core.shuffle import ensemble_indices
-from service.handler import (
+from service.modelserver import wire
+from service.modelserver.handler import (
     MAX_REQUEST_CLIPS,
     ClipRequest,
     RequestError,

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from service.archive import FamilyArchiveConfig, prepare_family
 from service.cli import main
 from service.models.checkpoints import read_checkpoint
 from service.models.families import build_family, get_family, kinetics400_labels
@@ -32,6 +31,7 @@ from service.models.i3d_weights import (
     restricted_loads,
     state_digest,
 )
+from service.modelserver.archive import FamilyArchiveConfig, prepare_family
 from tests import i3d_parity as parity
 
 

@@ -1,10 +1,9 @@
 """Production code imports nothing from research (issue 20).
 
-Production: the gateway, the model-server side (``handler``, ``wire``, ``archive``,
-``oip_server``), the option machinery (``service.options``, ``service.config``) and
+Production: the gateway, the model-server side (``service.modelserver``), the defense
+core, the decoder, the option machinery (``service.options``, ``service.config``) and
 every command except the research commands in :data:`RESEARCH_COMMANDS`. Research:
-``service.experiments``, ``service.robustness``, ``service.toy``, ``service.train`` and
-``service.real_clips``.
+everything under ``service.research``.
 
 Two checks. The static one reads every ``import`` in ``service/`` (those inside
 functions too, which run only when a command does) and follows them from each
@@ -25,25 +24,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "service"
 
-RESEARCH = (
-    "service.experiments",
-    "service.robustness",
-    "service.toy",
-    "service.train",
-    "service.real_clips",
-)
-#: commands that exist to drive research code: ``train`` (service.train), ``toy-data``
-#: (service.toy) and ``real-clips`` (service.real_clips). Every other command is
+RESEARCH = ("service.research",)
+#: commands that exist to drive research code: ``train`` (service.research.train), ``toy-data``
+#: (service.research.toy) and ``real-clips`` (service.research.real_clips). Every other command is
 #: production (``real-set`` included: it builds its set from the models and the decoder).
 RESEARCH_COMMANDS = frozenset({"train", "toy_data", "real_clips"})
-PRODUCTION_SINGLES = (
-    "service.handler",
-    "service.oip_server",
-    "service.wire",
-    "service.archive",
-    "service.options",
-    "service.config",
-)
+#: the packages that serve (every module in them is production)
+PRODUCTION_PACKAGES = frozenset({"gateway", "modelserver", "core", "decoder"})
+PRODUCTION_SINGLES = ("service.options", "service.config")
 
 
 def _is_research(name: str) -> bool:
@@ -64,7 +52,7 @@ def _production() -> list[str]:
     names = []
     for name in _modules():
         group, _, rest = name.removeprefix("service.").partition(".")
-        if group == "gateway" or (group == "commands" and rest not in RESEARCH_COMMANDS):
+        if group in PRODUCTION_PACKAGES or (group == "commands" and rest not in RESEARCH_COMMANDS):
             names.append(name)
     return sorted(names) + list(PRODUCTION_SINGLES)
 
@@ -119,7 +107,9 @@ def test_the_production_list_is_real() -> None:
     production = _production()
     modules = _modules()
     assert all(name in modules for name in production)
-    assert {"service.gateway.app", "service.commands.serve", "service.handler"} <= set(production)
+    assert {"service.gateway.app", "service.commands.serve", "service.modelserver.handler"} <= set(
+        production
+    )
     assert all(f"service.commands.{c}" in modules for c in RESEARCH_COMMANDS)
 
 
@@ -150,5 +140,5 @@ def test_importing_production_loads_no_research() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     loaded = done.stdout.split()
-    assert "service.gateway.app" in loaded and "service.handler" in loaded
+    assert "service.gateway.app" in loaded and "service.modelserver.handler" in loaded
     assert [m for m in loaded if _is_research(m)] == []

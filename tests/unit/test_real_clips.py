@@ -1,4 +1,4 @@
-"""The real-clip set (``shuffleguard real-clips``, service/real_clips.py).
+"""The real-clip set (``shuffleguard real-clips``, service/research/real_clips.py).
 
 A small set is rebuilt from the fetched footage and must reproduce the committed
 manifest's entries (source sha256, start frames, frame counts, frames' sha256), and its
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, real_clips
+from service import cli
 from service.commands.real_clips import RealClipsConfig, run
 from service.decoder.decode import decode_clip
+from service.research import real_clips
 from tests.sysdeps import require_real_clips
 
 MANIFEST = Path(__file__).resolve().parents[2] / "docs/results/i3d/real_clips_manifest.json"

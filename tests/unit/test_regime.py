@@ -9,7 +9,7 @@ import pytest
 
 from service.cli import main
 from service.core.stats import wilson
-from service.experiments.regime import PAPER, RegimeConfig, load_run
+from service.research.experiments.regime import PAPER, RegimeConfig, load_run
 
 CELLS = {
     ("none", "clean"): (1.0, 64),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.models import Normalize, resnet3d_18
+from service.models.resnet3d import Normalize, resnet3d_18
 
 
 @pytest.fixture(autouse=True, scope="module")

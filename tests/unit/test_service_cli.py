@@ -302,7 +302,7 @@ def test_serve_refuses_torchserve_ports_in_use(clean_env: pytest.MonkeyPatch) ->
 
     from service.commands import serve
     from service.config import Settings
-    from service.torchserve_proc import free_ports
+    from service.modelserver.torchserve_proc import free_ports
 
     if importlib.util.find_spec("ts") is None:
         pytest.skip("TorchServe is not installed")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.archive import sha256_file, validate_meta
 from service.config import Settings
+from service.modelserver.archive import sha256_file, validate_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 STORE = ROOT / "model_store"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from service.cli import main
-from service.toy.data import (
+from service.research.toy.data import (
     BACKGROUNDS,
     DIRECTIONS,
     NUM_CLASSES,

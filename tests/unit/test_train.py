@@ -11,8 +11,8 @@ import torch
 
 from service.cli import main
 from service.models.checkpoints import load_checkpoint
-from service.toy.data import ClipSet, generate_toy_dataset, write_toy_dataset
-from service.train import (
+from service.research.toy.data import ClipSet, generate_toy_dataset, write_toy_dataset
+from service.research.train import (
     ARCH,
     TrainConfig,
     TrainResult,
