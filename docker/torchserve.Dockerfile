@@ -4,7 +4,7 @@
 # Build from the repository root (docker-compose.yml does this):
 #   docker build -f docker/torchserve.Dockerfile -t shuffleguard-torchserve .
 #
-# The .mar handler depends on torch and numpy only (see service/handler.py), so the
+# The .mar handler depends on torch and numpy only (see service/modelserver/handler.py), so the
 # image carries no copy of the `service` package. Models are baked in: after
 # `shuffleguard archive`, rebuild this image.
 
