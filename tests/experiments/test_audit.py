@@ -370,8 +370,8 @@ SHIPPED = sorted((Path(__file__).resolve().parents[2] / "model_store").glob("*.m
 @pytest.mark.parametrize("mar", SHIPPED, ids=[m.stem for m in SHIPPED])
 def test_two_disjoint_samples_give_one_verdict(mar: Path, tmp_path: Path) -> None:
     """A shipped model audited on two disjoint samples of fresh clips of its recipe
-    (seeds + 1000 and + 2000; 92 evaluated clips, 16 attacked, the tune on the archive's
-    own preset) gets the same verdict on both."""
+    (seeds + 1000 and + 2000; 92 evaluated clips, the default 32 attacked, the tune on
+    the archive's own preset) gets the same verdict on both."""
     from service.archive import read_archive
 
     preset = read_archive(mar)[0]["preset"]
@@ -380,7 +380,7 @@ def test_two_disjoint_samples_give_one_verdict(mar: Path, tmp_path: Path) -> Non
         data, out = tmp_path / f"data-{offset}", tmp_path / f"audit-{offset}"
         _recipe_clips(mar, offset, data)
         argv = ["audit", "--model", str(mar), "--data", str(data), "--out", str(out),
-                "--attack-clips", "16", "--h1s", str(preset["h1"]), "--h2s", str(preset["h2"]),
+                "--h1s", str(preset["h1"]), "--h2s", str(preset["h2"]),
                 "--ensembles", str(preset["ensemble"]), "--latency-clips", "2",
                 "--latency-repeats", "3", "--threads", "1", "--device", _device(),
                 "--no-progress"]  # fmt: skip

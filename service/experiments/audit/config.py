@@ -87,7 +87,7 @@ class AuditConfig(ExperimentConfig):
     split: str | None = opt(None, "only the rows of this split (the labels file's split column)")
     out: str = out_opt("runs/audit")
     clips: int | None = opt(None, "evaluated clips, class-stratified (default: all but the tune's)")
-    attack_clips: int = opt(16, "clips attacked (I-FGSM, EOT): the first evaluated ones")
+    attack_clips: int = opt(32, "clips attacked (I-FGSM, EOT): the first evaluated ones")
     tune_clips: int = opt(4, "clips of the preset tune, held apart from the evaluated ones")
     subset_seed: int = opt(0, "seed of the class-stratified clip order")
     seed: int = opt(0, "seed of the shuffles, permutations and EOT draws")
