@@ -96,17 +96,9 @@ def build(
     """Train ``make()`` (initialized under ``torch.manual_seed(0)``) on 128 clips of toy
     ``dataset`` (seed 0), archive it with
     :func:`service.modelserver.archive.build_mar` and write 40 fresh clips of the same
-    dataset (seed 1)
-    to audit it on; with ``mp4_every = k``, every k-th of them as an .mp4 instead of .npy."""
-    import csv
-
+    dataset (seed 1) to audit it on (:func:`write_clips`)."""
     from service.modelserver.archive import build_mar
-    from service.research.toy.data import (
-        generate_toy_dataset,
-        label_names,
-        write_mp4,
-        write_toy_dataset,
-    )
+    from service.research.toy.data import generate_toy_dataset, label_names
 
     torch.manual_seed(0)
     net = make()
@@ -119,8 +111,19 @@ def build(
         "weights": "trained",
     }  # fmt: skip
     mar = build_mar(net, meta, root / "store")
-    data = root / f"clips-{name}"
-    clips = generate_toy_dataset(dataset, 40, seed=1, frames=FRAMES, size=SIZE, speed_reference=32)
+    data = write_clips(root / f"clips-{name}", dataset, seed=1, mp4_every=mp4_every)
+    return Audited(mar, data, dataset)
+
+
+def write_clips(data: Path, dataset: int, *, seed: int, mp4_every: int = 0) -> Path:
+    """40 fresh clips of toy ``dataset`` (``seed``) in ``data`` with their labels.csv; with
+    ``mp4_every = k``, every k-th of them as an .mp4 instead of .npy."""
+    import csv
+
+    from service.research.toy.data import generate_toy_dataset, write_mp4, write_toy_dataset
+
+    clips = generate_toy_dataset(dataset, 40, seed=seed, frames=FRAMES, size=SIZE,
+                                 speed_reference=32)  # fmt: skip
     write_toy_dataset(clips, data)
     if mp4_every:
         with open(data / "labels.csv", newline="") as f:
@@ -134,4 +137,4 @@ def build(
             w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-    return Audited(mar, data, dataset)
+    return data

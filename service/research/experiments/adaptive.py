@@ -60,7 +60,14 @@ from service.research.robustness.attacks import IFGSM
 from service.research.robustness.registry import ATTACKS, RowContext, adaptive_attacks, eot_for_row
 from service.research.robustness.smoothing import ShuffleVote
 
-__all__ = ["AdaptiveConfig", "run", "run_adaptive", "sanity_checks", "static_share"]
+__all__ = [
+    "AdaptiveConfig",
+    "run",
+    "run_adaptive",
+    "sanity_checks",
+    "static_share",
+    "worst_case",
+]
 
 _ADAPTIVE = tuple(adaptive_attacks())
 #: seed tag of the defense's scoring draws (apart from every attack's draws)
@@ -224,6 +231,14 @@ def _tag(cell: Cell) -> int:
     return common.derive_seed(*[ord(c) for c in cell.key]) % (2**31)
 
 
+def worst_case(defended: list[list[bool]]) -> list[bool]:
+    """Per clip: defended against every attack (``defended[a][i]``: attack ``a``, clip
+    ``i``; every attack scores the same clips in the same order)."""
+    if not defended:
+        raise ValueError("the worst case needs at least one attack")
+    return [all(col) for col in zip(*defended, strict=True)]
+
+
 def _rate(correct: list[bool]) -> dict[str, Any]:
     k, n = sum(correct), len(correct)
     lo, hi = wilson(k, n)
@@ -312,7 +327,7 @@ def run_adaptive(cfg: AdaptiveConfig) -> dict[str, Any]:
     for role, group in cells.items():
         rows += [_row(c, scores[c.key], role, r.seconds[c.key]) for c in group]
     attacks = cells["variants"] + cells["paper_eot"] + cells["flag_aware"]  # all at eps
-    worst = [all(scores[c.key]["defended"][i] for c in attacks) for i in range(len(r.subset))]
+    worst = worst_case([scores[c.key]["defended"] for c in attacks])
     rows.append(_row(Cell("worst", "shuffle", cfg.eps, cfg.steps, cfg.draws, cfg.restarts),
                      {"defended": worst, "undefended": worst}, "worst_case", 0.0))  # fmt: skip
     res = report.results(
