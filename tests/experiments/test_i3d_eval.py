@@ -107,3 +107,50 @@ def test_start_leaves_the_first_clips_to_another_process(tiny_set: Path, tmp_pat
     assert [r["clip"] for r in read_records(tmp_path / "records.jsonl")] == [1]
     with pytest.raises(ValueError, match="--start"):
         I3DEvalConfig(checkpoint="m", data="d", start=-1)
+
+
+def _records(n: int, clean_defended: int, survives: int) -> list[dict]:
+    """``n`` clips: the clean vote right on the first ``clean_defended``; the vote right
+    after transfer I-FGSM and after EOT on the first ``survives``."""
+    recs: list[dict] = []
+    for k in range(n):
+        recs.append(
+            {
+                "phase": "clean",
+                "clip": k,
+                "undefended": True,
+                "defended": k < clean_defended,
+                "uniformized": [True],
+                "permuted": [True],
+            }
+        )
+        recs.append({"phase": "ifgsm", "clip": k, "undefended": False, "defended": k < survives})
+        recs.append(
+            {
+                "phase": "eot_vote",
+                "clip": k,
+                "undefended": False,
+                "defended": k < survives,
+                "trajectory": {"5": k < survives},
+            }
+        )
+    return recs  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("clean_defended", "survives", "code"),
+    [(16, 0, "does_not_protect"), (16, 16, "protects"), (8, 0, "needs_motion"),
+     (16, 6, "cannot_tell")],
+)  # fmt: skip
+def test_summary_carries_the_audit_verdict(clean_defended: int, survives: int, code: str) -> None:
+    res = summarize(
+        _records(16, clean_defended, survives), I3DEvalConfig(checkpoint="m.pt", data="d")
+    )
+    assert res["verdict"]["code"] == code
+    assert res["verdict"]["clips"] == 16
+    assert res["rows"][-1]["correct"] == survives
+
+
+def test_no_verdict_without_an_adaptive_attack() -> None:
+    recs = [r for r in _records(4, 4, 0) if r["phase"] != "eot_vote"]
+    assert summarize(recs, I3DEvalConfig(checkpoint="m.pt", data="d"))["verdict"] is None

@@ -271,12 +271,48 @@ def summarize(records: list[dict[str, Any]], cfg: I3DEvalConfig) -> dict[str, An
     if common_clips:
         worst = [all(by[p][k]["defended"] for p in eots) for k in common_clips]
         rows.append(_rate(f"EOT worst case ({', '.join(eots)}), shuffle", worst, "defended vote"))
+    verdict = _audit_verdict(by, eots)
+    if verdict is not None:
+        rows.append(verdict.pop("row"))
     curves = {
         p: {s: _rate(p, [r["trajectory"][s] for r in by[p].values()], f"step {s}")
             for s in by[p][next(iter(by[p]))]["trajectory"]}
         for p in eots
     }  # fmt: skip
-    return {"rows": rows, "trajectories": curves, "eot_clips": common_clips}
+    return {"rows": rows, "trajectories": curves, "eot_clips": common_clips, "verdict": verdict}
+
+
+def _audit_verdict(
+    by: dict[str, dict[int, dict[str, Any]]], eots: list[str]
+) -> dict[str, Any] | None:
+    """``audit``'s verdict rule on these records: the clips every attack phase covered,
+    each defended only if the vote is right against the transfer I-FGSM and every EOT
+    variant run (the audit's per-clip worst case); None until those phases exist."""
+    from service.research.experiments.audit.config import AuditConfig
+    from service.research.experiments.audit.verdict import verdict
+
+    phases = ["clean", "ifgsm", *eots]
+    if not eots or any(p not in by for p in phases):
+        return None
+    clips = sorted(set.intersection(*[set(by[p]) for p in phases]))
+    clean = [by["clean"][k] for k in clips]
+    worst = [all(by[p][k]["defended"] for p in ["ifgsm", *eots]) for k in clips]
+    figs = {
+        "clean/none": [r["undefended"] for r in clean],
+        "clean/shuffle": [r["defended"] for r in clean],
+        "permuted/none": [p for r in clean for p in r["permuted"]],
+        "uniformized/none": [u for r in clean for u in r["uniformized"]],
+        "ifgsm/none": [by["ifgsm"][k]["undefended"] for k in clips],
+        "worst/shuffle": worst,
+    }
+    fig = {}
+    for key, correct in figs.items():
+        r = _rate(key, correct, "")
+        fig[key] = {"accuracy": r["accuracy"], "low": r["lo"], "high": r["hi"]}
+    out = verdict(fig, AuditConfig.clean_ratio, "DeepMind's I3D on these clips")
+    row = _rate(f"worst case (ifgsm transfer, {', '.join(eots)}), shuffle", worst, "defended vote")
+    row["what"] = f"defended vote; audit verdict: {out['code']}"
+    return {"row": row, "code": out["code"], "sentence": out["sentence"], "clips": len(clips)}
 
 
 FIELDS = [("row", ""), ("what", ""), ("correct", ""), ("n", ""), ("accuracy", ".4f"),
@@ -301,6 +337,10 @@ def markdown(res: dict[str, Any]) -> str:
     for phase, curve in res["trajectories"].items():
         points = ", ".join(f"{s}: {v['correct']}/{v['n']}" for s, v in curve.items())
         lines += ["", f"Trajectory of {phase} (defended right after s steps): {points}"]
+    if res.get("verdict"):
+        v = res["verdict"]
+        lines += ["", f"`audit`'s verdict rule on the {v['clips']} clips every attack covered:"
+                  f" **{v['code']}**. {v['sentence']}"]  # fmt: skip
     return "\n".join([*lines, "", *report.produced_by(res["command"])]) + "\n"
 
 
