@@ -154,3 +154,13 @@ def test_summary_carries_the_audit_verdict(clean_defended: int, survives: int, c
 def test_no_verdict_without_an_adaptive_attack() -> None:
     recs = [r for r in _records(4, 4, 0) if r["phase"] != "eot_vote"]
     assert summarize(recs, I3DEvalConfig(checkpoint="m.pt", data="d"))["verdict"] is None
+
+
+def test_trajectories_keep_the_steps_every_clip_recorded() -> None:
+    """A run resumed with another --record-at: the curve has the steps all clips share."""
+    recs = _records(2, 2, 0)
+    recs[2]["trajectory"] = {"1": True, "5": False, "10": False}
+    recs[5]["trajectory"] = {"5": False, "10": True}
+    curve = summarize(recs, I3DEvalConfig(checkpoint="m.pt", data="d"))["trajectories"]["eot_vote"]
+    assert list(curve) == ["5", "10"]
+    assert (curve["10"]["correct"], curve["10"]["n"]) == (1, 2)

@@ -276,10 +276,17 @@ def summarize(records: list[dict[str, Any]], cfg: I3DEvalConfig) -> dict[str, An
         rows.append(verdict.pop("row"))
     curves = {
         p: {s: _rate(p, [r["trajectory"][s] for r in by[p].values()], f"step {s}")
-            for s in by[p][next(iter(by[p]))]["trajectory"]}
+            for s in _common_steps(by[p].values())}
         for p in eots
     }  # fmt: skip
     return {"rows": rows, "trajectories": curves, "eot_clips": common_clips, "verdict": verdict}
+
+
+def _common_steps(records: Any) -> list[str]:
+    """The trajectory steps every record has (runs resumed with another ``--record-at``
+    recorded different steps), in step order."""
+    steps = set.intersection(*[set(r["trajectory"]) for r in records])
+    return sorted(steps, key=int)
 
 
 def _audit_verdict(
