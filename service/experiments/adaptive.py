@@ -34,8 +34,11 @@ the report is stamped ``SANITY CHECKS FAILED`` when one does:
   defended accuracy (point estimates: a strong adaptive attack must not lose to a
   transfer);
 * ``unbounded_eps``: ``--curve-attack`` at ``--unbounded-eps`` leaves 0 clips right;
-* ``eot_matches_ifgsm_undefended``: each variant against the undefended model and
-  I-FGSM agree within each other's Wilson interval.
+* ``eot_not_weaker_than_ifgsm_undefended``: no variant against the undefended model
+  leaves more clips right than I-FGSM (paper budget) beyond each other's Wilson
+  interval. One-sided: a variant with more steps may beat the paper's 30-step I-FGSM
+  (``eot_ce_mean`` leaves 0/32 against its 4/32 on the default model), which says the
+  I-FGSM is under-converged, not that EOT's gradients are broken; a weaker one would.
 
 Adversarial clips are cached in ``<out>/cache`` (resumable; not committed): the
 saturated perturbations are those files. Writes ``adaptive.{csv,json,md,png}``.
@@ -379,11 +382,11 @@ def sanity_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lose = [t for t in transfer if worst["defended_accuracy"] > t["defended_accuracy"] + 1e-12]
     unb = _by(rows, "unbounded")[0]
     ifgsm = next(t for t in transfer if t["attack"] == "ifgsm")
-    lo, hi = wilson(ifgsm["undefended_correct"], ifgsm["n"])
-    mismatch = [
+    hi = wilson(ifgsm["undefended_correct"], ifgsm["n"])[1]
+    weaker = [
         t["attack"] for t in transfer if t["attack"] != "ifgsm"
-        and not (lo <= t["undefended_accuracy"] <= hi
-                 and _within(ifgsm["undefended_accuracy"], t["undefended_correct"], t["n"]))
+        and (t["undefended_accuracy"] > hi + 1e-12
+             or ifgsm["undefended_accuracy"] < wilson(t["undefended_correct"], t["n"])[0] - 1e-12)
     ]  # fmt: skip
     w, p = report.pct(worst["defended_accuracy"]), report.pct(paper["defended_accuracy"])
     best = min(v["defended_accuracy"] for v in _by(rows, "variants"))
@@ -398,16 +401,11 @@ def sanity_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              f"{t['attack']} {report.pct(t['defended_accuracy'])}%" for t in transfer)},
         {"name": "unbounded_eps", "passed": unb["defended_correct"] == 0,
          "detail": f"eps {unb['eps']:g}/255: {unb['defended_correct']}/{unb['n']} right"},
-        {"name": "eot_matches_ifgsm_undefended", "passed": not mismatch,
+        {"name": "eot_not_weaker_than_ifgsm_undefended", "passed": not weaker,
          "detail": f"I-FGSM {report.pct(ifgsm['undefended_accuracy'])}% vs " + ", ".join(
              f"{t['attack']} {report.pct(t['undefended_accuracy'])}%" for t in transfer
              if t["attack"] != "ifgsm")},
     ]  # fmt: skip
-
-
-def _within(value: float, k: int, n: int) -> bool:
-    lo, hi = wilson(k, n)
-    return lo - 1e-12 <= value <= hi + 1e-12
 
 
 # --------------------------------------------------------------------------- #

@@ -83,12 +83,21 @@ def test_each_sanity_check_can_fail(broken: str) -> None:
     failed = {c["name"] for c in sanity_checks(_rows(**{broken: True})) if not c["passed"]}
     expected = {
         "steps": {"steps_monotone"},
-        "undefended": {"eot_matches_ifgsm_undefended"},
+        "undefended": {"eot_not_weaker_than_ifgsm_undefended"},
         "unbounded": {"unbounded_eps"},
         "transfer": {"adaptive_beats_transfer"},
         "variant": {"strongest_variant_beats_paper_eot"},
     }[broken]
     assert failed == expected
+
+
+def test_a_variant_stronger_than_ifgsm_on_the_undefended_model_passes() -> None:
+    """The undefended check is one-sided: 0/20 against I-FGSM's 2/20 is no fault
+    (the two-sided rule failed it), 9/20 is."""
+    rows = [*_rows(), _row("transfer", "eot_ce_mean", 10, undefended=0)]
+    assert all(c["passed"] for c in sanity_checks(rows))
+    rows[-1] = _row("transfer", "eot_ce_mean", 10, undefended=9)  # I-FGSM leaves 2/20
+    assert not all(c["passed"] for c in sanity_checks(rows))
 
 
 @pytest.mark.slow  # ~4 min on the shared 2-core machine (the paper's EOT alone is 30 x 10)
