@@ -3,10 +3,11 @@
 ``shuffleguard analyze adaptive`` attacks the clips with every adaptive variant of the
 attack registry it is given (:data:`service.research.robustness.registry.ATTACKS` entries with
 ``adaptive``: the same :class:`~service.research.robustness.attacks.EOT` with other options) and
-scores the defense *per clip against the worst variant*: a clip counts as defended only
-if the vote, drawn fresh as the gateway would draw it (an independent generator per
-clip and attack), is right for every variant and for the paper's EOT. Besides that
-figure it measures:
+scores the defense *per clip against the worst variant* (the defaults mix the margin
+losses with cross-entropy, which reaches clips where a CW margin stalls on a dead-end
+runner-up class; see the registry): a clip counts as defended only if the vote, drawn
+fresh as the gateway would draw it (an independent generator per clip and attack), is
+right for every variant and for the paper's EOT. Besides that figure it measures:
 
 * the paper's EOT (entry ``eot``: cross-entropy, 30 steps of eps/30, 10 draws), the
   figure before this analysis existed;
@@ -33,8 +34,11 @@ the report is stamped ``SANITY CHECKS FAILED`` when one does:
   defended accuracy (point estimates: a strong adaptive attack must not lose to a
   transfer);
 * ``unbounded_eps``: ``--curve-attack`` at ``--unbounded-eps`` leaves 0 clips right;
-* ``eot_matches_ifgsm_undefended``: each variant against the undefended model and
-  I-FGSM agree within each other's Wilson interval.
+* ``eot_not_weaker_than_ifgsm_undefended``: no variant against the undefended model
+  leaves more clips right than I-FGSM (paper budget) beyond each other's Wilson
+  interval. One-sided: a variant with more steps may beat the paper's 30-step I-FGSM
+  (``eot_ce_mean`` leaves 0/32 against its 4/32 on the default model), which says the
+  I-FGSM is under-converged, not that EOT's gradients are broken; a weaker one would.
 
 Adversarial clips are cached in ``<out>/cache`` (resumable; not committed): the
 saturated perturbations are those files. Writes ``adaptive.{csv,json,md,png}``.
@@ -80,15 +84,16 @@ class AdaptiveConfig(AnalysisConfig, analysis="adaptive"):
 
     eps: float = opt(4.0, "L-inf radius, in 1/255", show="always")
     variants: list[str] = opt(
-        ["eot_vote", "eot_cw"], "adaptive attacks; the figure is the per-clip worst case",
-        choices=_ADAPTIVE, show="always",
+        ["eot_vote", "eot_cw", "eot_ce_mean"],
+        "adaptive attacks; the figure is the per-clip worst case", choices=_ADAPTIVE,
+        show="always",
     )  # fmt: skip
     steps: int = opt(100, "steps of the saturated variants", show="always")
     draws: int = opt(10, "draws per step of the saturated variants", show="always")
     restarts: int = opt(1, "restarts of the saturated variants", show="always")
-    curve_attack: str = opt("eot_vote", "attack of the curves", choices=_ADAPTIVE)
-    curve_steps: list[int] = opt([10, 30, 100], "steps of the steps curve", show="always")
-    curve_draws: list[int] = opt([1, 5, 10, 20], "draws of the draws curve", show="always")
+    curve_attack: str = opt("eot_ce_mean", "attack of the curves", choices=_ADAPTIVE)
+    curve_steps: list[int] = opt([10, 30, 100, 300], "steps of the steps curve", show="always")
+    curve_draws: list[int] = opt([1, 10, 30], "draws of the draws curve", show="always")
     curve_draws_steps: int = opt(30, "steps of the draws curve", show="always")
     unbounded_eps: float = opt(128.0, "radius of the unbounded check, in 1/255")
     unbounded_steps: int = opt(30, "steps of the unbounded check")
@@ -393,11 +398,11 @@ def sanity_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lose = [t for t in transfer if worst["defended_accuracy"] > t["defended_accuracy"] + 1e-12]
     unb = _by(rows, "unbounded")[0]
     ifgsm = next(t for t in transfer if t["attack"] == "ifgsm")
-    lo, hi = wilson(ifgsm["undefended_correct"], ifgsm["n"])
-    mismatch = [
+    hi = wilson(ifgsm["undefended_correct"], ifgsm["n"])[1]
+    weaker = [
         t["attack"] for t in transfer if t["attack"] != "ifgsm"
-        and not (lo <= t["undefended_accuracy"] <= hi
-                 and _within(ifgsm["undefended_accuracy"], t["undefended_correct"], t["n"]))
+        and (t["undefended_accuracy"] > hi + 1e-12
+             or ifgsm["undefended_accuracy"] < wilson(t["undefended_correct"], t["n"])[0] - 1e-12)
     ]  # fmt: skip
     w, p = report.pct(worst["defended_accuracy"]), report.pct(paper["defended_accuracy"])
     best = min(v["defended_accuracy"] for v in _by(rows, "variants"))
@@ -412,16 +417,11 @@ def sanity_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              f"{t['attack']} {report.pct(t['defended_accuracy'])}%" for t in transfer)},
         {"name": "unbounded_eps", "passed": unb["defended_correct"] == 0,
          "detail": f"eps {unb['eps']:g}/255: {unb['defended_correct']}/{unb['n']} right"},
-        {"name": "eot_matches_ifgsm_undefended", "passed": not mismatch,
+        {"name": "eot_not_weaker_than_ifgsm_undefended", "passed": not weaker,
          "detail": f"I-FGSM {report.pct(ifgsm['undefended_accuracy'])}% vs " + ", ".join(
              f"{t['attack']} {report.pct(t['undefended_accuracy'])}%" for t in transfer
              if t["attack"] != "ifgsm")},
     ]  # fmt: skip
-
-
-def _within(value: float, k: int, n: int) -> bool:
-    lo, hi = wilson(k, n)
-    return lo - 1e-12 <= value <= hi + 1e-12
 
 
 # --------------------------------------------------------------------------- #

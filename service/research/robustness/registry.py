@@ -291,7 +291,12 @@ PAPER_ATTACKS: list[str] = list(ATTACKS)
 # --------------------------------------------------------------------------- #
 # Saturated adaptive variants (issue 18): the same EOT with stronger options. The
 # paper's columns above stay the default of ``evaluate``; ``analyze adaptive`` scores
-# the defense per clip against the worst of these.
+# the defense per clip against the worst of these. The worst case needs a cross-entropy
+# variant (``eot_ce_mean``) beside the margin ones: a CW margin (``eot_cw``, ``eot_vote``,
+# ``eot_mi``) follows only the current runner-up class and stalls where that class is a
+# dead end, while cross-entropy also raises the others. On the default model two of 32
+# clips stayed right on all 64 shuffles under ``eot_vote`` and ``eot_cw`` (100 steps) and
+# went to 0 of 64 under ``eot_ce_mean`` and the paper's ``eot``.
 # --------------------------------------------------------------------------- #
 #: The saturated budget shared by the variants (``analyze adaptive`` overrides
 #: ``steps`` and ``draws`` for its curves). ``patience`` 3: a clip leaves the batch after
