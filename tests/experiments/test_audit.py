@@ -117,7 +117,7 @@ def test_the_worst_case_is_per_clip() -> None:
     # two attacks that each leave 2 of 4 clips right, on different clips: none survives both
     done = [{"attack": a, "defense": "shuffle", "clip": c, "correct": ok}
             for a, oks in (("eot", [1, 1, 0, 0]), ("eot_vote", [0, 0, 1, 1]),
-                           ("ifgsm", [1, 1, 1, 1]))
+                           ("eot_ce_mean", [1, 1, 1, 1]), ("ifgsm", [1, 1, 1, 1]))
             for c, ok in enumerate(oks)]  # fmt: skip
     cells = CLIP_CELLS + (("ifgsm", "none"),)
     done += [{"attack": m, "defense": r, "clip": c, "correct": True, "correct_frames": 1,
@@ -197,11 +197,12 @@ def test_the_tiny_models_get_the_verdicts_of_their_regimes(audits: dict[str, Any
     assert fig["clean/shuffle"]["high"] >= 0.95 * fig["clean/none"]["accuracy"]
     assert spatial["verdict"]["code"] != motion["verdict"]["code"], codes
     assert perframe["verdict"]["code"] != motion["verdict"]["code"], codes
-    # the worst case is per clip over the transfer and both adaptive attacks
+    # the worst case is per clip over the transfer and every adaptive attack
     for res in (motion, spatial, perframe):
         f = res["figures"]
         assert f["worst/shuffle"]["correct"] <= min(
-            f[k]["correct"] for k in ("ifgsm/shuffle", "eot/shuffle", "eot_vote/shuffle")
+            f[k]["correct"]
+            for k in ("ifgsm/shuffle", "eot/shuffle", "eot_vote/shuffle", "eot_ce_mean/shuffle")
         )
 
 
@@ -239,11 +240,12 @@ def test_the_report_has_every_part(audits: dict[str, Any]) -> None:
     assert cost["defended_model_evaluations"] == 10 and cost["undefended_model_evaluations"] == 1
     assert cost["defended_seconds"] > 0 and cost["undefended_seconds"] > 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    for name in ("eot", "eot_vote"):
+    for name in ("eot", "eot_vote", "eot_ce_mean"):
         eot = [r for r in records if r["attack"] == name]
         assert len(eot) == 8 and all(r["linf"] <= 4 / 255 + 1e-6 for r in eot), name
     assert "## The attacker the verdict assumes" in md and "100 steps x 10 draws" in md
-    assert [a["attack"] for a in res["attacker"]["white_box_adaptive"]] == ["eot", "eot_vote"]
+    adaptive = [a["attack"] for a in res["attacker"]["white_box_adaptive"]]
+    assert adaptive == ["eot", "eot_vote", "eot_ce_mean"]
     assert res["attacker"]["white_box_adaptive"][1]["steps"] == 100
 
 

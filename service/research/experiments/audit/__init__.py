@@ -16,7 +16,8 @@ Measured (accuracy, with Wilson intervals from :mod:`service.core.stats`):
 * on the first ``--attack-clips`` of them: I-FGSM (eps 4/255, 30 steps, the paper's)
   against the undefended model and the same clips through the defense (the transfer
   attacker), and the white-box adaptive attackers against the defense: the paper's EOT
-  (30 steps x 10 draws) and the saturated vote-aware EOT (``eot_vote``, 100 x 10) of
+  (30 steps x 10 draws) and the saturated EOTs (``eot_vote``, the vote-aware margin,
+  and ``eot_ce_mean``, cross-entropy on the mean logits; 100 x 10) of
   :mod:`service.research.robustness.registry`, at full strength (no option weakens them); the
   verdict takes the per-clip worst case over all of them
   (:func:`service.research.experiments.adaptive.worst_case`);

@@ -35,11 +35,13 @@ __all__ = [
 #: Steps and EOT draws are the library's full ones and not options at all.
 MIN_EPS_LEVELS = 4
 #: The white-box adaptive attackers of the verdict, entries of the attack registry: the
-#: paper's EOT (30 steps x 10 draws) and the saturated vote-aware EOT of issue 18
-#: (``eot_vote``: 100 steps x 10 draws, steps of 2.5 eps / steps on a cosine schedule).
+#: paper's EOT (30 steps x 10 draws) and two saturated EOTs of issue 18 (100 steps x 10
+#: draws, steps of 2.5 eps / steps on a cosine schedule): the vote-aware margin
+#: (``eot_vote``) and cross-entropy on the mean logits (``eot_ce_mean``), which reaches
+#: clips where a margin stalls on a dead-end runner-up class (``analyze adaptive``).
 #: A clip counts as defended only if the vote is right against each (the per-clip worst
 #: case of ``analyze adaptive``) and against the transfer attack.
-ADAPTIVE: tuple[str, ...] = ("eot", "eot_vote")
+ADAPTIVE: tuple[str, ...] = ("eot", "eot_vote", "eot_ce_mean")
 #: The transfer attacker: I-FGSM crafted on the undefended model.
 TRANSFER = "ifgsm"
 #: ``(measure, row)`` of the evaluated clips, then of the attacked clips.
@@ -64,6 +66,7 @@ TITLES = {
     ("ifgsm", "shuffle"): "transfer I-FGSM, defended",
     ("eot", "shuffle"): "paper's EOT, defended",
     ("eot_vote", "shuffle"): "saturated EOT (eot_vote), defended",
+    ("eot_ce_mean", "shuffle"): "saturated EOT (eot_ce_mean), defended",
     WORST: "worst case per clip, defended",
 }
 
