@@ -100,6 +100,16 @@ def test_a_variant_stronger_than_ifgsm_on_the_undefended_model_passes() -> None:
     assert not all(c["passed"] for c in sanity_checks(rows))
 
 
+def test_a_static_variant_is_not_held_to_ifgsm_but_a_free_one_is() -> None:
+    """eot_static (one image for all frames) is a smaller threat model: its 9/20 on the
+    undefended model does not fail the check; the same figure for eot_mi does."""
+    rows = [*_rows(), _row("transfer", "eot_static", 10, undefended=9)]
+    check = {c["name"]: c for c in sanity_checks(rows)}["eot_not_weaker_than_ifgsm_undefended"]
+    assert check["passed"] and "eot_static 45.0% not compared" in check["detail"]
+    rows[-1] = _row("transfer", "eot_mi", 10, undefended=9)
+    assert not all(c["passed"] for c in sanity_checks(rows))
+
+
 @pytest.mark.slow  # ~4 min on the shared 2-core machine (the paper's EOT alone is 30 x 10)
 def test_end_to_end_on_the_tiny_model(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = AdaptiveConfig(
