@@ -297,15 +297,12 @@ def test_documented_command_lines_parse() -> None:
 
 def test_serve_refuses_torchserve_ports_in_use(clean_env: pytest.MonkeyPatch) -> None:
     """``serve`` names the busy TorchServe ports (exit 2) before starting anything."""
-    import importlib.util
     import socket
 
     from service.commands import serve
     from service.config import Settings
     from service.modelserver.torchserve_proc import free_ports
 
-    if importlib.util.find_spec("ts") is None:
-        pytest.skip("TorchServe is not installed")
     inference, management, metrics = free_ports(3)
     settings = Settings(
         torchserve_inference_port=inference,
