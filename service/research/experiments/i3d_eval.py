@@ -40,6 +40,7 @@ import torch
 
 from service.options import opt
 from service.research.experiments import common, report
+from service.research.experiments.adaptive import worst_case
 from service.research.experiments.config import AnalysisConfig
 from service.research.robustness.registry import ATTACKS, adaptive_attacks
 
@@ -269,7 +270,7 @@ def summarize(records: list[dict[str, Any]], cfg: I3DEvalConfig) -> dict[str, An
     eots = eot_keys
     common_clips = sorted(set.intersection(*[set(by[p]) for p in eots])) if eots else []
     if common_clips:
-        worst = [all(by[p][k]["defended"] for p in eots) for k in common_clips]
+        worst = worst_case([[by[p][k]["defended"] for k in common_clips] for p in eots])
         rows.append(_rate(f"EOT worst case ({', '.join(eots)}), shuffle", worst, "defended vote"))
     verdict = _audit_verdict(by, eots)
     if verdict is not None:
@@ -303,7 +304,7 @@ def _audit_verdict(
         return None
     clips = sorted(set.intersection(*[set(by[p]) for p in phases]))
     clean = [by["clean"][k] for k in clips]
-    worst = [all(by[p][k]["defended"] for p in ["ifgsm", *eots]) for k in clips]
+    worst = worst_case([[by[p][k]["defended"] for k in clips] for p in ["ifgsm", *eots]])
     figs = {
         "clean/none": [r["undefended"] for r in clean],
         "clean/shuffle": [r["defended"] for r in clean],
