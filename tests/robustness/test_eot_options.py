@@ -116,12 +116,13 @@ class FrameZero(nn.Module):
         return torch.stack([-50 * f, 50 * f], dim=1)
 
 
-def test_include_identity_fools_the_unshuffled_prediction() -> None:
+@pytest.mark.parametrize("loss", ["vote", "ce_mean"])  # eot_flag, eot_flag_ce
+def test_include_identity_fools_the_unshuffled_prediction(loss: str) -> None:
     clips = torch.full((2, 3, 8, 4, 4), 0.495)
     labels = torch.zeros(2, dtype=torch.int64)
     model = FrameZero()
-    plain = EOT(model, PRESET, draws=4, steps=10, loss="vote", kappa=2.0)(clips, labels)
-    flag = EOT(model, PRESET, draws=4, steps=10, loss="vote", kappa=2.0, include_identity=True)
+    plain = EOT(model, PRESET, draws=4, steps=10, loss=loss, kappa=2.0)(clips, labels)
+    flag = EOT(model, PRESET, draws=4, steps=10, loss=loss, kappa=2.0, include_identity=True)
     adv = flag(clips, labels)
     with torch.no_grad():
         assert model(plain).argmax(1).tolist() == [0, 0]  # the unshuffled clip untouched
@@ -142,6 +143,24 @@ def test_include_identity_gradient_adds_the_identity_copy(toy, model: nn.Module)
         true = logits.gather(1, labels[:, None]).squeeze(1)
         other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
         (ident,) = torch.autograd.grad(0.5 * (other.max(1).values - true).clamp(max=2).sum(), x)
+    assert float(ident.abs().sum()) > 0
+    assert torch.allclose(both, base + ident, atol=1e-6)
+
+
+def test_include_identity_with_a_mean_logit_loss_adds_the_copys_cross_entropy(
+    toy, model: nn.Module
+) -> None:
+    """``ce_mean`` + the identity copy (``eot_flag_ce``): the copy's own cross-entropy,
+    not part of the mean, is added to the mean-logit gradient."""
+    clips, labels = toy.clips[:2], toy.labels[:2]
+    base = _grad(EOT(model, PRESET, draws=3, loss="ce_mean"), clips, labels)
+    attack = EOT(model, PRESET, draws=3, loss="ce_mean", include_identity=True,
+                 identity_weight=0.5)  # fmt: skip
+    both = _grad(attack, clips, labels)
+    with attack_mode(model), torch.enable_grad():
+        x = clips.clone().requires_grad_(True)
+        value = 0.5 * F.cross_entropy(model(x), labels, reduction="sum")
+        (ident,) = torch.autograd.grad(value, x)
     assert float(ident.abs().sum()) > 0
     assert torch.allclose(both, base + ident, atol=1e-6)
 

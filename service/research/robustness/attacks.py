@@ -599,10 +599,13 @@ class EOT(IFGSM):
         return [(s, min(s + per, self.draws)) for s in range(0, self.draws, per)]
 
     def _copy_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-copy loss ``[n]`` of the per-copy losses (``ce``, ``cw``, ``vote``)."""
+        """Per-copy loss ``[n]``: the per-copy losses (``ce``, ``cw``, ``vote``) as named;
+        the mean-logit losses' base loss (``ce`` / ``cw``) on one copy (the identity
+        copy, which is not part of the mean)."""
         if self.loss == "vote":
             return per_clip_loss(logits, labels, "cw").clamp(max=self.kappa)
-        return per_clip_loss(logits, labels, self.loss)  # type: ignore[arg-type]
+        base = {"ce_mean": "ce", "cw_mean": "cw"}.get(self.loss, self.loss)
+        return per_clip_loss(logits, labels, base)  # type: ignore[arg-type]
 
     def _copy_logits(
         self, x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None, a: int, b: int

@@ -354,3 +354,20 @@ register_attack(
         adaptive=True, eot=FLAG_AWARE | {"agree": 10.0},
     )
 )  # fmt: skip
+# The same two with cross-entropy on the mean logits (the loss that reaches the clips a
+# margin stalls on; see ``eot_ce_mean``); the unshuffled copy's term is its own
+# cross-entropy, weighted as the whole ensemble's.
+FLAG_AWARE_CE: dict[str, Any] = FLAG_AWARE | {"loss": "ce_mean"}
+register_attack(
+    AttackSpec(
+        "eot_flag_ce", "EOT, cross-entropy on the mean logits, unshuffled copy fooled too",
+        12, adaptive=True, eot=FLAG_AWARE_CE,
+    )
+)  # fmt: skip
+register_attack(
+    AttackSpec(
+        "eot_flag_ce_agree",
+        "EOT, cross-entropy on the mean logits, unshuffled copy fooled, copies agree", 13,
+        adaptive=True, eot=FLAG_AWARE_CE | {"agree": 10.0},
+    )
+)  # fmt: skip
