@@ -373,13 +373,20 @@ SHIPPED = sorted((Path(__file__).resolve().parents[2] / "model_store").glob("*.m
 def test_two_disjoint_samples_give_one_verdict(mar: Path, tmp_path: Path) -> None:
     """A shipped model audited on two disjoint samples of fresh clips of its recipe
     (seeds + 1000 and + 2000; 92 evaluated clips, the default 32 attacked, the tune on
-    the archive's own preset) gets the same verdict on both."""
+    the archive's own preset) gets the same verdict on both.
+
+    Hours on a CPU for ``toy_r3d18``: with ``STABILITY_DIR`` set, the runs go to
+    ``$STABILITY_DIR/<model>/`` and resume from the records there (the audit's own
+    resume), so the two samples can be run apart, e.g. in parallel with the same
+    arguments, and the test then only compares."""
     from service.modelserver.archive import read_archive
 
     preset = read_archive(mar)[0]["preset"]
+    keep = os.environ.get("STABILITY_DIR")
+    base = Path(keep) / mar.stem if keep else tmp_path
     codes = []
     for offset in SAMPLES:
-        data, out = tmp_path / f"data-{offset}", tmp_path / f"audit-{offset}"
+        data, out = base / f"data-{offset}", base / f"audit-{offset}"
         _recipe_clips(mar, offset, data)
         argv = ["audit", "--model", str(mar), "--data", str(data), "--out", str(out),
                 "--h1s", str(preset["h1"]), "--h2s", str(preset["h2"]),
