@@ -61,6 +61,9 @@ LossName = Literal["ce", "cw"]
 #: mean logits over the draws (``ce_mean``, ``cw_mean``); see :class:`EOT`.
 EOTLoss = Literal["ce", "cw", "vote", "ce_mean", "cw_mean"]
 EOT_LOSSES: tuple[str, ...] = ("ce", "cw", "vote", "ce_mean", "cw_mean")
+#: the mean-logit losses and the per-copy loss each applies to the mean (and to the
+#: identity copy, which is not part of the mean)
+MEAN_LOSS_BASE: dict[str, LossName] = {"ce_mean": "ce", "cw_mean": "cw"}
 #: Step-size schedules of :class:`EOT`.
 Schedule = Literal["constant", "cosine", "step"]
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
@@ -604,7 +607,7 @@ class EOT(IFGSM):
         copy, which is not part of the mean)."""
         if self.loss == "vote":
             return per_clip_loss(logits, labels, "cw").clamp(max=self.kappa)
-        base = {"ce_mean": "ce", "cw_mean": "cw"}.get(self.loss, self.loss)
+        base = MEAN_LOSS_BASE.get(self.loss, self.loss)
         return per_clip_loss(logits, labels, base)  # type: ignore[arg-type]
 
     def _copy_logits(
@@ -622,8 +625,7 @@ class EOT(IFGSM):
             mean = sum(self._copy_logits(x, idx, noise, a, b).sum(0) for a, b in self._chunks(
                 x.shape[0])) / self.draws  # fmt: skip
         m = torch.as_tensor(mean).detach().requires_grad_(True)
-        base = "ce" if self.loss == "ce_mean" else "cw"
-        (w,) = torch.autograd.grad(per_clip_loss(m, labels, base).sum(), m)  # type: ignore[arg-type]
+        (w,) = torch.autograd.grad(per_clip_loss(m, labels, MEAN_LOSS_BASE[self.loss]).sum(), m)
         return w
 
     def _mean_probs(
@@ -667,7 +669,7 @@ class EOT(IFGSM):
         noise = self._draw_noise(videos.shape, videos)
         x = videos.detach().requires_grad_(True)
         weights = None
-        if self.loss in ("ce_mean", "cw_mean"):
+        if self.loss in MEAN_LOSS_BASE:
             weights = self._mean_logit_weights(x.detach(), labels, idx, noise)
         p_bar = self._mean_probs(x.detach(), idx, noise) if self.agree > 0 else None
         grad = torch.zeros_like(videos)
